@@ -1,0 +1,1 @@
+"""Confidence-Gated Training for early-exit networks (arXiv 2509.17885)."""

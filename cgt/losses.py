@@ -1,0 +1,233 @@
+"""Exit-weighting strategies: who learns from which sample at which exit.
+
+Every method of the paper (HardCGT, SoftCGT) and every baseline is a *strategy*: a rule that
+gives each sample i a weight w_e(i) at each exit e. One loss applies them all:
+
+    L = Σ_e mean_i [ w_e(i) · CE(logits_e(i), y_i) ]
+
+Weights are computed under `torch.no_grad()`: gates decide how much each exit learns from a
+sample; they are never trained through.
+
+    w = exit_weights(exit_logits, targets, "hard_cgt", progress=epoch / (epochs - 1), tau_train=0.5)
+    loss = weighted_exit_loss(exit_logits, targets, w)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- λ schedules
+def default_lambda_schedule(num_exits: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(start, end) of the authors' λ annealing, shallow-heavy → deep-heavy.
+
+    The authors' 4-exit schedule is (1.0, 0.7, 0.4, 0.1) → (0.2, 0.5, 0.8, 1.0). For other exit
+    counts we keep its end points and space the exits evenly: 3 exits give
+    (1.0, 0.55, 0.1) → (0.2, 0.6, 1.0).
+    """
+    if num_exits == 4:
+        return (1.0, 0.7, 0.4, 0.1), (0.2, 0.5, 0.8, 1.0)
+    if num_exits == 1:
+        return (1.0,), (1.0,)
+    start = tuple(round(1.0 - 0.9 * e / (num_exits - 1), 6) for e in range(num_exits))
+    end = tuple(round(0.2 + 0.8 * e / (num_exits - 1), 6) for e in range(num_exits))
+    return start, end
+
+
+def resolve_lambdas(lambdas: Any, num_exits: int, progress: float) -> Tensor:
+    """λ for this point of training. `lambdas` is 'annealed' (authors' schedule), a sequence of
+    E floats (fixed), or a pair (start, end) of such sequences (linear in `progress` ∈ [0, 1])."""
+    if isinstance(lambdas, str):
+        start, end = default_lambda_schedule(num_exits)
+    elif len(lambdas) == 2 and all(isinstance(v, (list, tuple)) for v in lambdas):
+        start, end = lambdas
+    else:
+        start = end = lambdas
+    start_t = torch.tensor(start, dtype=torch.float32)
+    end_t = torch.tensor(end, dtype=torch.float32)
+    return start_t + (end_t - start_t) * float(progress)
+
+
+def _check_lambdas(lambdas: Any, num_exits: int) -> None:
+    if isinstance(lambdas, str):
+        if lambdas != "annealed":
+            raise ValueError(f"lambdas={lambdas!r}: valid choices are 'annealed', a list of {num_exits} "
+                             f"floats, or a pair [start, end] of such lists")
+        return
+    seqs = lambdas if (len(lambdas) == 2 and all(isinstance(v, (list, tuple)) for v in lambdas)) else [lambdas]
+    for seq in seqs:
+        if len(seq) != num_exits:
+            raise ValueError(f"lambdas {list(seq)} has length {len(seq)}; the model has {num_exits} exits")
+        if any(float(v) < 0 for v in seq) or sum(float(v) for v in seq) <= 0:
+            raise ValueError(f"lambdas {list(seq)} must be non-negative and not all zero")
+
+
+# ---------------------------------------------------------------- gates (each returns (B, E))
+def _eligibility(success: Tensor) -> Tensor:
+    """elig_1 = 1, elig_e = Π_{k<e} (1 − success_k): an exit learns only what earlier exits failed."""
+    fail = 1.0 - success
+    ones = torch.ones_like(fail[:, :1])
+    return torch.cat([ones, torch.cumprod(fail[:, :-1], dim=1)], dim=1)
+
+
+def _probs(exit_logits: Tensor) -> Tensor:
+    """(E, B, K) logits → (B, E, K) probabilities."""
+    return exit_logits.float().softmax(-1).transpose(0, 1)
+
+
+def hard_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float) -> Tensor:
+    """HardCGT: exit e 'succeeds' on a sample if it is correct *and* confident (max p ≥ τ)."""
+    p = _probs(exit_logits)
+    conf, pred = p.max(-1)
+    success = ((pred == targets[:, None]) & (conf >= tau_train)).float()
+    return _eligibility(success)
+
+
+def soft_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float, residual: str,
+                  sigmoid_scale: float) -> Tensor:
+    """SoftCGT: each exit passes on the residual r_e of its true-class probability s_e.
+
+    sigmoid: r = clamp(1 − sigmoid((s − τ)·k), 0, 1)  (authors' code; with k = 1 it spans ≈ 0.48–0.71)
+    linear:  r = 1 − s
+    """
+    p = _probs(exit_logits)
+    s = p.gather(-1, targets[:, None, None].expand(-1, p.shape[1], 1)).squeeze(-1)  # (B, E)
+    if residual == "sigmoid":
+        r = (1.0 - torch.sigmoid((s - tau_train) * sigmoid_scale)).clamp(0.0, 1.0)
+    else:
+        r = 1.0 - s
+    ones = torch.ones_like(r[:, :1])
+    return torch.cat([ones, torch.cumprod(r[:, :-1], dim=1)], dim=1)
+
+
+def branchy_gate(exit_logits: Tensor, targets: Tensor, entropy_threshold: float) -> Tensor:
+    """BranchyNet-style: a sample leaves training at the first exit whose normalised entropy
+    (H / log K, in [0, 1]) is below the threshold — confidence only, correctness not checked."""
+    p = _probs(exit_logits)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1) / torch.log(torch.tensor(float(p.shape[-1])))
+    return _eligibility((entropy < entropy_threshold).float())
+
+
+def no_gate(exit_logits: Tensor, targets: Tensor) -> Tensor:
+    return exit_logits.new_ones(exit_logits.shape[1], exit_logits.shape[0])
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    gate: Callable[..., Tensor]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Every option the strategy accepts, with its default."""
+    gate_options: tuple[str, ...] = ()
+    """Which options are passed to `gate`."""
+    detach_early_heads: bool = False
+    """True for last_exit: early heads learn on detached features (backbone = plain network)."""
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
+    Strategy("last_exit", "the plain network: only the last exit trains the backbone; earlier heads are fitted "
+             "on its detached features in the same run", no_gate, {"lambdas": "last"}, detach_early_heads=True),
+    Strategy("joint_uniform", "fixed equal weights on every exit (MSDNet)", no_gate,
+             {"lambdas": "uniform", "normalize": True}),
+    Strategy("joint_depth", "fixed depth-increasing weights, λ_e ∝ e (PABEE/GPF)", no_gate,
+             {"lambdas": "depth", "normalize": True}),
+    Strategy("joint_annealed", "the authors' λ schedule with no gate: isolates what gating adds", no_gate,
+             {"lambdas": "annealed", "normalize": True}),
+    Strategy("branchy_gate", "BranchyNet-style train-time gate: deeper losses dropped once an earlier exit's "
+             "entropy is below a threshold", branchy_gate,
+             {"entropy_threshold": 0.3, "eps_leak": 0.0, "lambdas": "uniform", "normalize": True},
+             gate_options=("entropy_threshold",)),
+    Strategy("hard_cgt", "HardCGT: a deeper exit learns a sample only if every earlier exit was wrong or "
+             "unconfident (binary gate)", hard_cgt_gate,
+             {"tau_train": 0.5, "eps_leak": 1e-3, "lambdas": "annealed", "normalize": True},
+             gate_options=("tau_train",)),
+    Strategy("soft_cgt", "SoftCGT: a deeper exit learns a sample in proportion to the earlier exits' residual "
+             "(1 − true-class confidence)", soft_cgt_gate,
+             {"tau_train": 0.9, "eps_leak": 1e-3, "lambdas": "annealed", "normalize": True,
+              "residual": "sigmoid", "sigmoid_scale": 1.0},
+             gate_options=("tau_train", "residual", "sigmoid_scale")),
+]}
+
+RESIDUALS = ("sigmoid", "linear")
+
+
+def _named_lambdas(name: str, num_exits: int) -> list[float]:
+    return {"last": [0.0] * (num_exits - 1) + [1.0],
+            "uniform": [1.0] * num_exits,
+            "depth": [float(e + 1) for e in range(num_exits)]}[name]
+
+
+def resolve_options(strategy: str, num_exits: int, **options: Any) -> dict[str, Any]:
+    """Defaults filled in and every value checked; raises ValueError naming what is wrong."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid choices: {sorted(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for strategy {strategy!r}; valid options: {sorted(spec.defaults)}")
+    opts = spec.defaults | options
+    lam = opts["lambdas"]
+    if isinstance(lam, str) and lam in ("last", "uniform", "depth"):
+        opts["lambdas"] = _named_lambdas(lam, num_exits)
+    _check_lambdas(opts["lambdas"], num_exits)
+    for name in ("tau_train", "entropy_threshold"):
+        if name in opts and not 0.0 < float(opts[name]) < 1.0:
+            raise ValueError(f"{name}={opts[name]} must be in the open interval (0, 1)")
+    if "eps_leak" in opts and float(opts["eps_leak"]) < 0:
+        raise ValueError(f"eps_leak={opts['eps_leak']} must be >= 0")
+    if "residual" in opts and opts["residual"] not in RESIDUALS:
+        raise ValueError(f"residual={opts['residual']!r}; valid choices: {list(RESIDUALS)}")
+    if "sigmoid_scale" in opts and float(opts["sigmoid_scale"]) <= 0:
+        raise ValueError(f"sigmoid_scale={opts['sigmoid_scale']} must be > 0")
+    if "normalize" in opts and not isinstance(opts["normalize"], bool):
+        raise ValueError(f"normalize={opts['normalize']!r} must be True or False")
+    return opts
+
+
+def exit_weights(exit_logits: Tensor | Sequence[Tensor], targets: Tensor, strategy: str,
+                 progress: float = 0.0, **options: Any) -> Tensor:
+    """Per-sample, per-exit loss weights, (B, E), without gradient.
+
+    exit_logits: (E, B, K) or a list of E (B, K) tensors, shallow → deep.
+    progress: fraction of training done, in [0, 1] (drives annealed λ).
+    """
+    if not isinstance(exit_logits, Tensor):
+        exit_logits = torch.stack(list(exit_logits))
+    num_exits = exit_logits.shape[0]
+    opts = resolve_options(strategy, num_exits, **options)
+    spec = STRATEGIES[strategy]
+    with torch.no_grad():
+        logits = exit_logits.detach()
+        elig = spec.gate(logits, targets, **{k: opts[k] for k in spec.gate_options})
+        lam = resolve_lambdas(opts["lambdas"], num_exits, progress).to(elig.device)
+        w = lam[None, :] * elig + float(opts.get("eps_leak", 0.0))
+        if opts.get("normalize", False):
+            w = w / w.sum(dim=1, keepdim=True)
+    return w
+
+
+def weighted_exit_loss(exit_logits: Tensor, targets: Tensor, weights: Tensor,
+                       label_smoothing: float = 0.0) -> Tensor:
+    """Σ_e mean_i [w_e(i) · CE_e(i)] for logits (E, B, K), targets (B,), weights (B, E)."""
+    num_exits, batch, classes = exit_logits.shape
+    ce = F.cross_entropy(exit_logits.reshape(-1, classes), targets.repeat(num_exits), reduction="none",
+                         label_smoothing=label_smoothing).view(num_exits, batch)  # (E, B)
+    return (weights.detach().T * ce).mean(dim=1).sum()
+
+
+def early_head_fit_loss(exit_logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """For last_exit: plain CE on each early exit. Its logits come from detached features, so this
+    trains those heads only; the backbone stays exactly the plain network."""
+    early = exit_logits[:-1]
+    if early.shape[0] == 0:
+        return exit_logits.new_zeros(())
+    return F.cross_entropy(early.reshape(-1, early.shape[-1]), targets.repeat(early.shape[0]),
+                           label_smoothing=label_smoothing) * early.shape[0]
