@@ -1,8 +1,49 @@
-"""Sub-commands of `python -m cgt` beyond `data` (kept apart so __main__ stays a table of contents)."""
+"""Sub-commands of `python -m cgt` beyond `data`: train, evaluate tables, the paper pipeline, benchmark."""
 from __future__ import annotations
 
 import argparse
+import json
+
+
+def _parse_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options must be a JSON object, e.g. '{{\"tau_train\": 0.8}}'; got {text!r} ({exc})")
+    if not isinstance(value, dict):
+        raise ValueError(f"--options must be a JSON object; got {text!r}")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import METHODS
+    from .experiment import run_methods
+
+    methods = list(METHODS) if args.method == ["all"] else args.method
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    options = _parse_options(args.options)
+    run_methods(args.dataset, args.profile, methods, seeds=args.seed, options={m: options for m in methods},
+                data_dir=args.data_dir, device=args.device, train_overrides=overrides, force=args.force,
+                progress=not args.quiet)
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    from .config import DATASETS, METHODS, PROFILES
+
+    p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
+    p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--options", default=None, help="extra strategy options as JSON, e.g. '{\"tau_train\": 0.8}'")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)

@@ -25,7 +25,7 @@ INDIAN_PINES_CLASSES = ["Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass
                         "Soybean-clean", "Wheat", "Woods", "Buildings-Grass-Trees-Drives", "Stone-Steel-Towers"]
 INDIAN_PINES_BANDS = 200
 SPLIT_KINDS = ("random", "spatial")
-PREP_VERSION = 1  # bump when preparation code changes what it produces: invalidates every cache
+PREP_VERSION = 2  # bump when preparation code changes what it produces: invalidates every cache
 
 
 @dataclass
@@ -207,7 +207,9 @@ def prepare_indian_pines(cfg: DataConfig) -> dict:
     for s in SPLITS:
         rows, cols = np.divmod(pixels[s], w)
         x[s] = extract_patches(image, rows, cols, cfg.patch_size)
-    missing = missing_classes(gt.ravel(), pixels)
+    # Classes absent from a split, in label units (0..K-1) and over labelled pixels only (never background).
+    missing = missing_classes(gt.ravel()[labelled].astype(np.int64) - 1,
+                              {s: np.searchsorted(labelled, p) for s, p in pixels.items()})
     return {"x": x, "y": labels, "class_names": INDIAN_PINES_CLASSES,
             "extras": {**{f"pixels_{s}": pixels[s] for s in SPLITS},
                        "image_shape": np.array([h, w]),

@@ -63,7 +63,7 @@ def fashion_mnist_cnn(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64
     return EarlyExitNet(blocks, heads)
 
 
-def indian_pines_cnn(num_classes: int = 16, in_channels: int = 30, widths: Sequence[int] = (64, 64, 128)) -> EarlyExitNet:
+def indian_pines_cnn(num_classes: int = 16, in_channels: int = 30, widths: Sequence[int] = (32, 64, 128)) -> EarlyExitNet:
     """Spectral–spatial CNN on (C, p, p) patches.
 
     Block 1 mixes spectra per pixel (1×1 conv) and looks at 3×3 neighbourhoods; blocks 2–3 widen

@@ -78,13 +78,26 @@ def missing_classes(labels: np.ndarray, splits: Mapping[str, np.ndarray]) -> dic
 
 
 def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most `n` indices, class proportions kept (for the tiny smoke profile), sorted."""
+    """At most `n` indices, class proportions kept (for the tiny smoke profile), sorted.
+
+    Each class gets its share n * n_c / N rounded by largest remainder (so the total is exactly n)
+    and at least one sample; only if n is below the number of classes does that floor win, giving
+    one index per class.
+    """
     if n >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    picked = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(n * len(idx) / len(labels))))
-        picked.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    classes, sizes = np.unique(labels, return_counts=True)
+    quota = n * sizes / len(labels)
+    k = np.maximum(np.floor(quota).astype(np.int64), 1)
+    below = quota - k  # how far each class is under its exact share
+    while k.sum() < n:  # fewer than K steps
+        i = int(np.argmax(np.where(k < sizes, below, -np.inf)))
+        k[i] += 1
+        below[i] -= 1
+    while k.sum() > n and (k > 1).any():  # only when the at-least-one floor overshot
+        i = int(np.argmin(np.where(k > 1, below, np.inf)))
+        k[i] -= 1
+        below[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=int(kc), replace=False) for c, kc in zip(classes, k)]
     return np.sort(np.concatenate(picked))

@@ -1,0 +1,59 @@
+"""Provenance sidecars: what produced an artifact, so every number can be traced back."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .fileio import write_json_atomic
+from .paths import project_root
+
+PACKAGES = ("cgt", "torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "seaborn", "papermill")
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the project checkout (None when not a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True,
+                                  check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_description(device: str | torch.device = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def provenance(params: dict[str, Any], wall_time_s: float | None = None, device: str | torch.device = "cpu",
+               data_checksums: dict[str, str] | None = None, seed: int | None = None) -> dict[str, Any]:
+    return {"git": git_state(), "params": params, "seed": seed, "data_checksums": data_checksums or {},
+            "packages": package_versions(), "python": platform.python_version(),
+            "device": device_description(device), "wall_time_s": wall_time_s}
+
+
+def write_sidecar(artifact: str | Path, **kwargs: Any) -> Path:
+    """Write <artifact>.provenance.json next to `artifact`."""
+    path = Path(str(artifact) + ".provenance.json")
+    write_json_atomic(path, provenance(**kwargs))
+    return path

@@ -1,0 +1,107 @@
+"""Choosing exit thresholds — on validation logits only — and sweeping them.
+
+Every function here works from cached per-exit logits, so hundreds of threshold settings are
+evaluated in a fraction of a second. A *setting* is one τ per early exit, shape (E − 1,).
+The reported test numbers apply thresholds that were chosen here on the validation split.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cost import ExitCosts
+from .inference import check_policy, exit_scores
+
+
+@dataclass
+class SettingsEval:
+    """Accuracy, average cost and exit distribution of S threshold settings on one split."""
+
+    thresholds: np.ndarray
+    """(S, E − 1) per-exit thresholds."""
+    accuracy: np.ndarray
+    """(S,)"""
+    relative_cost: np.ndarray
+    """(S,) average cost / full-network cost."""
+    exit_fractions: np.ndarray
+    """(S, E) fraction of samples leaving at each exit."""
+
+
+def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, thresholds: np.ndarray,
+                      policy: str = "max_softmax", chunk: int = 256) -> SettingsEval:
+    """Evaluate many threshold settings at once from logits (E, N, K); same rule as
+    `inference.exits_from_logits` (first exit whose score passes; the last always accepts)."""
+    check_policy(policy)
+    num_exits = exit_logits.shape[0]
+    thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float32))
+    if thresholds.shape[1] != num_exits - 1:
+        raise ValueError(f"settings have {thresholds.shape[1]} thresholds; need {num_exits - 1} per setting")
+    scores = exit_scores(exit_logits[:-1], policy).numpy()                     # (E−1, N)
+    correct = (exit_logits.argmax(-1) == y).numpy()                          # (E, N)
+    cum_rel = costs.relative
+    acc, cost, fractions = [], [], []
+    for start in range(0, len(thresholds), chunk):
+        taus = thresholds[start:start + chunk, :, None]                       # (S, E−1, 1)
+        passes = scores[None] >= taus if policy == "max_softmax" else scores[None] <= taus
+        accept = np.concatenate([passes, np.ones((len(taus), 1, scores.shape[1]), bool)], axis=1)  # (S, E, N)
+        exit_idx = accept.argmax(axis=1)                                      # (S, N)
+        acc.append(correct[exit_idx, np.arange(correct.shape[1])].mean(axis=1))
+        frac = np.stack([(exit_idx == e).mean(axis=1) for e in range(num_exits)], axis=1)
+        fractions.append(frac)
+        cost.append(frac @ cum_rel)
+    return SettingsEval(thresholds, np.concatenate(acc), np.concatenate(cost), np.concatenate(fractions))
+
+
+def global_grid(policy: str, n: int = 100) -> np.ndarray:
+    """n global thresholds, dense where confidences crowd (max-softmax near 1, entropy near 0)."""
+    check_policy(policy)
+    near = np.logspace(0, -5, n - 1)  # 1 … 1e−5
+    values = 1.0 - near if policy == "max_softmax" else near
+    return np.unique(np.concatenate([values, [1.0 if policy == "max_softmax" else 0.0]]))
+
+
+def sweep_global(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, policy: str = "max_softmax",
+                 grid: np.ndarray | None = None) -> SettingsEval:
+    """One τ shared by every early exit, over a grid: the accuracy/cost curve."""
+    grid = global_grid(policy) if grid is None else np.asarray(grid)
+    return evaluate_settings(exit_logits, y, costs, np.repeat(grid[:, None], exit_logits.shape[0] - 1, axis=1), policy)
+
+
+def per_exit_candidates(val_logits: torch.Tensor, policy: str, per_exit: int = 24) -> list[np.ndarray]:
+    """Candidate τ per early exit: quantiles of that exit's validation scores (plus the extremes)."""
+    scores = exit_scores(val_logits[:-1], policy).numpy()
+    extremes = [0.0, 1.0]
+    return [np.unique(np.concatenate([np.quantile(s, np.linspace(0, 1, per_exit)), extremes])) for s in scores]
+
+
+def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
+                        policy: str = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
+                        per_exit: int = 24) -> np.ndarray:
+    """Per-exit thresholds (E − 1,) chosen on validation data.
+
+    objective='tolerance': the cheapest setting whose validation accuracy is within `tolerance`
+        (absolute, 0.005 = 0.5 points) of the last exit's validation accuracy;
+    objective='budget': the most accurate setting whose relative cost is ≤ `budget`.
+    Ties go to the more accurate, then the cheaper setting.
+    """
+    if objective not in ("tolerance", "budget"):
+        raise ValueError(f"unknown objective {objective!r}; valid choices: ['tolerance', 'budget']")
+    if not 0 <= tolerance < 1 or budget <= 0:
+        raise ValueError(f"tolerance={tolerance} must be in [0, 1) and budget={budget} > 0")
+    grids = per_exit_candidates(val_logits, policy, per_exit)
+    settings = np.array(list(itertools.product(*grids)), dtype=np.float32)
+    ev = evaluate_settings(val_logits, y_val, costs, settings, policy)
+    if objective == "tolerance":
+        last_acc = (val_logits[-1].argmax(-1) == y_val).float().mean().item()
+        ok = ev.accuracy >= last_acc - tolerance - 1e-12
+        order = np.lexsort((-ev.accuracy, ev.relative_cost))  # cheapest first, then most accurate
+    else:
+        ok = ev.relative_cost <= budget + 1e-12
+        order = np.lexsort((ev.relative_cost, -ev.accuracy))  # most accurate first, then cheapest
+    chosen = [i for i in order if ok[i]]
+    if not chosen:  # e.g. a budget below exit 1's cost: exit everything as early as possible
+        return np.zeros(val_logits.shape[0] - 1, np.float32) if policy == "max_softmax" else np.ones(val_logits.shape[0] - 1, np.float32)
+    return settings[chosen[0]]
