@@ -9,14 +9,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DATASETS, METHODS, get_profile, profile_configs, TrainConfig
+import pandas as pd
+import torch
+
+from .config import DATASETS, METHODS, TrainConfig, get_profile, method_spec, profile_configs
 from .cost import ExitCosts, exit_costs
 from .data import PreparedData, load
 from .evaluate import EvalConfig, evaluate_run
+from .losses import exit_weights, resolve_options
 from .models import build_model
 from .paths import data_dir as default_data_dir, prepared_dir, runs_dir
 from .provenance import write_sidecar
-from .train import RunResult, resolve_device, train_run
+from .train import RunResult, is_complete, resolve_device, run_config, run_dir_for, train_run
 
 
 @dataclass
@@ -28,11 +32,18 @@ class RunRecord:
     costs: ExitCosts
 
 
-def check_names(methods: list[str], dataset: str | None = None, profile: str | None = None) -> None:
-    """Fail on a bad name before any work starts."""
+PAPER_NUM_EXITS = 3
+
+
+def check_names(methods: list[str], dataset: str | None = None, profile: str | None = None,
+                options: dict[str, dict[str, Any]] | None = None) -> None:
+    """Fail on a bad name or strategy option before any work starts."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid choices: {list(METHODS)}")
+    for m in methods:
+        strategy, opts = method_spec(m, **(options or {}).get(m, {}))
+        resolve_options(strategy, PAPER_NUM_EXITS, **opts)
     if dataset is not None and dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid choices: {DATASETS}")
     if profile is not None:
@@ -50,12 +61,14 @@ def prepare(dataset: str, profile: str, data_dir: str | None = None, **data_over
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None,
                 options: dict[str, dict[str, Any]] | None = None, data_dir: str | None = None,
                 device: str = "auto", eval_cfg: EvalConfig = EvalConfig(), progress: bool = True,
-                train_overrides: dict[str, Any] | None = None, force: bool = False) -> list[RunRecord]:
+                train_overrides: dict[str, Any] | None = None, force: bool = False,
+                require_finished: bool = False) -> list[RunRecord]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
+    require_finished: only load finished runs (the figures notebook); a missing run is an error.
     """
-    check_names(methods, dataset, profile)
+    check_names(methods, dataset, profile, options)
     seeds = get_profile(profile).seeds if seeds is None else seeds
     data, data_params, base_cfg = prepare(dataset, profile, data_dir)
     records = []
@@ -63,6 +76,10 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
         for seed in seeds:
             cfg = TrainConfig(**(vars(base_cfg) | (train_overrides or {}) | {"seed": seed, "device": device}))
             t0 = time.perf_counter()
+            if require_finished and not is_finished(data, method, cfg, profile, (options or {}).get(method), data_params):
+                raise FileNotFoundError(f"no finished {method} run (seed {seed}) for {dataset} in profile {profile!r} "
+                                        f"under {runs_dir(profile)}: run notebooks 01-03 (or `python -m cgt paper "
+                                        f"--profile {profile}`) first")
             run = train_run(data, method, cfg, runs_root=runs_dir(profile), options=(options or {}).get(method),
                             data_params=data_params, progress=progress, force=force)
             costs = exit_costs(run.model.cpu(), data.input_shape)
@@ -79,3 +96,37 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
                       f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f}")
             records.append(RunRecord(method, seed, run, metrics, costs))
     return records
+
+
+def is_finished(data: PreparedData, method: str, cfg: TrainConfig, profile: str,
+                options: dict[str, Any] | None = None, data_params: dict[str, Any] | None = None) -> bool:
+    """Whether the run `run_methods` would produce already exists, complete and intact."""
+    model = build_model(data.name, data.input_shape, data.num_classes)
+    config = run_config(data, method, cfg, model, options, data_params)
+    return is_complete(run_dir_for(config, runs_dir(profile)))
+
+
+def explain_gates(model, x, y, method: str, progress: float = 1.0, class_names: list[str] | None = None,
+                  **options: Any) -> pd.DataFrame:
+    """One row per sample of a real batch: each exit's prediction and confidence, and the weight
+    the strategy gives each exit's loss — the gate at work, readable."""
+    strategy, opts = method_spec(method, **options)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)                                                    # (E, B, K)
+    weights = exit_weights(logits, y, strategy, progress=progress, **opts)   # (B, E)
+    probs = logits.softmax(-1)
+    conf, pred = probs.max(-1)
+    true_p = probs.gather(-1, y[None, :, None].expand(logits.shape[0], -1, 1)).squeeze(-1)
+    name = (lambda k: class_names[k]) if class_names else (lambda k: k)
+    rows = []
+    for i in range(len(y)):
+        row = {"label": name(int(y[i]))}
+        for e in range(logits.shape[0]):
+            row[f"exit{e + 1} pred"] = name(int(pred[e, i]))
+            row[f"exit{e + 1} conf"] = round(float(conf[e, i]), 3)
+            row[f"exit{e + 1} p(true)"] = round(float(true_p[e, i]), 3)
+        for e in range(logits.shape[0]):
+            row[f"w{e + 1}"] = round(float(weights[i, e]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)

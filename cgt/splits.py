@@ -78,11 +78,11 @@ def missing_classes(labels: np.ndarray, splits: Mapping[str, np.ndarray]) -> dic
 
 
 def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most `n` indices, class proportions kept (for the tiny smoke profile), sorted.
+    """min(n, N) indices, class proportions kept (for the tiny smoke profile), sorted.
 
     Each class gets its share n * n_c / N rounded by largest remainder (so the total is exactly n)
-    and at least one sample; only if n is below the number of classes does that floor win, giving
-    one index per class.
+    and at least one sample; only if n is below the number of classes does that floor win (one
+    index per class, so more than n).
     """
     if n >= len(labels):
         return np.arange(len(labels))

@@ -1,0 +1,174 @@
+"""Figures of training and evaluation (matplotlib/seaborn). Each function returns a Figure."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .fileio import atomic_path
+
+sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+METHOD_ORDER = ["last_exit", "joint_uniform", "joint_depth", "joint_annealed", "branchy_gate",
+                "hard_cgt", "soft_cgt", "soft_cgt_linear"]
+
+
+def palette(methods: Sequence[str]) -> dict[str, tuple]:
+    """Stable colours: baselines in muted tones, the CGT variants in strong ones."""
+    colours = sns.color_palette("tab10", len(METHOD_ORDER))
+    return {m: colours[METHOD_ORDER.index(m) % 10] if m in METHOD_ORDER else colours[-1] for m in methods}
+
+
+def _ordered(methods) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    return sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+
+
+def history_frame(histories: Mapping[tuple[str, int], list[dict]], key: str) -> pd.DataFrame:
+    """Long table (method, seed, epoch, exit, value) of a per-exit history entry."""
+    rows = [{"method": m, "seed": s, "epoch": h["epoch"], "exit": e + 1, key: v}
+            for (m, s), hist in histories.items() for h in hist for e, v in enumerate(h[key])]
+    return pd.DataFrame(rows)
+
+
+def per_exit_over_epochs(histories: Mapping[tuple[str, int], list[dict]], key: str, ylabel: str):
+    """One panel per exit; one line per method (mean over seeds, band = ±1 std)."""
+    df = history_frame(histories, key)
+    methods = _ordered(df["method"])
+    exits = sorted(df["exit"].unique())
+    fig, axes = plt.subplots(1, len(exits), figsize=(4.2 * len(exits), 3.4), sharey=True, squeeze=False)
+    for ax, e in zip(axes[0], exits):
+        sns.lineplot(data=df[df["exit"] == e], x="epoch", y=key, hue="method", hue_order=methods,
+                     palette=palette(methods), errorbar="sd", ax=ax, legend=(e == exits[-1]))
+        ax.set_title(f"exit {e}")
+        ax.set_ylabel(ylabel)
+    if axes[0][-1].get_legend():
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_cost(metrics: Sequence[dict], split: str = "test", point: str = "val_tolerance"):
+    """Accuracy against average relative cost over the global-τ sweep, per method.
+
+    Lines: mean over seeds at each τ (the τ grid is shared); band: ±1 std of accuracy. Squares:
+    the single exits (exit e alone, at its cumulative cost). Stars: the validation-fitted operating
+    point applied to test.
+    """
+    by_method: dict[str, list[dict]] = {}
+    for m in metrics:
+        by_method.setdefault(m["run"]["method"], []).append(m)
+    methods = _ordered(by_method)
+    colours = palette(methods)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method in methods:
+        runs = by_method[method]
+        acc = np.array([r["sweep"][f"{split}_accuracy"] for r in runs])
+        cost = np.array([r["sweep"][f"{split}_relative_cost"] for r in runs])
+        mean_acc, std_acc, mean_cost = acc.mean(0), acc.std(0), cost.mean(0)
+        order = np.argsort(mean_cost)
+        ax.plot(mean_cost[order], mean_acc[order], color=colours[method], label=method, lw=1.6)
+        ax.fill_between(mean_cost[order], (mean_acc - std_acc)[order], (mean_acc + std_acc)[order],
+                        color=colours[method], alpha=0.18, lw=0)
+        exit_acc = np.mean([r["per_exit"][split]["accuracy"] for r in runs], axis=0)
+        ax.scatter(runs[0]["costs"]["relative_cost"], exit_acc, marker="s", s=22, color=colours[method], zorder=3)
+        op = [r["operating_points"][point][split] for r in runs]
+        ax.scatter(np.mean([o["avg_cost_relative"] for o in op]), np.mean([o["accuracy"] for o in op]),
+                   marker="*", s=140, color=colours[method], edgecolor="black", lw=0.6, zorder=4)
+    ax.set_xlabel("average cost (relative to the full network)")
+    ax.set_ylabel(f"{split} accuracy")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_title("accuracy vs cost (■ single exits, ★ validation-fitted τ)")
+    fig.tight_layout()
+    return fig
+
+
+def exit_distribution(table: pd.DataFrame, point: str = "paper_tau"):
+    """Stacked bars: % of test samples leaving at each exit, per method (mean over seeds)."""
+    df = table[table["operating_point"] == point]
+    exit_cols = sorted(c for c in df.columns if c.startswith("exit") and c.endswith("_pct"))
+    means = df.groupby("method")[exit_cols].mean().reindex(_ordered(df["method"]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    left = np.zeros(len(means))
+    for col, colour in zip(exit_cols, sns.color_palette("crest", len(exit_cols))):
+        ax.barh(means.index, means[col], left=left, color=colour, label=col.replace("_pct", "").replace("exit", "exit "))
+        left += means[col].to_numpy()
+    ax.invert_yaxis()
+    ax.set_xlabel("% of test samples")
+    ax.set_xlim(0, 100)
+    ax.legend(ncol=len(exit_cols), frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def per_exit_accuracy(table: pd.DataFrame):
+    """Grouped bars: test accuracy of each exit on its own, per method (mean ± std over seeds)."""
+    df = table[table["operating_point"] == "last_exit"]
+    acc_cols = sorted(c for c in df.columns if c.startswith("exit") and c.endswith("_acc"))
+    long = df.melt(id_vars=["method", "seed"], value_vars=acc_cols, var_name="exit", value_name="exit accuracy")
+    long["exit"] = long["exit"].str.replace("_acc", "").str.replace("exit", "exit ")
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    methods = _ordered(long["method"])
+    sns.barplot(data=long, x="exit", y="exit accuracy", hue="method", hue_order=methods, palette=palette(methods),
+                errorbar="sd", ax=ax)
+    ax.set_ylim(max(0.0, long["exit accuracy"].min() - 0.05), 1.0)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_maps(image_shape: Sequence[int], pixels: np.ndarray, predictions: np.ndarray, exit_index: np.ndarray,
+               num_classes: int, num_exits: int, title: str = ""):
+    """Indian Pines: predicted class map and exit-depth map (which pixels leave at which exit)."""
+    h, w = image_shape
+    pred_map = np.full(h * w, np.nan)
+    exit_map = np.full(h * w, np.nan)
+    pred_map[pixels] = predictions
+    exit_map[pixels] = exit_index + 1
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    im0 = axes[0].imshow(pred_map.reshape(h, w), cmap=plt.get_cmap("tab20", num_classes), vmin=-0.5, vmax=num_classes - 0.5,
+                         interpolation="nearest")
+    axes[0].set_title("predicted class")
+    fig.colorbar(im0, ax=axes[0], fraction=0.046, ticks=range(num_classes))
+    im1 = axes[1].imshow(exit_map.reshape(h, w), cmap=plt.get_cmap("viridis", num_exits), vmin=0.5, vmax=num_exits + 0.5,
+                         interpolation="nearest")
+    axes[1].set_title("exit taken")
+    fig.colorbar(im1, ax=axes[1], fraction=0.046, ticks=range(1, num_exits + 1))
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def examples_per_exit(images: np.ndarray, exit_index: np.ndarray, predictions: np.ndarray, labels: np.ndarray,
+                      class_names: Sequence[str], num_exits: int, per_exit: int = 8):
+    """Fashion-MNIST: the first test images that leave at each exit (title: predicted / true)."""
+    fig, axes = plt.subplots(num_exits, per_exit, figsize=(1.3 * per_exit, 1.6 * num_exits), squeeze=False)
+    for e in range(num_exits):
+        idx = np.flatnonzero(exit_index == e)[:per_exit]
+        for j, ax in enumerate(axes[e]):
+            ax.axis("off")
+            if j < len(idx):
+                i = idx[j]
+                ax.imshow(images[i].squeeze(), cmap="gray_r")
+                colour = "black" if predictions[i] == labels[i] else "red"
+                ax.set_title(f"{class_names[predictions[i]][:9]}", fontsize=7, color=colour)
+        axes[e][0].text(-0.3, 0.5, f"exit {e + 1}", transform=axes[e][0].transAxes, ha="right", va="center")
+    fig.suptitle("test images by the exit they leave at (red: wrong)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write the figure as PNG and PDF atomically; returns the paths."""
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths

@@ -1,0 +1,79 @@
+"""Tables of the paper's results, aggregated over seeds, beside the numbers the paper reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .fileio import atomic_path
+
+# PAPER.md §3: the only numbers known from the paper; the dataset is not stated in our sources.
+PAPER_REPORTED = pd.DataFrame([
+    {"method": "soft_cgt", "f1": 95.0, "precision": 96.0, "recall": 95.0, "exit1_pct": 60.0, "exit2_pct": 21.3, "exit3_pct": 18.7},
+    {"method": "hard_cgt", "f1": 92.0, "precision": 93.0, "recall": 92.0, "exit1_pct": np.nan, "exit2_pct": np.nan, "exit3_pct": np.nan},
+])
+
+SUMMARY_COLUMNS = {  # column of metrics_table → (label, scale)
+    "accuracy": ("accuracy", 100), "f1_macro": ("F1", 100), "precision_macro": ("precision", 100),
+    "recall_macro": ("recall", 100), "exit1_pct": ("exit 1 %", 1), "exit2_pct": ("exit 2 %", 1),
+    "exit3_pct": ("exit 3 %", 1), "avg_cost_relative": ("rel. cost", 1), "avg_cost_flops": ("MFLOPs", 1e-6),
+}
+HYPERSPECTRAL_COLUMNS = {"average_accuracy": ("AA", 100), "kappa": ("kappa", 100)}
+
+
+def summarise(table: pd.DataFrame, point: str) -> pd.DataFrame:
+    """Mean and std over seeds per (dataset, method) at one operating point, in display units."""
+    df = table[table["operating_point"] == point]
+    columns = SUMMARY_COLUMNS | HYPERSPECTRAL_COLUMNS
+    scaled = df[["dataset", "method", "seed"]].copy()
+    for col, (label, scale) in columns.items():
+        scaled[label] = df[col] * scale
+    grouped = scaled.groupby(["dataset", "method"], sort=False)
+    labels = [label for label, _ in columns.values()]
+    out = grouped[labels].mean().add_suffix(" mean").join(grouped[labels].std(ddof=0).add_suffix(" std"))
+    out["seeds"] = grouped["seed"].nunique()
+    return out.reset_index()
+
+
+def format_pm(summary: pd.DataFrame, decimals: dict[str, int] | None = None, hyperspectral: bool = False) -> pd.DataFrame:
+    """'mean ± std' strings for a Markdown/CSV table."""
+    decimals = decimals or {"rel. cost": 3, "MFLOPs": 2}
+    cols = SUMMARY_COLUMNS | (HYPERSPECTRAL_COLUMNS if hyperspectral else {})
+    out = summary[["method"]].copy()
+    for label, _ in cols.values():
+        d = decimals.get(label, 1)
+        out[label] = [f"{m:.{d}f} ± {s:.{d}f}" for m, s in zip(summary[f"{label} mean"], summary[f"{label} std"])]
+    out["seeds"] = summary["seeds"]
+    return out
+
+
+def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our macro F1/precision/recall and exit split beside the paper's, with the difference."""
+    rows = []
+    for _, paper in PAPER_REPORTED.iterrows():
+        for _, ours in summary[summary["method"] == paper["method"]].iterrows():
+            row = {"dataset": ours["dataset"], "method": paper["method"]}
+            for key, label in (("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
+                               ("exit1_pct", "exit 1 %"), ("exit2_pct", "exit 2 %"), ("exit3_pct", "exit 3 %")):
+                row[f"{label} paper"] = paper[key]
+                row[f"{label} ours"] = round(ours[f"{label} mean"], 1)
+                row[f"{label} diff"] = round(ours[f"{label} mean"] - paper[key], 1) if not np.isnan(paper[key]) else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (NaN shown as an em dash)."""
+    def cell(v) -> str:
+        return "—" if isinstance(v, float) and np.isnan(v) else str(v)
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, stem: str | Path) -> None:
+    """CSV and Markdown, atomically."""
+    for suffix, text in ((".csv", df.to_csv(index=False)), (".md", to_markdown(df))):
+        with atomic_path(f"{stem}{suffix}") as tmp:
+            Path(tmp).write_text(text)
