@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cli_commands.add_commands(sub)
     args = parser.parse_args(argv)
+    from .acquire import DataVerificationError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, DataVerificationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

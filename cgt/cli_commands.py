@@ -30,6 +30,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_paper(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineError, run_pipeline
+
+    try:
+        run_pipeline(args.profile, args.dataset, force=args.force)
+    except PipelineError as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from .config import DATASETS, METHODS, PROFILES
 
@@ -47,3 +58,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
+    p.add_argument("--profile", default="paper", choices=list(PROFILES))
+    p.add_argument("--dataset", nargs="+", default=None, choices=DATASETS, help="default: both")
+    p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
+    p.set_defaults(func=_cmd_paper)

@@ -1,8 +1,9 @@
 """Datasets as in-memory tensors: acquire verified raw files, prepare splits, cache the result.
 
 `load(DataConfig(...))` is the one call a notebook makes. Preparation is cached under
-`cache_dir`, keyed by every preparation parameter and the raw data's checksum: a changed
-parameter re-prepares, an unchanged one loads the cache.
+`cache_dir`, keyed by every preparation parameter (and PREP_VERSION): a changed parameter
+re-prepares, an unchanged one loads the cache. Raw files are verified whenever the cache is built;
+the prepared arrays' own checksum is part of every training run's key.
 """
 from __future__ import annotations
 
