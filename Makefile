@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA_DIR ?= data/raw
 
-.PHONY: setup data test lab clean-venv
+.PHONY: setup data test lab paper quick smoke clean-venv
 
 # The stamp depends on pyproject.toml: changing a pin re-installs.
 $(STAMP): pyproject.toml
@@ -22,6 +22,18 @@ data: setup
 
 test: data
 	$(PY) -m pytest
+
+# The whole paper: every notebook, both datasets, every method, 3 seeds; then the README results.
+paper: data
+	$(PY) -m cgt paper --profile paper
+	$(PY) -m cgt results --profile paper
+
+# The same pipeline at the quick profile (one seed, fewer epochs); writes under runs/quick/.
+quick: data
+	$(PY) -m cgt paper --profile quick
+
+smoke: data
+	$(PY) -m cgt paper --profile smoke
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

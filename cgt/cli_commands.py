@@ -41,6 +41,27 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from .config import DATASETS
+    from .paths import figures_dir, project_root
+    from .report import results_markdown, update_readme
+
+    section = results_markdown(figures_dir(args.profile), args.dataset or DATASETS)
+    if args.profile == "paper" and not args.stdout:
+        update_readme(project_root() / "README.md", section)
+        print("README.md results section regenerated from", figures_dir(args.profile))
+    else:
+        print(section)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    run(args.profile, args.method, args.tau, n_single=args.n_single, repeats=args.repeats)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from .config import DATASETS, METHODS, PROFILES
 
@@ -64,3 +85,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", nargs="+", default=None, choices=DATASETS, help="default: both")
     p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
     p.set_defaults(func=_cmd_paper)
+
+    p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")
+    p.add_argument("--profile", default="paper", choices=list(PROFILES))
+    p.add_argument("--dataset", nargs="+", default=None, choices=DATASETS)
+    p.add_argument("--stdout", action="store_true", help="print the section instead of editing README.md")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
+    p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
+    p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--n-single", type=int, default=1000, help="samples timed one by one")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=_cmd_bench)

@@ -89,7 +89,7 @@ PROFILES: dict[str, Profile] = {
                      train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}}),
     "paper": Profile("paper", seeds=[0, 1, 2],
                      data={"fashion_mnist": {}, "indian_pines": {}},
-                     train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 40}}),
+                     train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}}),
 }
 
 

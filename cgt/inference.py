@@ -75,6 +75,15 @@ def exits_from_logits(exit_logits: torch.Tensor, thresholds: float | Sequence[fl
     return preds, exit_index
 
 
+@torch.no_grad()
+def full_network_forward(model: EarlyExitNet, x: torch.Tensor) -> torch.Tensor:
+    """The plain network without early exits: every block, then the last head only → (B, K)."""
+    h = x
+    for block in model.blocks:
+        h = block(h)
+    return model.heads[-1](h)
+
+
 @dataclass
 class EarlyExitOutput:
     predictions: torch.Tensor

@@ -77,3 +77,36 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> None:
     for suffix, text in ((".csv", df.to_csv(index=False)), (".md", to_markdown(df))):
         with atomic_path(f"{stem}{suffix}") as tmp:
             Path(tmp).write_text(text)
+
+
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_markdown(fig_dir: Path, datasets: list[str]) -> str:
+    """The README's results section, assembled from the tables and figures 04_figures wrote."""
+    parts = []
+    for ds in datasets:
+        tables = {p: fig_dir / f"table_{ds}_{p}.md" for p in ("val_tolerance", "paper_tau", "vs_paper")}
+        missing = [str(p) for p in tables.values() if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"missing result tables {missing}: run `python -m cgt paper` first")
+        parts += [f"### {ds}", "",
+                  f"![accuracy vs cost, {ds}]({fig_dir.name}/accuracy_vs_cost_{ds}.png)", "",
+                  "Per-exit thresholds fitted on validation (cheapest setting within 0.5 points of the last "
+                  "exit's validation accuracy), applied to test; mean ± std over seeds:", "",
+                  tables["val_tolerance"].read_text(), "",
+                  "At the paper's fixed τ = 0.9:", "", tables["paper_tau"].read_text(), "",
+                  "Beside the numbers the paper reports (dataset not stated in the paper's sources; "
+                  "ours = mean over seeds at τ = 0.9, macro averages):", "", tables["vs_paper"].read_text(), ""]
+    return "\n".join(parts)
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the results markers of the README (atomically)."""
+    text = readme.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise ValueError(f"{readme} has no {RESULTS_START} … {RESULTS_END} markers")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    with atomic_path(readme) as tmp:
+        Path(tmp).write_text(f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}")

@@ -1,0 +1,77 @@
+"""Does early exit pay off in wall-clock time, not only in FLOPs?
+
+    python -m cgt bench [--profile quick] [--method soft_cgt] [--tau 0.9]
+
+For each dataset's trained model (a finished run of the profile) this prints, in one run on this
+machine: the FLOPs-predicted speed-up of the early-exit policy over the full network (backbone +
+last head), the measured wall-clock speed-up of the real early-exit forward pass at batch size 1
+and at a large batch, and measured / predicted. Ratios from one run are comparable on a noisy
+machine; absolute times are not.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .cost import average_cost, exit_costs
+from .experiment import prepare, run_methods
+from .inference import early_exit_forward, full_network_forward
+from .provenance import device_description
+
+
+def _best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)  # the least disturbed run: the noise of a shared machine only adds time
+
+
+def benchmark(model, x: torch.Tensor, tau: float, n_single: int = 1000, large_batch: int = 1024,
+              repeats: int = 3) -> dict:
+    model.eval()
+    num_exits = model.num_exits
+    costs = exit_costs(model, tuple(x.shape[1:]))
+    exits = early_exit_forward(model, x, tau, batch_size=large_batch).exit_index
+    fractions = np.bincount(exits.numpy(), minlength=num_exits) / len(x)
+    predicted = costs.full_network / average_cost(fractions, costs)
+    single = x[:n_single]
+    fractions_single = np.bincount(exits[:n_single].numpy(), minlength=num_exits) / len(single)
+    predicted_single = costs.full_network / average_cost(fractions_single, costs)
+
+    def per_sample(fn):
+        return lambda: [fn(single[i:i + 1]) for i in range(len(single))]
+
+    with torch.inference_mode():
+        full_1 = _best_time(per_sample(lambda xb: full_network_forward(model, xb)), repeats)
+        early_1 = _best_time(lambda: early_exit_forward(model, single, tau, batch_size=1), repeats)
+        full_b = _best_time(lambda: [full_network_forward(model, x[i:i + large_batch]) for i in range(0, len(x), large_batch)], repeats)
+        early_b = _best_time(lambda: early_exit_forward(model, x, tau, batch_size=large_batch), repeats)
+    return {"exit_fractions": fractions.tolist(), "predicted_speedup": predicted,
+            "predicted_speedup_bs1_subset": predicted_single,
+            "bs1_full_ms": 1e3 * full_1 / len(single), "bs1_early_ms": 1e3 * early_1 / len(single),
+            "bs1_speedup": full_1 / early_1, "bs1_ratio": (full_1 / early_1) / predicted_single,
+            "large_batch": large_batch, "batch_full_s": full_b, "batch_early_s": early_b,
+            "batch_speedup": full_b / early_b, "batch_ratio": (full_b / early_b) / predicted}
+
+
+def run(profile: str = "quick", method: str = "soft_cgt", tau: float = 0.9, datasets=("fashion_mnist", "indian_pines"),
+        n_single: int = 1000, repeats: int = 3) -> dict:
+    print(f"device: {device_description('cpu')}; policy max_softmax, tau = {tau}; method {method} ({profile} profile)")
+    results = {}
+    for ds in datasets:
+        data, _, _ = prepare(ds, profile)
+        rec = run_methods(ds, profile, [method], seeds=[0], require_finished=True, progress=False)[0]
+        r = benchmark(rec.run.model.cpu(), data.x["test"], tau, n_single=n_single, repeats=repeats)
+        results[ds] = r
+        print(f"{ds}: exits {np.round(100 * np.array(r['exit_fractions']), 1).tolist()} %; "
+              f"FLOPs-predicted speed-up {r['predicted_speedup']:.2f}x")
+        print(f"  batch 1:    full {r['bs1_full_ms']:.3f} ms/sample, early exit {r['bs1_early_ms']:.3f} ms/sample -> "
+              f"{r['bs1_speedup']:.2f}x measured, {100 * r['bs1_ratio']:.0f}% of predicted "
+              f"({r['predicted_speedup_bs1_subset']:.2f}x on these {n_single} samples; target >= 80%)")
+        print(f"  batch {r['large_batch']}: full {r['batch_full_s']:.3f} s, early exit {r['batch_early_s']:.3f} s -> "
+              f"{r['batch_speedup']:.2f}x measured, {100 * r['batch_ratio']:.0f}% of predicted (target >= 60%)")
+    return results

@@ -1,0 +1,227 @@
+"""Training runs (cgt.train): deterministic, cached by content, resumable after a kill, and the
+last_exit baseline really is the plain network. Uses a small subset of the real Indian Pines data."""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cgt.config import TrainConfig
+from cgt.data import DataConfig, load
+from cgt.losses import STRATEGIES, resolve_options
+from cgt.models import build_model
+from cgt.train import _train_epoch, is_complete, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = TrainConfig(epochs=2, batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ip_data(tmp_path_factory):
+    return load(DataConfig(dataset="indian_pines", data_dir=str(ROOT / "data" / "raw"),
+                           cache_dir=str(tmp_path_factory.mktemp("prepared")), pca_components=8, patch_size=5,
+                           max_train=300, max_eval=200))
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+
+
+# ---------------------------------------------------------------- determinism
+def test_same_seed_gives_bit_identical_runs(ip_data, tmp_path):
+    """Two runs with the same config and seed: identical weights, histories (but timing) and logits; another seed differs."""
+    a = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "a", progress=False, force=True)
+    b = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "b", progress=False, force=True)
+    assert not a.cached and not b.cached
+    assert state_equal(a.model.state_dict(), b.model.state_dict())
+    assert without_time(a.history) == without_time(b.history)
+    for split in ("val", "test"):
+        assert torch.equal(a.logits[split], b.logits[split])
+    assert a.run_dir.relative_to(tmp_path / "a") == b.run_dir.relative_to(tmp_path / "b")
+    c = train_run(ip_data, "hard_cgt", TrainConfig(epochs=2, batch_size=64, device="cpu", seed=1),
+                  runs_root=tmp_path / "a", progress=False)
+    assert c.run_dir != a.run_dir and c.run_dir.name.startswith("seed1-")
+    assert not torch.equal(c.model.state_dict()["heads.0.2.weight"], a.model.state_dict()["heads.0.2.weight"])
+
+
+# ---------------------------------------------------------------- caching
+def test_finished_run_is_reused_not_retrained(ip_data, tmp_path):
+    """A second call with the same config loads the finished run (cached=True, files untouched, same logits)."""
+    first = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    assert not first.cached and is_complete(first.run_dir)
+    assert not (first.run_dir / "checkpoint.pt").exists()  # the finished artifacts supersede it
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first.run_dir.iterdir()}
+    time.sleep(0.01)
+    second = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    assert second.cached and second.run_dir == first.run_dir
+    assert {p.name: p.stat().st_mtime_ns for p in first.run_dir.iterdir()} == mtimes
+    assert state_equal(second.model.state_dict(), first.model.state_dict())
+    assert torch.equal(second.logits["test"], first.logits["test"])
+    assert second.history == json.loads(json.dumps(first.history))
+
+
+def test_changed_option_gives_a_new_run_dir(ip_data, tmp_path):
+    """Changing a strategy option (hard_cgt τ_train) or a training value names a different run folder."""
+    base = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False)
+    other = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False, options={"tau_train": 0.8})
+    assert not other.cached and other.run_dir != base.run_dir
+    assert other.config["options"]["tau_train"] == 0.8 and base.config["options"]["tau_train"] == 0.5
+    # the default spelled out explicitly is the same run
+    same = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False, options={"tau_train": 0.5})
+    assert same.cached and same.run_dir == base.run_dir
+    lr = train_run(ip_data, "hard_cgt", TrainConfig(epochs=2, batch_size=64, device="cpu", lr=1e-3),
+                   runs_root=tmp_path, progress=False)
+    assert lr.run_dir not in (base.run_dir, other.run_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
+def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp_path, damage):
+    """A truncated, altered or missing logits.pt fails the hash check; the run is then redone, identically."""
+    first = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    path = first.run_dir / "logits.pt"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt":
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    else:
+        path.unlink()
+    assert not is_complete(first.run_dir)
+    redone = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    assert not redone.cached and redone.run_dir == first.run_dir and is_complete(redone.run_dir)
+    assert torch.equal(torch.load(path, weights_only=True)["test"], first.logits["test"])
+    assert state_equal(redone.model.state_dict(), first.model.state_dict())
+
+
+# ---------------------------------------------------------------- history
+def test_history_records_every_epoch(ip_data, tmp_path):
+    """history.json holds, per epoch: loss, E train/val accuracies, E mean weights, λ and the epoch time."""
+    run = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False)
+    assert run.history == json.loads((run.run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in run.history] == [1, 2]
+    for h in run.history:
+        assert {"loss", "train_acc", "val_acc", "mean_weight", "lambdas", "epoch_time_s"} <= set(h)
+        assert h["loss"] > 0 and h["epoch_time_s"] > 0
+        for key in ("train_acc", "val_acc", "mean_weight", "lambdas"):
+            assert len(h[key]) == 3, key
+        assert all(0 <= a <= 1 for a in h["train_acc"] + h["val_acc"])
+        assert sum(h["mean_weight"]) == pytest.approx(1.0, abs=1e-5)  # normalised per sample
+    # annealed λ: the schedule's start at the first epoch, its end at the last
+    assert run.history[0]["lambdas"] == pytest.approx([1.0, 0.55, 0.1])
+    assert run.history[-1]["lambdas"] == pytest.approx([0.2, 0.6, 1.0])
+
+
+def test_hard_cgt_gate_moves_weight_off_the_last_exit(ip_data, tmp_path):
+    """With equal λ, joint_uniform weighs every exit 1/3 but HardCGT gives exit 3 clearly less than exit 1."""
+    uniform = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    for h in uniform.history:
+        assert h["mean_weight"] == pytest.approx([1 / 3] * 3, abs=1e-6)
+    hard = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False, options={"lambdas": [1, 1, 1]})
+    w1, w2, w3 = hard.history[-1]["mean_weight"]
+    # per sample w_1 = (1 + ε)/S ≥ w_3 = (elig_3 + ε)/S, strictly where an earlier exit succeeded
+    assert w3 < w1 - 0.02 and w2 <= w1 + 1e-6
+
+
+# ---------------------------------------------------------------- last_exit is the plain network
+def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
+    """last_exit: one training step gives the backbone exactly the gradient of the last exit's CE alone; early heads still learn."""
+    x, y = ip_data.x["train"][:64], ip_data.y["train"][:64]
+    torch.manual_seed(0)
+    model = build_model("indian_pines", ip_data.input_shape, ip_data.num_classes)
+    ref = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=1, batch_size=64, device="cpu")
+    config = {"strategy": "last_exit", "options": resolve_options("last_exit", 3)}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, .grad stays
+    _train_epoch(model, opt, x, y, cfg, config, STRATEGIES["last_exit"].detach_early_heads, 0.0, 0, "", False)
+    # the same batch in the same order, trained as the plain network: CE of the last exit only
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
+    ref.train()
+    F.cross_entropy(ref(x[order])[-1], y[order]).backward()
+    got, want = dict(model.named_parameters()), dict(ref.named_parameters())
+    for name, p in got.items():
+        if name.startswith("blocks."):
+            torch.testing.assert_close(p.grad, want[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+        elif name.startswith(("heads.0.", "heads.1.")):
+            assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name  # early heads do learn
+            assert want[name].grad is None or torch.count_nonzero(want[name].grad) == 0, name
+    # control: joint training sends early-exit gradient into the backbone, so the check above can fail
+    joint = copy.deepcopy(ref)
+    joint.zero_grad()
+    _train_epoch(joint, torch.optim.SGD(joint.parameters(), lr=0.0), x, y, cfg,
+                 {"strategy": "joint_uniform", "options": resolve_options("joint_uniform", 3)}, False, 0.0, 0, "", False)
+    g_joint = dict(joint.named_parameters())["blocks.0.0.weight"].grad
+    assert not torch.allclose(g_joint, want["blocks.0.0.weight"].grad, rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------- resume after SIGKILL
+EPOCHS = 12
+COMMAND = [sys.executable, "-m", "cgt", "train", "--dataset", "indian_pines", "--method", "joint_uniform",
+           "--profile", "smoke", "--epochs", str(EPOCHS), "--quiet"]
+
+
+def _env(runs: Path) -> dict[str, str]:
+    # One thread per process: two torch processes with a thread per core each oversubscribe a
+    # small CPU badly (10x slower). Every run of this test uses the same setting.
+    return os.environ | {"CGT_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
+
+
+def _start(runs: Path) -> subprocess.Popen:
+    return subprocess.Popen(COMMAND, cwd=ROOT, env=_env(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _run_dir(runs: Path) -> Path:
+    found = glob.glob(str(runs / "smoke" / "indian_pines" / "joint_uniform" / "seed0-*"))
+    assert len(found) == 1, found
+    return Path(found[0])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """`python -m cgt train` SIGKILLed mid-run, then rerun, ends bit-identical to an uninterrupted run."""
+    clean = _start(tmp_path / "clean")  # the uninterrupted reference, in parallel
+    killed = _start(tmp_path / "killed")
+    pattern = str(tmp_path / "killed" / "smoke" / "indian_pines" / "joint_uniform" / "seed0-*" / "checkpoint.pt")
+    epoch, deadline = 0, time.monotonic() + 150
+    while epoch < 1:
+        assert killed.poll() is None, f"run ended before it could be killed: {killed.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        for path in glob.glob(pattern):
+            try:  # written atomically by rename: either absent or complete
+                epoch = torch.load(path, weights_only=False)["epoch"]
+            except FileNotFoundError:
+                pass
+        time.sleep(0.02)
+    killed.kill()  # SIGKILL: no cleanup runs
+    killed.communicate()
+    run_dir = _run_dir(tmp_path / "killed")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert 1 <= ckpt["epoch"] < EPOCHS and len(ckpt["history"]) == ckpt["epoch"]
+    assert not (run_dir / "complete.json").exists() and not (run_dir / "model.pt").exists()
+
+    resumed = subprocess.run(COMMAND, cwd=ROOT, env=_env(tmp_path / "killed"), capture_output=True, text=True, timeout=200)
+    assert resumed.returncode == 0, resumed.stderr
+    out, err = clean.communicate(timeout=200)
+    assert clean.returncode == 0, err
+
+    a, b = _run_dir(tmp_path / "killed"), _run_dir(tmp_path / "clean")
+    assert a.name == b.name and is_complete(a) and is_complete(b)
+    assert state_equal(torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True))
+    hist_a, hist_b = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    assert len(hist_a) == EPOCHS and without_time(hist_a) == without_time(hist_b)
+    la, lb = (torch.load(d / "logits.pt", weights_only=True) for d in (a, b))
+    assert all(torch.equal(la[k], lb[k]) for k in ("val", "test"))
