@@ -17,7 +17,7 @@ import torch
 
 from .cost import average_cost, exit_costs
 from .experiment import prepare, run_methods
-from .inference import early_exit_forward, full_network_forward
+from .inference import early_exit_forward, full_network_forward, fuse_for_inference
 from .provenance import device_description
 
 
@@ -32,7 +32,8 @@ def _best_time(fn, repeats: int) -> float:
 
 def benchmark(model, x: torch.Tensor, tau: float, n_single: int = 1000, large_batch: int = 1024,
               repeats: int = 3) -> dict:
-    model.eval()
+    """Both sides run the same deployment copy of the model (BatchNorm folded into the convs)."""
+    model = fuse_for_inference(model)
     num_exits = model.num_exits
     costs = exit_costs(model, tuple(x.shape[1:]))
     exits = early_exit_forward(model, x, tau, batch_size=large_batch).exit_index
@@ -42,14 +43,10 @@ def benchmark(model, x: torch.Tensor, tau: float, n_single: int = 1000, large_ba
     fractions_single = np.bincount(exits[:n_single].numpy(), minlength=num_exits) / len(single)
     predicted_single = costs.full_network / average_cost(fractions_single, costs)
 
-    def per_sample(fn):
-        return lambda: [fn(single[i:i + 1]) for i in range(len(single))]
-
-    with torch.inference_mode():
-        full_1 = _best_time(per_sample(lambda xb: full_network_forward(model, xb)), repeats)
-        early_1 = _best_time(lambda: early_exit_forward(model, single, tau, batch_size=1), repeats)
-        full_b = _best_time(lambda: [full_network_forward(model, x[i:i + large_batch]) for i in range(0, len(x), large_batch)], repeats)
-        early_b = _best_time(lambda: early_exit_forward(model, x, tau, batch_size=large_batch), repeats)
+    full_1 = _best_time(lambda: full_network_forward(model, single, batch_size=1), repeats)
+    early_1 = _best_time(lambda: early_exit_forward(model, single, tau, batch_size=1), repeats)
+    full_b = _best_time(lambda: full_network_forward(model, x, batch_size=large_batch), repeats)
+    early_b = _best_time(lambda: early_exit_forward(model, x, tau, batch_size=large_batch), repeats)
     return {"exit_fractions": fractions.tolist(), "predicted_speedup": predicted,
             "predicted_speedup_bs1_subset": predicted_single,
             "bs1_full_ms": 1e3 * full_1 / len(single), "bs1_early_ms": 1e3 * early_1 / len(single),

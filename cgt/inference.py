@@ -13,11 +13,13 @@ score passes that exit's threshold τ_e, and the last exit always accepts:
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from .models import EarlyExitNet
 
@@ -32,7 +34,7 @@ def check_policy(policy: str) -> None:
 
 def check_thresholds(thresholds: float | Sequence[float], num_exits: int) -> torch.Tensor:
     """One global τ or one per early exit (E − 1 values; the last exit always accepts) → (E − 1,)."""
-    if isinstance(thresholds, (int, float)):
+    if np.ndim(thresholds) == 0:  # a Python, numpy or 0-d tensor scalar: one global τ
         values = [float(thresholds)] * (num_exits - 1)
     else:
         values = [float(t) for t in thresholds]
@@ -75,13 +77,18 @@ def exits_from_logits(exit_logits: torch.Tensor, thresholds: float | Sequence[fl
     return preds, exit_index
 
 
-@torch.no_grad()
-def full_network_forward(model: EarlyExitNet, x: torch.Tensor) -> torch.Tensor:
-    """The plain network without early exits: every block, then the last head only → (B, K)."""
-    h = x
-    for block in model.blocks:
-        h = block(h)
-    return model.heads[-1](h)
+@torch.inference_mode()
+def full_network_forward(model: EarlyExitNet, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The plain network without early exits: every block, then the last head only → (B, K).
+    With `batch_size`, x is processed in chunks of that size (1 = the latency setting)."""
+    model.eval()
+    chunks = [x] if batch_size is None else [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    out = []
+    for h in chunks:
+        for block in model.blocks:
+            h = block(h)
+        out.append(model.heads[-1](h))
+    return torch.cat(out)
 
 
 @dataclass
@@ -92,7 +99,7 @@ class EarlyExitOutput:
     """(N,) 0-based exit each sample left by."""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float | Sequence[float],
                        policy: str = "max_softmax", batch_size: int = 256) -> EarlyExitOutput:
     """Run `model` with early exits: deeper blocks only see the samples still undecided."""
@@ -100,6 +107,8 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
     num_exits = model.num_exits
     taus = check_thresholds(thresholds, num_exits).tolist()
     model.eval()
+    if batch_size == 1:
+        return _early_exit_one_by_one(model, x, taus, policy)
     device = next(model.parameters()).device
     preds = torch.empty(len(x), dtype=torch.long)
     exits = torch.empty(len(x), dtype=torch.long)
@@ -122,3 +131,39 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
                 keep = ~done
                 h, pending = h[keep], pending[~done_cpu]
     return EarlyExitOutput(preds, exits)
+
+
+def _early_exit_one_by_one(model: EarlyExitNet, x: torch.Tensor, taus: list[float], policy: str) -> EarlyExitOutput:
+    """Batch size 1, the latency setting: no masks or gathers, one scalar decision per exit.
+    On a small model per-operator overhead rivals the arithmetic, so every avoided op counts."""
+    device = next(model.parameters()).device
+    last = model.num_exits - 1
+    preds, exits = [], []
+    for i in range(len(x)):
+        h = x[i:i + 1].to(device)
+        for e in range(model.num_exits):
+            h = model.blocks[e](h)
+            logits = model.heads[e](h)
+            if e == last or bool(accepts(logits, taus[e], policy)):
+                break
+        preds.append(int(logits.argmax()))
+        exits.append(e)
+    return EarlyExitOutput(torch.tensor(preds, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
+
+
+def fuse_for_inference(model: EarlyExitNet) -> EarlyExitNet:
+    """A deployment copy with every Conv2d → BatchNorm2d pair folded into one Conv2d.
+
+    In eval mode the function is the same (up to float rounding) with one operator less per
+    stage; applied to both sides of a latency comparison, it keeps the comparison fair.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for seq in fused.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                    seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                    seq[i + 1] = nn.Identity()
+    return fused

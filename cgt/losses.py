@@ -199,6 +199,9 @@ def exit_weights(exit_logits: Tensor | Sequence[Tensor], targets: Tensor, strate
     exit_logits: (E, B, K) or a list of E (B, K) tensors, shallow → deep.
     progress: fraction of training done, in [0, 1] (drives annealed λ).
     """
+    if not 0.0 <= float(progress) <= 1.0:
+        raise ValueError(f"progress={progress} must be in [0, 1] (the fraction of training done); "
+                         f"outside it the annealed λ would be extrapolated, possibly negative")
     if not isinstance(exit_logits, Tensor):
         exit_logits = torch.stack(list(exit_logits))
     num_exits = exit_logits.shape[0]
@@ -210,7 +213,9 @@ def exit_weights(exit_logits: Tensor | Sequence[Tensor], targets: Tensor, strate
         lam = resolve_lambdas(opts["lambdas"], num_exits, progress).to(elig.device)
         w = lam[None, :] * elig + float(opts.get("eps_leak", 0.0))
         if opts.get("normalize", False):
-            w = w / w.sum(dim=1, keepdim=True)
+            # A row can be all zero (λ_1 = 0, ε = 0 and exit 1 succeeded): no exit learns from
+            # that sample. Keep it zero rather than dividing by zero into NaN.
+            w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
     return w
 
 

@@ -6,6 +6,8 @@ right but the prediction taken is wrong), expected calibration error per exit.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, precision_recall_fscore_support
@@ -16,13 +18,19 @@ from .cost import ExitCosts, average_cost
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Overall accuracy; macro and weighted F1 / precision / recall; average accuracy (mean
     per-class recall, the hyperspectral 'AA') and Cohen's κ."""
-    labels = np.arange(num_classes)
+    # Classes with neither a true nor a predicted sample (a spatial split can leave a class out of
+    # test) have no precision or recall: macro averages run over the classes that occur.
+    labels = np.union1d(y_true, y_pred)
+    if labels.max(initial=0) >= num_classes:
+        raise ValueError(f"labels up to {labels.max()} but num_classes={num_classes}")
     out = {"accuracy": float(accuracy_score(y_true, y_pred))}
     for avg in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
         out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
     present = np.unique(y_true)  # AA over the classes that occur (a class absent from test has no recall)
-    out["average_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(present) > 1 else out["accuracy"]
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected here
+        warnings.simplefilter("ignore", UserWarning)
+        out["average_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(present) > 1 else out["accuracy"]
     out["kappa"] = float(cohen_kappa_score(y_true, y_pred, labels=labels))
     return out
 

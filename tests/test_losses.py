@@ -289,20 +289,23 @@ def test_hard_cgt_leak_is_bounded_by_eps():
 
 # ---------------------------------------------------------------- the loss
 def test_weighted_exit_loss_by_hand():
-    """weighted_exit_loss = Σ_e mean_i w[i,e]·CE_e(i), CE = −ln p_e(y) read off the hand-made table."""
-    w = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [1.0, 0.0, 0.0]])
-    ce = [[-L(0.8), -L(0.1), -L(3 / 7)],   # exit 1: p(y) = 0.8, 0.1, 3/7
-          [-L(0.6), -L(9 / 11), -L(1 / 11)],  # exit 2
-          [-L(1 / 3)] * 3]                      # exit 3: uniform
-    expected = sum(sum(w[i, e].item() * ce[e][i] for i in range(3)) / 3 for e in range(3))
-    loss = weighted_exit_loss(hand_logits(), Y, w)
+    """weighted_exit_loss = Σ_e mean_i w[i,e]·CE_e(i), CE = −ln p_e(y) read off the hand-made table (B=2 ≠ E=3)."""
+    lg, y = hand_logits()[:, :2], Y[:2]  # samples s0, s1: the mean over samples and the sum over exits differ
+    w = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    ce = [[-L(0.8), -L(0.1)],          # exit 1: p(y) = 0.8, 0.1
+          [-L(0.6), -L(9 / 11)],       # exit 2: p(y) = 0.6, 9/11
+          [-L(1 / 3), -L(1 / 3)]]      # exit 3: uniform
+    # = (0.5·0.2231 + 0.1·2.3026)/2 + (0.3·0.5108 + 0.1·0.2007)/2 + (0.2·1.0986 + 0.8·1.0986)/2
+    expected = sum((w[0, e].item() * ce[e][0] + w[1, e].item() * ce[e][1]) / 2 for e in range(3))
+    assert expected == pytest.approx(0.17092 + 0.08666 + 0.54931, abs=1e-4)
+    loss = weighted_exit_loss(lg, y, w)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # label smoothing ε: CE = (1 − ε)(−ln p_y) + ε · mean_k(−ln p_k)
     eps_ls = 0.1
-    probs = hand_logits().double().softmax(-1)
-    smoothed = sum(sum(w[i, e].item() * ((1 - eps_ls) * ce[e][i] - eps_ls * probs[e, i].log().mean().item())
-                       for i in range(3)) / 3 for e in range(3))
-    loss_ls = weighted_exit_loss(hand_logits(), Y, w, label_smoothing=eps_ls)
+    logp = lg.double().log_softmax(-1)
+    smoothed = sum(sum(w[i, e].item() * ((1 - eps_ls) * ce[e][i] - eps_ls * logp[e, i].mean().item())
+                       for i in range(2)) / 2 for e in range(3))
+    loss_ls = weighted_exit_loss(lg, y, w, label_smoothing=eps_ls)
     assert loss_ls.item() == pytest.approx(smoothed, rel=1e-5)
     assert abs(loss_ls.item() - loss.item()) > 1e-3
 
@@ -343,13 +346,24 @@ def test_bad_options_raise_naming_the_problem(strategy, options, match):
         resolve_options(strategy, 3, **options)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cgt/losses.py exit_weights (normalize step, `w / w.sum(...)`): options "
-                   "that resolve_options accepts (λ_1 = 0, ε_leak = 0) give an all-zero row when exit 1 succeeds, "
-                   "and normalisation turns it into NaN weights (NaN loss) instead of raising or guarding")
 def test_accepted_options_never_give_nan_weights():
-    """Options accepted by validation never yield NaN weights (either rejected up front or finite)."""
+    """Options accepted by validation never yield NaN weights: λ_1 = 0, ε = 0 and exit 1 succeeding on s0
+    gives s0 an all-zero row, which normalisation must not turn into 0/0 (either rejected up front or finite)."""
     try:
         w = exit_weights(hand_logits(), Y, "hard_cgt", lambdas=[0.0, 1.0, 1.0], eps_leak=0.0)
     except ValueError:
         return
     assert torch.isfinite(w).all(), w
+    # the other rows are untouched: s1 elig [1, 1, 0] → [0, 1, 0]; s2 elig [1, 1, 1] → [0, 1/2, 1/2]
+    torch.testing.assert_close(w[1:], torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5]]))
+
+
+@pytest.mark.parametrize("progress", [-0.5, 2.0])
+def test_progress_outside_unit_interval_is_rejected_or_clamped(progress):
+    """progress outside [0, 1] raises ValueError naming it, or is clamped: weights are never negative."""
+    try:
+        w = exit_weights(hand_logits(), Y, "joint_annealed", progress=progress)
+    except ValueError as exc:
+        assert "progress" in str(exc)
+        return
+    assert (w >= 0).all(), w

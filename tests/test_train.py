@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=2, batch_size=64, device="cpu")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two spinning threads slow tiny ops down badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ip_data(tmp_path_factory):
     return load(DataConfig(dataset="indian_pines", data_dir=str(ROOT / "data" / "raw"),
@@ -223,5 +232,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert state_equal(torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True))
     hist_a, hist_b = (json.loads((d / "history.json").read_text()) for d in (a, b))
     assert len(hist_a) == EPOCHS and without_time(hist_a) == without_time(hist_b)
+    # it really resumed: the epochs done before the kill keep their recorded timings (a restart re-measures them)
+    assert hist_a[: ckpt["epoch"]] == ckpt["history"]
     la, lb = (torch.load(d / "logits.pt", weights_only=True) for d in (a, b))
     assert all(torch.equal(la[k], lb[k]) for k in ("val", "test"))

@@ -1,0 +1,284 @@
+"""Early-exit inference (cgt.inference), per-exit cost (cgt.cost) and threshold fitting (cgt.thresholds).
+
+The key check: the real early-exit forward pass, which runs deeper blocks only on undecided
+samples, takes exactly the decisions that the fast simulation from cached logits takes — on a
+network trained on real Fashion-MNIST data, batched and one sample at a time.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cgt.config import TrainConfig
+from cgt.cost import ExitCosts, average_cost, exit_costs
+from cgt.data import DataConfig, load
+from cgt.inference import early_exit_forward, exit_scores, exits_from_logits
+from cgt.models import EarlyExitNet
+from cgt.thresholds import evaluate_settings, fit_operating_point, sweep_global
+from cgt.train import predict_logits, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: a batch-size-1 loop of tiny ops is 100x slower when a busy 2-core machine
+    makes two spinning threads wait for each other; the results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A Fashion-MNIST early-exit CNN trained for 2 epochs on 2000 images; its val inputs and logits."""
+    data = load(DataConfig(dataset="fashion_mnist", data_dir=str(ROOT / "data" / "raw"),
+                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=2000, max_eval=300))
+    run = train_run(data, "joint_uniform", TrainConfig(epochs=2, batch_size=64, device="cpu"),
+                    runs_root=tmp_path_factory.mktemp("runs"), progress=False)
+    x, y = data.x["val"], data.y["val"]
+    return {"model": run.model, "x": x, "y": y, "logits": predict_logits(run.model, x), "data": data,
+            "costs": exit_costs(run.model, data.input_shape)}
+
+
+# Settings chosen so that every exit gets samples (asserted); the authors' τ = 0.9 is added as is.
+SPREAD = [("max_softmax", 0.5), ("max_softmax", 0.6), ("max_softmax", [0.6, 0.8]), ("max_softmax", [0.4, 0.6]),
+          ("entropy", 0.5), ("entropy", [0.6, 0.4])]
+PAPER = [("max_softmax", 0.9), ("max_softmax", [0.7, 0.95]), ("entropy", 0.1)]
+
+
+def test_equivalence_thresholds_reach_every_exit(trained):
+    """Precondition of the equivalence test: each SPREAD setting sends samples out of every exit, and
+    no sample's score lies within 1e-6 of a threshold (so float noise cannot decide)."""
+    for policy, taus in SPREAD:
+        _, exits = exits_from_logits(trained["logits"], taus, policy)
+        assert (torch.bincount(exits, minlength=3) > 0).all(), (policy, taus, torch.bincount(exits, minlength=3))
+    for policy, taus in SPREAD + PAPER:
+        scores = exit_scores(trained["logits"][:-1], policy)
+        for e, tau in enumerate([taus] * 2 if isinstance(taus, float) else taus):
+            assert (scores[e] - tau).abs().min() > 1e-6
+
+
+@pytest.mark.parametrize("policy, taus", SPREAD + PAPER)
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_early_exit_forward_equals_simulation_from_logits(trained, policy, taus, batch_size):
+    """early_exit_forward (really skipping blocks) = exits_from_logits on full-forward logits: same predictions and exits."""
+    model, x = trained["model"], trained["x"]
+    want_preds, want_exits = exits_from_logits(predict_logits(model, x), taus, policy)
+    out = early_exit_forward(model, x, taus, policy, batch_size=batch_size)
+    assert torch.equal(out.exit_index, want_exits)
+    assert torch.equal(out.predictions, want_preds)
+    # and the prediction taken is the one of the exit the sample left by
+    assert torch.equal(out.predictions, trained["logits"].argmax(-1)[want_exits, torch.arange(len(x))])
+
+
+def count_rows(model: EarlyExitNet) -> tuple[list[int], list]:
+    seen = [0, 0, 0]
+    handles = [model.blocks[e].register_forward_hook(
+        lambda mod, inp, out, e=e: seen.__setitem__(e, seen[e] + inp[0].shape[0])) for e in range(3)]
+    return seen, handles
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, 1000])
+def test_deeper_blocks_run_only_on_undecided_samples(trained, batch_size):
+    """Block 2 sees exactly the samples exit 1 did not accept, block 3 those exits 1–2 did not accept."""
+    model, x = trained["model"], trained["x"]
+    seen, handles = count_rows(model)
+    try:
+        out = early_exit_forward(model, x, [0.6, 0.8], "max_softmax", batch_size=batch_size)
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(x)
+    assert seen == [n, int((out.exit_index >= 1).sum()), int((out.exit_index >= 2).sum())]
+    assert seen[1] < n and seen[2] < seen[1]  # something was really skipped at each stage
+
+
+# ---------------------------------------------------------------- cost
+def hand_net() -> EarlyExitNet:
+    blocks = [nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Conv2d(2, 4, 3, padding=1, bias=False),
+              nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.ReLU())]
+    heads = [nn.Sequential(nn.Flatten(), nn.Linear(32, 3)), nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+             nn.Sequential(nn.Flatten(), nn.Linear(64, 3))]
+    return EarlyExitNet(blocks, heads)
+
+
+def test_exit_costs_match_the_analytic_count():
+    """FLOPs per sample on a 1×4×4 input: conv 2·Cin·Cout·k²·H·W, linear 2·in·out; cumulative, full network, relative."""
+    costs = exit_costs(hand_net(), (1, 4, 4))
+    blocks = (2 * 1 * 2 * 3 * 3 * 4 * 4,   # 576
+              2 * 2 * 4 * 3 * 3 * 4 * 4,   # 2304
+              2 * 4 * 4 * 1 * 1 * 4 * 4)   # 512 (ReLU not counted)
+    heads = (2 * 32 * 3, 2 * 64 * 3, 2 * 64 * 3)  # 192, 384, 384
+    assert costs.block_flops == blocks and costs.head_flops == heads
+    cumulative = [576 + 192, 576 + 192 + 2304 + 384, 576 + 192 + 2304 + 384 + 512 + 384]  # every earlier head too
+    assert costs.cumulative.tolist() == cumulative == [768, 3456, 4352]
+    assert costs.full_network == 576 + 2304 + 512 + 384 == 3776  # all blocks, last head only
+    np.testing.assert_allclose(costs.relative, np.array(cumulative) / 3776)
+    assert 1.0 < costs.relative[-1] < 1.2  # running every exit costs the early heads on top
+    assert average_cost([0.5, 0.25, 0.25], costs) == pytest.approx(0.5 * 768 + 0.25 * 3456 + 0.25 * 4352)
+    assert average_cost([0.0, 0.0, 1.0], costs) == 4352
+    d = costs.to_dict()
+    assert d["full_network_flops"] == 3776 and d["cumulative_flops"] == cumulative
+
+
+def test_exit_costs_keep_the_training_mode():
+    """Counting FLOPs leaves a model in training mode in training mode (and uses batch size 1)."""
+    net = hand_net().train()
+    assert exit_costs(net, (1, 4, 4)).block_flops[0] == 576 and net.training
+
+
+@pytest.mark.parametrize("fractions", [[0.5, 0.5], [0.25, 0.25, 0.25, 0.25], [[0.5, 0.25, 0.25]]])
+def test_average_cost_needs_one_fraction_per_exit(fractions):
+    """average_cost rejects fractions that are not one per exit, saying how many are needed."""
+    with pytest.raises(ValueError, match=r"one exit fraction per exit \(3\)"):
+        average_cost(fractions, ExitCosts((1, 2, 3), (1, 1, 1)))
+
+
+# ---------------------------------------------------------------- thresholds
+@pytest.mark.parametrize("policy", ["max_softmax", "entropy"])
+def test_evaluate_settings_agrees_with_exits_from_logits(trained, policy):
+    """For random per-exit settings, the vectorised evaluation gives exits_from_logits' accuracy, exit fractions and cost."""
+    logits, y, costs = trained["logits"], trained["y"], trained["costs"]
+    settings = np.random.default_rng(0).uniform(0, 1, size=(40, 2)).astype(np.float32)
+    ev = evaluate_settings(logits, y, costs, settings, policy, chunk=16)  # several chunks
+    assert ev.accuracy.shape == (40,) and ev.exit_fractions.shape == (40, 3)
+    for s, taus in enumerate(settings):
+        preds, exits = exits_from_logits(logits, taus.tolist(), policy)
+        fractions = np.bincount(exits.numpy(), minlength=3) / len(y)
+        assert ev.accuracy[s] == pytest.approx((preds == y).float().mean().item(), abs=1e-6)
+        np.testing.assert_allclose(ev.exit_fractions[s], fractions, atol=1e-12)
+        assert ev.relative_cost[s] == pytest.approx(average_cost(fractions, costs) / costs.full_network)
+
+
+def test_sweep_global_ends_and_monotone_cost(trained):
+    """Global sweep: τ=0 exits everything at exit 1, τ=1 ≈ running all exits; cost never falls as τ rises."""
+    logits, y, costs = trained["logits"], trained["y"], trained["costs"]
+    sw = sweep_global(logits, y, costs)
+    taus = sw.thresholds[:, 0]
+    assert taus[0] == 0.0 and taus[-1] == 1.0 and (np.diff(taus) > 0).all()
+    np.testing.assert_allclose(sw.exit_fractions[0], [1.0, 0.0, 0.0])
+    assert sw.relative_cost[0] == pytest.approx(costs.relative[0])
+    assert sw.accuracy[0] == pytest.approx((logits[0].argmax(-1) == y).float().mean().item())
+    assert sw.exit_fractions[-1][2] > 0.95
+    assert sw.relative_cost[-1] == pytest.approx(costs.relative[-1], abs=0.05 * costs.relative[-1])
+    assert (np.diff(sw.relative_cost) >= -1e-12).all()  # each sample's exit can only move deeper
+    # entropy (leave if H/ln K ≤ τ): a higher τ lets more samples out early, so cost never rises
+    se = sweep_global(logits, y, costs, policy="entropy")
+    assert (np.diff(se.relative_cost) <= 1e-12).all()
+
+
+def test_fit_operating_point_tolerance_and_budget(trained):
+    """Fitted on validation only: 'tolerance' stays within 0.5 points of the last exit's val accuracy at lower cost;
+    'budget' stays within its relative cost."""
+    logits, y, costs = trained["logits"], trained["y"], trained["costs"]
+    last_acc = (logits[-1].argmax(-1) == y).float().mean().item()
+
+    def val_point(taus):
+        preds, exits = exits_from_logits(logits, [float(t) for t in taus])
+        fractions = np.bincount(exits.numpy(), minlength=3) / len(y)
+        return (preds == y).float().mean().item(), average_cost(fractions, costs) / costs.full_network
+
+    taus = fit_operating_point(logits, y, costs, "tolerance", tolerance=0.005)
+    assert taus.shape == (2,) and ((0 <= taus) & (taus <= 1)).all()
+    acc, cost = val_point(taus)
+    assert acc >= last_acc - 0.005 - 1e-9
+    assert cost < costs.relative[-1]  # cheaper than running every exit
+    for budget in (0.5, 0.8):
+        taus = fit_operating_point(logits, y, costs, "budget", budget=budget)
+        acc_b, cost_b = val_point(taus)
+        assert cost_b <= budget + 1e-9
+        assert acc_b >= val_point([0.0, 0.0])[0]  # at least as good as leaving everything at exit 1
+    # a budget below exit 1's own cost cannot be met: everything leaves at exit 1
+    assert fit_operating_point(logits, y, costs, "budget", budget=costs.relative[0] / 2).tolist() == [0.0, 0.0]
+
+
+def test_fit_operating_point_never_sees_test_data():
+    """fit_operating_point's signature takes validation logits and labels only: no test split can be passed."""
+    params = inspect.signature(fit_operating_point).parameters
+    assert list(params)[:3] == ["val_logits", "y_val", "costs"]
+    assert not any("test" in name for name in params)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"objective": "fastest"}, r"unknown objective 'fastest'; valid choices"),
+    ({"objective": "tolerance", "tolerance": -0.1}, r"tolerance=-0.1 must be in \[0, 1\)"),
+    ({"objective": "budget", "budget": 0.0}, r"budget=0.0 > 0"),
+])
+def test_fit_operating_point_bad_input(trained, kwargs, match):
+    """Unknown objective, negative tolerance, non-positive budget: ValueError naming them."""
+    with pytest.raises(ValueError, match=match):
+        fit_operating_point(trained["logits"], trained["y"], trained["costs"], **kwargs)
+
+
+# ---------------------------------------------------------------- bad input
+BAD = [
+    ((1.5, "max_softmax"), r"thresholds \[1.5, 1.5\] are outside \[0, 1\]"),  # a global τ applies to both
+    ((-0.1, "entropy"), r"thresholds \[-0.1, -0.1\] are outside \[0, 1\]"),
+    (([0.5, 1.01], "entropy"), r"thresholds \[1.01\] are outside \[0, 1\]"),
+    ((math.nan, "max_softmax"), r"thresholds \[nan, nan\] are outside"),
+    (([0.5, math.nan], "max_softmax"), r"thresholds \[nan\] are outside"),
+    (([0.5], "max_softmax"), r"got 1 per-exit thresholds \[0.5\]; a 3-exit model needs 2"),
+    (([0.5, 0.6, 0.7], "max_softmax"), r"got 3 per-exit thresholds .*needs 2 \(the last exit always accepts\)"),
+    ((0.5, "margin"), r"unknown exit policy 'margin'; valid choices: \['max_softmax', 'entropy'\]"),
+]
+
+
+@pytest.mark.parametrize("args, match", BAD)
+def test_bad_thresholds_and_policy_raise_before_any_work(trained, args, match):
+    """Out-of-range, NaN or wrong-length thresholds and unknown policies raise ValueError; no block has run."""
+    taus, policy = args
+    model = trained["model"]
+    seen, handles = count_rows(model)
+    try:
+        with pytest.raises(ValueError, match=match):
+            early_exit_forward(model, trained["x"], taus, policy)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == [0, 0, 0]
+    with pytest.raises(ValueError, match=match):
+        exits_from_logits(trained["logits"], taus, policy)
+
+
+@pytest.mark.parametrize("tau", [np.float32(0.5), torch.tensor(0.5)], ids=["np.float32", "0-d tensor"])
+def test_numpy_and_tensor_scalar_thresholds_are_a_global_tau(tau):
+    """A numpy float32 or 0-d tensor threshold acts as the same global τ as the Python float."""
+    logits = torch.randn(3, 20, 4, generator=torch.Generator().manual_seed(0)) * 2
+    want = exits_from_logits(logits, 0.5)
+    got = exits_from_logits(logits, tau)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("shape", [(300, 10), (3, 2, 300, 10), (10,)])
+def test_logits_must_be_three_dimensional(shape):
+    """exits_from_logits rejects logits that are not (exits, samples, classes), naming the shape."""
+    with pytest.raises(ValueError, match=r"must be \(exits, samples, classes\); got shape " + re_shape(shape)):
+        exits_from_logits(torch.zeros(shape), 0.5)
+
+
+def re_shape(shape: tuple) -> str:
+    return r"\(" + r", ".join(str(s) for s in shape) + (r",\)" if len(shape) == 1 else r"\)")
+
+
+def test_exits_from_logits_by_hand():
+    """A 3-exit, 3-sample hand case: first exit whose max p ≥ τ, last exit always accepts."""
+    big = 10.0
+    logits = torch.tensor([
+        [[big, 0, 0], [0, 0, 0], [0, 0, 0]],     # exit 1: only sample 0 confident (class 0)
+        [[0, 0, 0], [0, big, 0], [0, 0, 0]],     # exit 2: sample 1 confident (class 1)
+        [[0, 0, big], [0, 0, big], [0, big, 0]],  # exit 3
+    ])
+    preds, exits = exits_from_logits(logits, 0.9)
+    assert exits.tolist() == [0, 1, 2] and preds.tolist() == [0, 1, 1]
+    preds, exits = exits_from_logits(logits, [1.0, 0.9])  # exit 1 closed (p < 1): sample 0 goes on to exit 3
+    assert exits.tolist() == [2, 1, 2] and preds.tolist() == [2, 1, 1]
+    preds, exits = exits_from_logits(logits, 0.2, "entropy")  # low entropy = confident
+    assert exits.tolist() == [0, 1, 2]

@@ -1,0 +1,113 @@
+"""The paper pipeline end to end (smoke profile), its caching, and its argument checks."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cgt_cli(*args: str, runs_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"CGT_RUNS_DIR": str(runs_dir), "CGT_ROOT": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cgt", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"python -m cgt {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def trained_counts(log: str) -> list[int]:
+    """Runs trained per step, from the pipeline's progress lines."""
+    return [int(n) for n in re.findall(r"(\d+) run\(s\) trained", log)]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    t0 = time.perf_counter()
+    proc = cgt_cli("paper", "--profile", "smoke", runs_dir=runs)
+    return runs, proc.stdout, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run):
+    """Every notebook ran for both datasets; tables, figures and provenance sidecars exist."""
+    runs, log, seconds = first_run
+    executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
+    assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
+                               for ds in ("fashion_mnist", "indian_pines")] + ["04_figures.ipynb"])
+    figures = runs / "smoke" / "figures"
+    for ds in ("fashion_mnist", "indian_pines"):
+        for stem in ("accuracy_vs_cost", "exit_distribution", "gate_weights", "per_exit_accuracy"):
+            assert (figures / f"{stem}_{ds}.png").stat().st_size > 1000
+            assert (figures / f"{stem}_{ds}.pdf").exists()
+            assert (figures / f"{stem}_{ds}.png.provenance.json").exists()
+        for table in ("paper_tau", "val_tolerance", "vs_paper"):
+            assert (figures / f"table_{ds}_{table}.md").exists()
+        sidecar = json.loads((figures / f"table_{ds}_paper_tau.csv.provenance.json").read_text())
+        assert {"git", "params", "packages", "data_checksums", "device"} <= set(sidecar)
+    assert (figures / "exit_depth_map_indian_pines.png").exists()
+    assert (figures / "exit_examples_fashion_mnist.png").exists()
+    # the smoke profile never writes into the committed figures/ folder
+    assert sum(trained_counts(log)) == 16, log  # 8 methods × 2 datasets × 1 seed, each trained once
+    print(f"smoke pipeline: {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run):
+    """Re-running reuses every finished run; a run whose logits were truncated is trained again."""
+    runs, _, _ = first_run
+    victim = next((runs / "smoke" / "indian_pines" / "hard_cgt").glob("seed0-*"))
+    logits = victim / "logits.pt"
+    logits.write_bytes(logits.read_bytes()[:100])
+    log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
+    assert sum(trained_counts(log)) == 1, log  # only the damaged run
+    log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
+    assert sum(trained_counts(log)) == 0, log
+
+
+@pytest.mark.slow
+def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
+    """Changing one method's option retrains that method only; the others come from the cache."""
+    runs, _, _ = first_run
+    proc = cgt_cli("train", "--dataset", "indian_pines", "--profile", "smoke", "--method", "hard_cgt", "joint_uniform",
+                   runs_dir=runs)
+    assert proc.stdout.count(": cached;") == 2
+    proc = cgt_cli("train", "--dataset", "indian_pines", "--profile", "smoke", "--method", "hard_cgt",
+                   "--options", '{"tau_train": 0.7}', runs_dir=runs)
+    assert proc.stdout.count(": trained in") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("paper", "--profile", "huge"), "invalid choice: 'huge'"),
+    (("paper", "--profile", "smoke", "--dataset", "cifar10"), "invalid choice: 'cifar10'"),
+    (("train", "--dataset", "indian_pines", "--method", "deep_gate"), "invalid choice: 'deep_gate'"),
+    (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", '{"tau": 1}'), "unknown option"),
+    (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", "tau=1"), "must be a JSON object"),
+])
+def test_bad_arguments_fail_before_anything_runs(tmp_path, args, message):
+    """Invalid profile, dataset, method or option: a clear error and nothing written."""
+    proc = cgt_cli(*args, runs_dir=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_pipeline_plan_validates_names():
+    """The Python API rejects unknown profiles and datasets with the valid choices."""
+    from cgt.pipeline import plan
+
+    with pytest.raises(ValueError, match="valid choices"):
+        plan("paper-full")
+    with pytest.raises(ValueError, match="valid choices"):
+        plan("smoke", ["mnist"])
+    steps = plan("smoke", ["indian_pines"])
+    assert [s.label for s in steps] == ["00_data [indian_pines]", "01_baselines [indian_pines]",
+                                        "02_hard_cgt [indian_pines]", "03_soft_cgt [indian_pines]", "04_figures"]
