@@ -26,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = _parse_options(args.options)
     run_methods(args.dataset, args.profile, methods, seeds=args.seed, options={m: options for m in methods},
                 data_dir=args.data_dir, device=args.device, train_overrides=overrides, force=args.force,
-                progress=not args.quiet)
+                progress=not args.quiet, model_options=_parse_options(args.model_options) or None)
     return 0
 
 
@@ -66,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .config import DATASETS, METHODS, PROFILES
 
     p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, help=f"{' | '.join(DATASETS)} | path/to/your_data.npz")
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=list(PROFILES))
     p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
@@ -75,6 +75,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model-options", default=None,
+                   help="width/depth of the generic network for your own data as JSON, e.g. '{\"width\": 64}'")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
     p.add_argument("--quiet", action="store_true")
@@ -82,7 +84,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
     p.add_argument("--profile", default="paper", choices=list(PROFILES))
-    p.add_argument("--dataset", nargs="+", default=None, choices=DATASETS, help="default: both")
+    p.add_argument("--dataset", nargs="+", default=None,
+                   help=f"default: {' '.join(DATASETS)}; a path/to/your_data.npz works too")
     p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
     p.set_defaults(func=_cmd_paper)
 

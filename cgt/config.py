@@ -75,6 +75,10 @@ class Profile:
     """dataset → DataConfig overrides."""
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
     """dataset → TrainConfig overrides."""
+    other_data: dict[str, Any] = field(default_factory=dict)
+    """DataConfig overrides for datasets of your own (not in `data`)."""
+    other_train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig overrides for datasets of your own (not in `train`)."""
 
 
 DATASETS = ["fashion_mnist", "indian_pines"]
@@ -83,13 +87,16 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", seeds=[0],
                      data={"fashion_mnist": {"max_train": 1500, "max_eval": 500},
                            "indian_pines": {"max_train": 600, "max_eval": 600}},
-                     train={"fashion_mnist": {"epochs": 1}, "indian_pines": {"epochs": 2}}),
+                     train={"fashion_mnist": {"epochs": 1}, "indian_pines": {"epochs": 2}},
+                     other_data={"max_train": 1000, "max_eval": 300}, other_train={"epochs": 2}),
     "quick": Profile("quick", seeds=[0],
                      data={"fashion_mnist": {"max_train": 15000, "max_eval": 3000}, "indian_pines": {}},
-                     train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}}),
+                     train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}},
+                     other_train={"epochs": 15}),
     "paper": Profile("paper", seeds=[0, 1, 2],
                      data={"fashion_mnist": {}, "indian_pines": {}},
-                     train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}}),
+                     train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
+                     other_train={"epochs": 30}),
 }
 
 
@@ -103,9 +110,9 @@ def profile_configs(profile: str, dataset: str, data_dir: str = "data/raw", **da
                     ) -> tuple[DataConfig, TrainConfig]:
     """The DataConfig and TrainConfig of `dataset` under `profile` (seed set per run)."""
     prof = get_profile(profile)
-    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, **(prof.data.get(dataset, {}) | data_overrides))
+    data_cfg = DataConfig(dataset=dataset, data_dir=data_dir, **(prof.data.get(dataset, prof.other_data) | data_overrides))
     data_cfg.validate()
-    train_cfg = TrainConfig(**prof.train.get(dataset, {}))
+    train_cfg = TrainConfig(**prof.train.get(dataset, prof.other_train))
     return data_cfg, train_cfg
 
 

@@ -53,6 +53,8 @@ class DataConfig:
     """(IP) Spectral components kept by PCA (fitted on training pixels only)."""
     patch_size: int = 11
     """(IP) Odd side of the square patch around each labelled pixel."""
+    test_fraction: float = 0.2
+    """(your data, when it comes without splits) Fraction of each class held out as test."""
     max_train: int | None = None
     """Stratified cap on the training set (the smoke profile uses a tiny subset); None = all."""
     max_eval: int | None = None
@@ -60,8 +62,9 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the bad value and the valid choices, before any work."""
-        if self.dataset not in PREPARERS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: {sorted(PREPARERS)}")
+        from .custom_data import is_custom
+
+        check_dataset(self.dataset)
         if self.split not in SPLIT_KINDS:
             raise ValueError(f"unknown split {self.split!r}; valid choices: {list(SPLIT_KINDS)}")
         if self.patch_size < 1 or self.patch_size % 2 == 0:
@@ -80,15 +83,23 @@ class DataConfig:
         check_fractions({"val": self.val_fraction}, "train")
         if self.dataset == "indian_pines":
             check_fractions({"train": self.train_fraction, "val": self.val_fraction}, "test")
+        if is_custom(self.dataset):
+            check_fractions({"val": self.val_fraction, "test": self.test_fraction}, "train")
 
     def preparation_params(self) -> dict:
         """The fields that change the prepared arrays (paths excluded): the cache key."""
         params = asdict(self)
         for k in ("data_dir", "cache_dir"):
             params.pop(k)
+        from .custom_data import is_custom, source_fingerprint
+
         if self.dataset != "indian_pines":
             for k in ("train_fraction", "split", "block_size", "pca_components", "patch_size"):
                 params.pop(k)
+        if not is_custom(self.dataset):
+            params.pop("test_fraction")
+        else:
+            params["source_sha256"] = source_fingerprint(self.dataset)
         return params | {"prep_version": PREP_VERSION}
 
 
@@ -143,7 +154,7 @@ def prepare_fashion_mnist(cfg: DataConfig) -> dict:
     idx = stratified_split(y_trainval, {"val": cfg.val_fraction}, cfg.seed, rest="train")
     x = {"train": x_trainval[idx["train"]], "val": x_trainval[idx["val"]], "test": x_test}
     y = {"train": y_trainval[idx["train"]], "val": y_trainval[idx["val"]], "test": y_test}
-    x, y = _subsample(x, y, cfg)
+    x, y = cap_splits(x, y, cfg)
     # Scale to [0, 1] then standardise with the *training* mean/std (no statistics from test).
     mean, std = (x["train"] / 255.0).mean(), (x["train"] / 255.0).std()
     x = {s: ((v / 255.0 - mean) / std).astype(np.float32)[:, None] for s, v in x.items()}
@@ -202,7 +213,7 @@ def prepare_indian_pines(cfg: DataConfig) -> dict:
     else:
         pixels = spatial_block_split(gt, fractions, cfg.seed, cfg.block_size, rest="test")
     labels = {s: gt.ravel()[p].astype(np.int64) - 1 for s, p in pixels.items()}
-    pixels, labels = _subsample(pixels, labels, cfg)
+    pixels, labels = cap_splits(pixels, labels, cfg)
     image, pca = fit_spectral_pca(cube, pixels["train"], cfg.pca_components, cfg.seed)
     x = {}
     for s in SPLITS:
@@ -218,7 +229,7 @@ def prepare_indian_pines(cfg: DataConfig) -> dict:
                        "missing_classes": np.array(str(missing))}}
 
 
-def _subsample(x: dict, y: dict, cfg: DataConfig) -> tuple[dict, dict]:
+def cap_splits(x: dict, y: dict, cfg: DataConfig) -> tuple[dict, dict]:
     """Apply max_train / max_eval (stratified, seeded); a no-op for the full profiles."""
     caps = {"train": cfg.max_train, "val": cfg.max_eval, "test": cfg.max_eval}
     for s, cap in caps.items():
@@ -229,6 +240,19 @@ def _subsample(x: dict, y: dict, cfg: DataConfig) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------- registry and cache
+def check_dataset(dataset: str) -> None:
+    """A paper dataset, a registered one, or an existing .npz file; else a clear error."""
+    from .custom_data import LOADERS, is_npz
+
+    if is_npz(dataset):
+        if not Path(dataset).is_file():
+            raise FileNotFoundError(f"dataset file {dataset} does not exist")
+        return
+    if dataset not in PREPARERS and dataset not in LOADERS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid choices: {sorted(PREPARERS) + sorted(LOADERS)} "
+                         f"or a path to a .npz file")
+
+
 PREPARERS: dict[str, Callable[[DataConfig], dict]] = {
     "fashion_mnist": prepare_fashion_mnist,
     "indian_pines": prepare_indian_pines,
@@ -236,19 +260,26 @@ PREPARERS: dict[str, Callable[[DataConfig], dict]] = {
 
 
 def cache_path(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir) / f"{cfg.dataset}-{stable_hash(cfg.preparation_params())}.npz"
+    from .custom_data import display_name
+
+    return Path(cfg.cache_dir) / f"{display_name(cfg.dataset)}-{stable_hash(cfg.preparation_params())}.npz"
 
 
 def load(cfg: DataConfig, verbose: bool = False) -> PreparedData:
     """Acquire (verified), prepare and cache `cfg.dataset`; return it as tensors."""
+    from .custom_data import display_name, is_custom, prepare_custom
+
     cfg.validate()
     path = cache_path(cfg)
     arrays = _read_cache(path)
     if arrays is None:
-        source = acq.acquire(cfg.dataset, cfg.data_dir)
-        if verbose:
-            print(f"{cfg.dataset}: raw data from {source}")
-        prepared = PREPARERS[cfg.dataset](cfg)
+        if is_custom(cfg.dataset):
+            prepared = prepare_custom(cfg)
+        else:
+            source = acq.acquire(cfg.dataset, cfg.data_dir)
+            if verbose:
+                print(f"{cfg.dataset}: raw data from {source}")
+            prepared = PREPARERS[cfg.dataset](cfg)
         arrays = {f"{k}_{s}": prepared[k][s] for k in ("x", "y") for s in SPLITS}
         arrays["class_names"] = np.array(prepared["class_names"])
         arrays |= {f"extra_{k}": v for k, v in prepared["extras"].items()}
@@ -258,7 +289,7 @@ def load(cfg: DataConfig, verbose: bool = False) -> PreparedData:
     checksum = sha256_bytes(b"".join(np.ascontiguousarray(arrays[f"{k}_{s}"]).tobytes()
                                      for k in ("x", "y") for s in SPLITS))
     return PreparedData(
-        name=cfg.dataset,
+        name=display_name(cfg.dataset),
         x={s: torch.from_numpy(np.ascontiguousarray(arrays[f"x_{s}"], np.float32)) for s in SPLITS},
         y={s: torch.from_numpy(np.ascontiguousarray(arrays[f"y_{s}"], np.int64)) for s in SPLITS},
         class_names=[str(c) for c in arrays["class_names"]],

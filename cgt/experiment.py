@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 
-from .config import DATASETS, METHODS, TrainConfig, get_profile, method_spec, profile_configs
+from .config import METHODS, TrainConfig, get_profile, method_spec, profile_configs
 from .cost import ExitCosts, exit_costs
-from .data import PreparedData, load
+from .data import PreparedData, check_dataset, load
 from .evaluate import EvalConfig, evaluate_run
 from .losses import exit_weights, resolve_options
-from .models import build_model
+from .models import EarlyExitNet, build_model
 from .paths import data_dir as default_data_dir, prepared_dir, runs_dir
 from .provenance import write_sidecar
 from .train import RunResult, is_complete, resolve_device, run_config, run_dir_for, train_run
@@ -44,8 +44,8 @@ def check_names(methods: list[str], dataset: str | None = None, profile: str | N
     for m in methods:
         strategy, opts = method_spec(m, **(options or {}).get(m, {}))
         resolve_options(strategy, PAPER_NUM_EXITS, **opts)
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid choices: {DATASETS}")
+    if dataset is not None:
+        check_dataset(dataset)
     if profile is not None:
         get_profile(profile)
 
@@ -62,26 +62,32 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
                 options: dict[str, dict[str, Any]] | None = None, data_dir: str | None = None,
                 device: str = "auto", eval_cfg: EvalConfig = EvalConfig(), progress: bool = True,
                 train_overrides: dict[str, Any] | None = None, force: bool = False,
-                require_finished: bool = False) -> list[RunRecord]:
+                require_finished: bool = False, model_options: dict[str, int] | None = None,
+                model_fn: Callable[[PreparedData], EarlyExitNet] | None = None) -> list[RunRecord]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     require_finished: only load finished runs (the figures notebook); a missing run is an error.
+    model_options: width/depth of the generic network used for datasets of your own.
+    model_fn: builds your own early-exit network from the prepared data (instead of the default).
     """
     check_names(methods, dataset, profile, options)
     seeds = get_profile(profile).seeds if seeds is None else seeds
     data, data_params, base_cfg = prepare(dataset, profile, data_dir)
+    build = (lambda: model_fn(data)) if model_fn else (
+        lambda: build_model(data.name, data.input_shape, data.num_classes, **(model_options or {})))
+    build()  # a shape the builder cannot handle fails here, before any training
     records = []
     for method in methods:
         for seed in seeds:
             cfg = TrainConfig(**(vars(base_cfg) | (train_overrides or {}) | {"seed": seed, "device": device}))
             t0 = time.perf_counter()
-            if require_finished and not is_finished(data, method, cfg, profile, (options or {}).get(method), data_params):
+            if require_finished and not is_finished(data, method, cfg, profile, build, (options or {}).get(method), data_params):
                 raise FileNotFoundError(f"no finished {method} run (seed {seed}) for {dataset} in profile {profile!r} "
                                         f"under {runs_dir(profile)}: run notebooks 01-03 (or `python -m cgt paper "
                                         f"--profile {profile}`) first")
             run = train_run(data, method, cfg, runs_root=runs_dir(profile), options=(options or {}).get(method),
-                            data_params=data_params, progress=progress, force=force)
+                            data_params=data_params, model_fn=build, progress=progress, force=force)
             costs = exit_costs(run.model.cpu(), data.input_shape)
             metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)
             wall = time.perf_counter() - t0
@@ -98,11 +104,10 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
     return records
 
 
-def is_finished(data: PreparedData, method: str, cfg: TrainConfig, profile: str,
+def is_finished(data: PreparedData, method: str, cfg: TrainConfig, profile: str, build: Callable[[], EarlyExitNet],
                 options: dict[str, Any] | None = None, data_params: dict[str, Any] | None = None) -> bool:
     """Whether the run `run_methods` would produce already exists, complete and intact."""
-    model = build_model(data.name, data.input_shape, data.num_classes)
-    config = run_config(data, method, cfg, model, options, data_params)
+    config = run_config(data, method, cfg, build(), options, data_params)
     return is_complete(run_dir_for(config, runs_dir(profile)))
 
 

@@ -80,11 +80,54 @@ def indian_pines_cnn(num_classes: int = 16, in_channels: int = 30, widths: Seque
     return EarlyExitNet(blocks, heads)
 
 
+def generic_cnn(input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 3) -> EarlyExitNet:
+    """For images of your own: `depth` stages of conv3×3-BN-ReLU-maxpool(2), channels doubling from
+    `width`; each exit pools to 2×2 (1×1 once the map is that small) + linear."""
+    c, h, w = input_shape
+    if min(h, w) < 2 ** depth:
+        raise ValueError(f"image shape (C, H, W) = {tuple(input_shape)} is too small for the generic CNN with "
+                         f"depth={depth}: it halves H and W {depth} times, so H and W must be >= {2 ** depth}. "
+                         f"Use a smaller depth, flatten to tabular (N, F), or pass your own model")
+    blocks, heads, c_in = [], [], c
+    for stage in range(depth):
+        c_out = width * 2 ** stage
+        blocks.append(nn.Sequential(*conv_bn_relu(c_in, c_out), nn.MaxPool2d(2)))
+        size = min(h, w) // 2 ** (stage + 1)
+        heads.append(pooled_head(c_out, num_classes, 2 if size >= 2 else 1))
+        c_in = c_out
+    return EarlyExitNet(blocks, heads)
+
+
+def generic_mlp(input_shape: Sequence[int], num_classes: int, width: int = 128, depth: int = 3) -> EarlyExitNet:
+    """For tabular data (N, F): `depth` blocks of Linear-BatchNorm-ReLU, a linear exit after each."""
+    (features,) = input_shape
+    blocks, heads, d_in = [], [], features
+    for _ in range(depth):
+        blocks.append(nn.Sequential(nn.Linear(d_in, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)))
+        heads.append(nn.Linear(width, num_classes))
+        d_in = width
+    return EarlyExitNet(blocks, heads)
+
+
 BUILDERS = {"fashion_mnist": fashion_mnist_cnn, "indian_pines": indian_pines_cnn}
 
 
-def build_model(dataset: str, input_shape: Sequence[int], num_classes: int) -> EarlyExitNet:
-    """The paper model of `dataset`, sized for `input_shape` (C, H, W)."""
-    if dataset not in BUILDERS:
-        raise ValueError(f"no model builder for dataset {dataset!r}; valid choices: {sorted(BUILDERS)}")
-    return BUILDERS[dataset](num_classes=num_classes, in_channels=input_shape[0])
+def build_model(dataset: str, input_shape: Sequence[int], num_classes: int, **options) -> EarlyExitNet:
+    """The paper model of `dataset`; for any other dataset a generic early-exit network chosen
+    from the input shape — a CNN for (C, H, W) images, an MLP for (F,) features — with `options`
+    (width, depth) passed to it."""
+    if dataset in BUILDERS:
+        if options:
+            raise ValueError(f"the paper model of {dataset} takes no options; got {sorted(options)}")
+        return BUILDERS[dataset](num_classes=num_classes, in_channels=input_shape[0])
+    unknown = sorted(set(options) - {"width", "depth"})
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; valid options: ['depth', 'width']")
+    if any(int(v) < 1 for v in options.values()):
+        raise ValueError(f"model options {options} must be positive integers")
+    if len(input_shape) == 3:
+        return generic_cnn(input_shape, num_classes, **options)
+    if len(input_shape) == 1:
+        return generic_mlp(input_shape, num_classes, **options)
+    raise ValueError(f"no generic early-exit network for inputs of shape {tuple(input_shape)}; "
+                     f"expected (C, H, W) images or (F,) features")

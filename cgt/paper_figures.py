@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import plots
 from .config import METHODS
+from .custom_data import display_name
 from .evaluate import metrics_table
 from .experiment import RunRecord, prepare, run_methods
 from .inference import PAPER_TAU, early_exit_forward
@@ -35,7 +36,7 @@ class DatasetResults:
 def collect(profile: str, dataset: str, methods: list[str] | None = None) -> DatasetResults:
     """Load every finished run of the profile (raises if one is missing: nothing is trained here)."""
     records = run_methods(dataset, profile, methods or list(METHODS), require_finished=True, progress=False)
-    return DatasetResults(dataset, records, metrics_table([r.metrics for r in records]))
+    return DatasetResults(display_name(dataset), records, metrics_table([r.metrics for r in records]))
 
 
 def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
@@ -90,6 +91,8 @@ def standard_figures(res: DatasetResults, profile: str) -> list:
 def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", tau: float = PAPER_TAU):
     """Dataset-specific views of *where* samples leave, from the real early-exit forward pass:
     Indian Pines → class map and exit-depth map of the test pixels; Fashion-MNIST → example images."""
+    if res.dataset not in ("fashion_mnist", "indian_pines"):
+        return None  # no dataset-specific view for data of your own
     data, _, _ = prepare(res.dataset, profile)
     rec = next(r for r in res.records if r.method == method and r.seed == min(x.seed for x in res.records))
     out = early_exit_forward(rec.run.model, data.x["test"], tau, batch_size=512)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import DATASETS, get_profile
+from .custom_data import display_name, is_npz
+from .data import check_dataset
 from .paths import project_root, runs_dir
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
@@ -32,12 +34,12 @@ class Step:
     @property
     def label(self) -> str:
         ds = self.parameters.get("dataset")
-        return f"{self.notebook}" + (f" [{ds}]" if ds else "")
+        return f"{self.notebook}" + (f" [{display_name(ds)}]" if ds else "")
 
     @property
     def output_name(self) -> str:
         ds = self.parameters.get("dataset")
-        return f"{self.notebook}{'-' + ds if ds else ''}.ipynb"
+        return f"{self.notebook}{'-' + display_name(ds) if ds else ''}.ipynb"
 
 
 class PipelineError(RuntimeError):
@@ -48,9 +50,10 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
     """The ordered steps; validates names before anything runs."""
     get_profile(profile)
     datasets = list(DATASETS) if not datasets else datasets
-    unknown = [d for d in datasets if d not in DATASETS]
-    if unknown:
-        raise ValueError(f"unknown dataset(s) {unknown}; valid choices: {DATASETS}")
+    for d in datasets:
+        check_dataset(d)
+    # notebooks run with notebooks/ as cwd: a relative .npz path must not depend on it
+    datasets = [str(Path(d).resolve()) if is_npz(d) else d for d in datasets]
     steps = [Step(nb, {"profile": profile, "dataset": ds, **({"force": True} if force and nb != "00_data" else {})})
              for ds in datasets for nb in PER_DATASET]
     steps += [Step(nb, {"profile": profile, "datasets": datasets}) for nb in ONCE]

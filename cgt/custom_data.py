@@ -1,0 +1,158 @@
+"""Bring your own data: a .npz file or a registered loader, prepared like the paper datasets.
+
+Accepted arrays (as .npz keys, or the dict a registered loader returns):
+  * `x`, `y`                     — all samples; train/val/test made by the stratified, seeded splitter;
+  * `x`, `y`, `split`            — `split` holds 'train' / 'val' / 'test' per sample (0/1/2 also accepted);
+  * `x_train`, `y_train`, `x_test`, `y_test` [, `x_val`, `y_val`] — given splits (val carved from
+    train when missing);
+  * optional `class_names`       — one name per distinct label, in sorted label order.
+`x` is image-like (N, C, H, W) or (N, H, W), or tabular (N, F); `y` integer labels (any values:
+they are remapped to 0..K-1 and the mapping is kept in the prepared data's extras).
+
+    python -m cgt train --dataset path/to/file.npz --method hard_cgt joint_uniform --profile quick
+
+    from cgt.custom_data import register
+    register("my_data", lambda: {"x": features, "y": labels})   # e.g. arrays built from a torch Dataset
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .fileio import sha256_file
+from .splits import stratified_split
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+LOADERS: dict[str, Callable[[], dict[str, np.ndarray]]] = {}
+
+
+def register(name: str, loader: Callable[[], dict[str, np.ndarray]]) -> None:
+    """Make `name` usable as a dataset everywhere (notebooks, run_methods). `loader()` returns
+    arrays in the .npz layout described above. Registration lives in the current process."""
+    from .data import PREPARERS
+
+    if name in PREPARERS:
+        raise ValueError(f"dataset name {name!r} is taken by a built-in dataset; choose another")
+    if not callable(loader):
+        raise ValueError(f"loader for {name!r} must be a callable returning a dict of arrays")
+    LOADERS[name] = loader
+
+
+def is_npz(dataset: str) -> bool:
+    return str(dataset).endswith(".npz")
+
+
+def is_custom(dataset: str) -> bool:
+    return is_npz(dataset) or dataset in LOADERS
+
+
+def display_name(dataset: str) -> str:
+    """Short name for folders and tables: the .npz file's stem, or the registered name."""
+    return f"npz-{Path(dataset).stem}" if is_npz(dataset) else dataset
+
+
+def source_fingerprint(dataset: str) -> str | None:
+    """The .npz file's sha256 (part of the cache key: an edited file is prepared again)."""
+    return sha256_file(dataset) if is_npz(dataset) else None
+
+
+def read_arrays(dataset: str) -> dict[str, np.ndarray]:
+    if dataset in LOADERS:
+        arrays = LOADERS[dataset]()
+        if not isinstance(arrays, dict):
+            raise ValueError(f"the loader registered as {dataset!r} returned {type(arrays).__name__}, not a dict of arrays")
+        return {k: np.asarray(v) for k, v in arrays.items()}
+    path = Path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # .npz is a zip archive of .npy files
+        raise ValueError(f"{path} is not a valid .npz file (not a zip archive); write one with numpy.savez(path, x=..., y=...)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a valid .npz file ({type(exc).__name__}: {exc}); "
+                         f"write one with numpy.savez(path, x=..., y=...)") from None
+
+
+def _splits_given(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Normalise the three accepted layouts to {split: (x, y)} (val/test may be missing)."""
+    if "x" in arrays and "y" in arrays:
+        x, y = arrays["x"], arrays["y"]
+        _check_pair("x", x, "y", y)
+        if "split" not in arrays:
+            return {"all": (x, y)}
+        split = np.asarray(arrays["split"])
+        if len(split) != len(x):
+            raise ValueError(f"split has {len(split)} entries but x has {len(x)} samples")
+        codes = np.array([SPLIT_CODES.get(str(s), -1) for s in split]) if split.dtype.kind in "US" else split.astype(int)
+        bad = sorted(set(np.unique(codes).tolist()) - set(SPLIT_CODES.values()))
+        if bad:
+            raise ValueError(f"split contains {bad}; valid values: {list(SPLIT_CODES)} or {list(SPLIT_CODES.values())}")
+        return {name: (x[codes == c], y[codes == c]) for name, c in SPLIT_CODES.items() if (codes == c).any()}
+    if "x_train" in arrays and "y_train" in arrays:
+        out = {}
+        for s in SPLIT_CODES:
+            if f"x_{s}" in arrays or f"y_{s}" in arrays:
+                if f"x_{s}" not in arrays or f"y_{s}" not in arrays:
+                    raise ValueError(f"x_{s} and y_{s} must be given together")
+                _check_pair(f"x_{s}", arrays[f"x_{s}"], f"y_{s}", arrays[f"y_{s}"])
+                out[s] = (arrays[f"x_{s}"], arrays[f"y_{s}"])
+        return out
+    raise ValueError(f"arrays {sorted(arrays)} hold no data: expected 'x' and 'y' (optionally 'split'), or "
+                     f"'x_train', 'y_train' (optionally 'x_val', 'y_val', 'x_test', 'y_test')")
+
+
+def _check_pair(xn: str, x: np.ndarray, yn: str, y: np.ndarray) -> None:
+    if y.ndim != 1:
+        raise ValueError(f"{yn} must be one label per sample, shape (N,); got shape {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{xn} has {len(x)} samples but {yn} has {len(y)} labels")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{yn} labels must be integers; got dtype {y.dtype} (map your classes to integers)")
+    if x.dtype.kind not in "iufb":
+        raise ValueError(f"{xn} must be numeric; got dtype {x.dtype}")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"{xn} has shape {x.shape}; expected (N, F) tabular, (N, H, W) or (N, C, H, W) images")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"{xn} contains {int((~np.isfinite(x)).sum())} NaN or infinite values")
+
+
+def prepare_custom(cfg) -> dict[str, Any]:
+    """Validate, split (when needed), remap labels, standardise with training statistics."""
+    arrays = read_arrays(cfg.dataset)
+    parts = _splits_given(arrays)
+    all_y = np.concatenate([y for _, y in parts.values()])
+    classes = np.unique(all_y)
+    if len(classes) < 2:
+        raise ValueError(f"the labels hold a single class ({classes.tolist()}); a classifier needs at least two")
+    if "all" in parts:
+        x, y = parts.pop("all")
+        idx = stratified_split(y, {"train": 1 - cfg.val_fraction - cfg.test_fraction, "val": cfg.val_fraction},
+                               cfg.seed, rest="test")
+        parts = {s: (x[i], y[i]) for s, i in idx.items()}
+    elif "val" not in parts:
+        x, y = parts["train"]
+        idx = stratified_split(y, {"val": cfg.val_fraction}, cfg.seed, rest="train")
+        parts |= {s: (x[i], y[i]) for s, i in idx.items()}
+    if "test" not in parts:
+        raise ValueError("with x_train/y_train, give x_test/y_test too (or pass x, y and let the splitter make all three)")
+    from .data import cap_splits
+
+    x = {s: np.asarray(parts[s][0], np.float32) for s in ("train", "val", "test")}
+    y = {s: np.searchsorted(classes, parts[s][1]).astype(np.int64) for s in ("train", "val", "test")}
+    x, y = cap_splits(x, y, cfg)
+    if x["train"].ndim == 3:
+        x = {s: v[:, None] for s, v in x.items()}  # (N, H, W) → (N, 1, H, W)
+    # Standardise per channel (images) or per feature (tabular) with training statistics only.
+    axes = (0, 2, 3) if x["train"].ndim == 4 else (0,)
+    mean = x["train"].mean(axis=axes, keepdims=True)
+    std = np.maximum(x["train"].std(axis=axes, keepdims=True), 1e-6)
+    x = {s: ((v - mean) / std).astype(np.float32) for s, v in x.items()}
+    names = arrays.get("class_names")
+    class_names = [str(c) for c in (names if names is not None and len(names) == len(classes) else classes)]
+    return {"x": x, "y": y, "class_names": class_names,
+            "extras": {"label_values": classes, "feature_mean": mean.squeeze(), "feature_std": std.squeeze()}}
