@@ -29,8 +29,12 @@ class TrainConfig:
     for the max-softmax exit policy)."""
     seed: int = 0
     """Seeds model initialisation and the per-epoch shuffling."""
+    optimizer: str = "adamw"
+    """'adamw', or 'sgd' (momentum 0.9) as in most CIFAR/ImageNet early-exit code."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'."""
+    precision: str = "fp32"
+    """'fp32', or 'bf16' autocast (CUDA only; off for the paper profile so numbers stay comparable)."""
     eval_batch_size: int = 2048
     """Batch size for validation/test logits (no gradients, so larger is fine)."""
 
@@ -44,6 +48,10 @@ class TrainConfig:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device={self.device!r}; valid choices: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer={self.optimizer!r}; valid choices: ['adamw', 'sgd']")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}; valid choices: ['fp32', 'bf16']")
 
 
 # name → (strategy, options). Baselines first, then the paper's two methods.

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
+from . import distributed
 from .config import METHODS, TrainConfig, get_profile, method_spec, profile_configs
 from .cost import ExitCosts, exit_costs
 from .data import PreparedData, check_dataset, load
@@ -88,6 +89,8 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
                                         f"--profile {profile}`) first")
             run = train_run(data, method, cfg, runs_root=runs_dir(profile), options=(options or {}).get(method),
                             data_params=data_params, model_fn=build, progress=progress, force=force)
+            if not distributed.context().is_main:
+                continue  # under torchrun, rank 0 alone evaluates and writes
             costs = exit_costs(run.model.cpu(), data.input_shape)
             metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)
             wall = time.perf_counter() - t0

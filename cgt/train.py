@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import distributed
 from .config import TrainConfig, method_spec
 from .data import PreparedData
 from .fileio import atomic_path, read_json, sha256_file, stable_hash, write_json_atomic
@@ -72,6 +74,9 @@ def run_config(data: PreparedData, method: str, cfg: TrainConfig, model: EarlyEx
     train = asdict(cfg)
     train.pop("device")  # where it ran does not change what it computes (up to float rounding)
     train.pop("eval_batch_size")
+    world_size = distributed.context().world_size
+    if world_size > 1:  # per-process BatchNorm statistics make it a different computation
+        train["world_size"] = world_size
     return {"dataset": data.name, "method": method, "strategy": strategy, "options": resolved,
             "train": train, "data_checksum": data.checksum, "data_params": data_params or {},
             "model": {"num_exits": model.num_exits, "architecture_sha256": stable_hash(str(model), 64)},
@@ -104,6 +109,12 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
     model_fn builds the network (default: the dataset's paper model); it is called after seeding.
     """
     device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and device.type != "cuda":
+        raise ValueError(f"precision='bf16' is autocast for CUDA; this run is on {device}. Use precision='fp32'")
+    ctx = distributed.init_distributed(device.type)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
     build = model_fn or (lambda: build_model(data.name, data.input_shape, data.num_classes))
     # --- seeding: the one place randomness is fixed (initialisation; shuffling is keyed per epoch)
     torch.manual_seed(cfg.seed)
@@ -113,14 +124,19 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
 
     if is_complete(run_dir) and not force:
         return load_run(run_dir, build)
-    if force:
-        for name in (*ARTIFACTS, "complete.json", "checkpoint.pt"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", config)
+    if ctx.is_main:  # one writer: rank 0 (the only process without torchrun)
+        if force:
+            for name in (*ARTIFACTS, "complete.json", "checkpoint.pt"):
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", config)
+    distributed.barrier(ctx)
 
     model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -141,56 +157,66 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
 
     x_train, y_train = data.x["train"].to(device), data.y["train"].to(device)
     spec = STRATEGIES[config["strategy"]]
+    # DDP averages gradients across processes; the unwrapped `model` serves evaluation and saving.
+    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if ctx.enabled else model
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         progress_frac = epoch / max(1, cfg.epochs - 1)
-        stats = _train_epoch(model, optimizer, x_train, y_train, cfg, config, spec.detach_early_heads,
-                             progress_frac, epoch, desc=f"{method} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}",
-                             progress=progress)
+        stats = _train_epoch(trained, model.num_exits, optimizer, x_train, y_train, cfg, config,
+                             spec.detach_early_heads, progress_frac, epoch, ctx,
+                             desc=f"{method} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress=progress and ctx.is_main)
         scheduler.step()
         val_logits = predict_logits(model, data.x["val"], cfg.eval_batch_size, device)
         stats["val_acc"] = _per_exit_accuracy(val_logits, data.y["val"])
         stats["epoch"] = epoch + 1
         stats["epoch_time_s"] = time.perf_counter() - t0
         history.append(stats)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng_state": torch.get_rng_state(),
-                        "history": history, "epoch": epoch + 1, "config": config}, tmp)
+        if ctx.is_main:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng_state": torch.get_rng_state(),
+                            "history": history, "epoch": epoch + 1, "config": config}, tmp)
 
     logits = {"val": predict_logits(model, data.x["val"], cfg.eval_batch_size, device),
               "test": predict_logits(model, data.x["test"], cfg.eval_batch_size, device),
               "y_val": data.y["val"].clone(), "y_test": data.y["test"].clone()}
-    write_json_atomic(run_dir / "history.json", history)
-    with atomic_path(run_dir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    with atomic_path(run_dir / "logits.pt") as tmp:
-        torch.save(logits, tmp)
-    write_json_atomic(run_dir / "complete.json", {"sha256": {n: sha256_file(run_dir / n) for n in ARTIFACTS}})
-    ckpt_path.unlink(missing_ok=True)  # the finished artifacts supersede it
+    if ctx.is_main:
+        write_json_atomic(run_dir / "history.json", history)
+        with atomic_path(run_dir / "model.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        with atomic_path(run_dir / "logits.pt") as tmp:
+            torch.save(logits, tmp)
+        write_json_atomic(run_dir / "complete.json", {"sha256": {n: sha256_file(run_dir / n) for n in ARTIFACTS}})
+        ckpt_path.unlink(missing_ok=True)  # the finished artifacts supersede it
+    distributed.barrier(ctx)
     model.eval()
     return RunResult(run_dir, config, history, model, logits, cached=False)
 
 
-def _train_epoch(model: EarlyExitNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 cfg: TrainConfig, config: dict[str, Any], detach_early_heads: bool, progress_frac: float,
-                 epoch: int, desc: str, progress: bool) -> dict[str, Any]:
+def _train_epoch(model: torch.nn.Module, num_exits: int, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, cfg: TrainConfig, config: dict[str, Any], detach_early_heads: bool,
+                 progress_frac: float, epoch: int, ctx: distributed.DistContext, desc: str,
+                 progress: bool) -> dict[str, Any]:
     model.train()
     n = len(x)
-    # The shuffle depends only on (seed, epoch): a resumed run sees exactly the same batches.
+    # The shuffle depends only on (seed, epoch): a resumed run sees exactly the same batches, and
+    # every DDP process the same global batches (each then takes its own rows of them).
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(x.device)
-    num_exits = model.num_exits
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros(num_exits, device=x.device)
     weight_sum = torch.zeros(num_exits, device=x.device)
+    seen = torch.zeros((), device=x.device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     for start in tqdm(range(0, n, cfg.batch_size), desc=desc, disable=not progress, leave=False, mininterval=2):
-        idx = order[start:start + cfg.batch_size]
+        idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
         xb, yb = x[idx], y[idx]
-        logits = model(xb, detach_early_heads=detach_early_heads)  # (E, B, K)
-        w = exit_weights(logits, yb, config["strategy"], progress=progress_frac, **config["options"])  # (B, E)
-        loss = weighted_exit_loss(logits, yb, w, cfg.label_smoothing)
-        if detach_early_heads:
-            loss = loss + early_head_fit_loss(logits, yb, cfg.label_smoothing)
+        with autocast:
+            logits = model(xb, detach_early_heads=detach_early_heads)  # (E, B, K)
+            w = exit_weights(logits, yb, config["strategy"], progress=progress_frac, **config["options"])  # (B, E)
+            loss = weighted_exit_loss(logits.float(), yb, w, cfg.label_smoothing)
+            if detach_early_heads:
+                loss = loss + early_head_fit_loss(logits.float(), yb, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -198,6 +224,10 @@ def _train_epoch(model: EarlyExitNet, optimizer: torch.optim.Optimizer, x: torch
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(-1) == yb).sum(dim=1)
             weight_sum += w.sum(dim=0)
+            seen += len(idx)
+    for t in (loss_sum, correct, weight_sum, seen):  # history describes the whole data, not one shard
+        distributed.all_reduce_sum(t, ctx)
+    n = seen.item()
     lam = resolve_lambdas(config["options"]["lambdas"], num_exits, progress_frac)
     return {"loss": (loss_sum / n).item(), "train_acc": (correct / n).tolist(),
             "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist()}

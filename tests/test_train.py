@@ -19,6 +19,7 @@ from cgt.config import TrainConfig
 from cgt.data import DataConfig, load
 from cgt.losses import STRATEGIES, resolve_options
 from cgt.models import build_model
+from cgt.distributed import DistContext
 from cgt.train import _train_epoch, is_complete, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,8 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
     cfg = TrainConfig(epochs=1, batch_size=64, device="cpu")
     config = {"strategy": "last_exit", "options": resolve_options("last_exit", 3)}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, .grad stays
-    _train_epoch(model, opt, x, y, cfg, config, STRATEGIES["last_exit"].detach_early_heads, 0.0, 0, "", False)
+    _train_epoch(model, model.num_exits, opt, x, y, cfg, config, STRATEGIES["last_exit"].detach_early_heads, 0.0, 0,
+                 DistContext(), "", False)
     # the same batch in the same order, trained as the plain network: CE of the last exit only
     order = torch.randperm(64, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
     ref.train()
@@ -169,8 +171,9 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
     # control: joint training sends early-exit gradient into the backbone, so the check above can fail
     joint = copy.deepcopy(ref)
     joint.zero_grad()
-    _train_epoch(joint, torch.optim.SGD(joint.parameters(), lr=0.0), x, y, cfg,
-                 {"strategy": "joint_uniform", "options": resolve_options("joint_uniform", 3)}, False, 0.0, 0, "", False)
+    _train_epoch(joint, joint.num_exits, torch.optim.SGD(joint.parameters(), lr=0.0), x, y, cfg,
+                 {"strategy": "joint_uniform", "options": resolve_options("joint_uniform", 3)}, False, 0.0, 0,
+                 DistContext(), "", False)
     g_joint = dict(joint.named_parameters())["blocks.0.0.weight"].grad
     assert not torch.allclose(g_joint, want["blocks.0.0.weight"].grad, rtol=1e-3, atol=1e-6)
 
