@@ -29,14 +29,6 @@ SPEC = {s.name: s for files in DATASET_FILES.values() for s in files}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-@pytest.fixture(scope="session")
-def raw_dir() -> Path:
-    """The project's raw data folder, with every dataset present and verified (fetched if missing)."""
-    data_dir = REPO / "data" / "raw"
-    for dataset in DATASET_FILES:
-        acquire(dataset, data_dir)  # raises DataVerificationError if the real data cannot be had
-    return data_dir
-
 
 def real_file(raw_dir: Path, dataset: str, name: str) -> Path:
     """The stored copy of canonical file `name` (arrays are stored as the .npy tensorly ships, or .mat)."""

@@ -26,14 +26,7 @@ from cgt.train import predict_logits, train_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: a batch-size-1 loop of tiny ops is 100x slower when a busy 2-core machine
-    makes two spinning threads wait for each other; the results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

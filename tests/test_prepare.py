@@ -24,14 +24,6 @@ IP_COUNTS = [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972, 2455, 593, 205, 126
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def raw_dir() -> Path:
-    """The project's raw data folder, with every dataset present and verified (fetched if missing)."""
-    data_dir = REPO / "data" / "raw"
-    for dataset in DATASET_FILES:
-        acquire(dataset, data_dir)  # raises DataVerificationError if the real data cannot be had
-    return data_dir
-
 
 @pytest.fixture(scope="session")
 def ip_raw(raw_dir):

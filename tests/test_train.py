@@ -26,13 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=2, batch_size=64, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads slow tiny ops down badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
