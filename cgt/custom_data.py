@@ -16,6 +16,7 @@ they are remapped to 0..K-1 and the mapping is kept in the prepared data's extra
 """
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -54,9 +55,16 @@ def display_name(dataset: str) -> str:
     return f"npz-{Path(dataset).stem}" if is_npz(dataset) else dataset
 
 
-def source_fingerprint(dataset: str) -> str | None:
-    """The .npz file's sha256 (part of the cache key: an edited file is prepared again)."""
-    return sha256_file(dataset) if is_npz(dataset) else None
+def source_fingerprint(dataset: str) -> str:
+    """Hash of the data as given (part of the cache key: edited data is prepared again) — the
+    .npz file's sha256, or the hash of the arrays a registered loader returns."""
+    if is_npz(dataset):
+        return sha256_file(dataset)
+    h = hashlib.sha256()
+    for key, value in sorted(read_arrays(dataset).items()):
+        h.update(key.encode() + str(value.dtype).encode() + str(value.shape).encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 def read_arrays(dataset: str) -> dict[str, np.ndarray]:
@@ -88,10 +96,20 @@ def _splits_given(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, 
         split = np.asarray(arrays["split"])
         if len(split) != len(x):
             raise ValueError(f"split has {len(split)} entries but x has {len(x)} samples")
-        codes = np.array([SPLIT_CODES.get(str(s), -1) for s in split]) if split.dtype.kind in "US" else split.astype(int)
-        bad = sorted(set(np.unique(codes).tolist()) - set(SPLIT_CODES.values()))
+        if split.dtype.kind == "S":
+            split = split.astype(str)  # bytes b"train" → "train"
+        if split.dtype.kind == "U":
+            bad = sorted(set(np.unique(split).tolist()) - set(SPLIT_CODES))
+            codes = np.array([SPLIT_CODES.get(s, -1) for s in split])
+        elif split.dtype.kind in "iu":
+            codes = split.astype(int)
+            bad = sorted(set(np.unique(codes).tolist()) - set(SPLIT_CODES.values()))
+        else:
+            raise ValueError(f"split must hold strings or integers; got dtype {split.dtype}")
         if bad:
             raise ValueError(f"split contains {bad}; valid values: {list(SPLIT_CODES)} or {list(SPLIT_CODES.values())}")
+        if not (codes == SPLIT_CODES["train"]).any():
+            raise ValueError("split assigns no sample to 'train'")
         return {name: (x[codes == c], y[codes == c]) for name, c in SPLIT_CODES.items() if (codes == c).any()}
     if "x_train" in arrays and "y_train" in arrays:
         out = {}
@@ -100,7 +118,12 @@ def _splits_given(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, 
                 if f"x_{s}" not in arrays or f"y_{s}" not in arrays:
                     raise ValueError(f"x_{s} and y_{s} must be given together")
                 _check_pair(f"x_{s}", arrays[f"x_{s}"], f"y_{s}", arrays[f"y_{s}"])
+                if len(arrays[f"x_{s}"]) == 0:
+                    raise ValueError(f"x_{s} is empty: a given split needs at least one sample")
                 out[s] = (arrays[f"x_{s}"], arrays[f"y_{s}"])
+        shapes = {f"x_{s}": v[0].shape[1:] for s, v in out.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"the splits' samples have different shapes {shapes}; they must match")
         return out
     raise ValueError(f"arrays {sorted(arrays)} hold no data: expected 'x' and 'y' (optionally 'split'), or "
                      f"'x_train', 'y_train' (optionally 'x_val', 'y_val', 'x_test', 'y_test')")
@@ -153,6 +176,9 @@ def prepare_custom(cfg) -> dict[str, Any]:
     std = np.maximum(x["train"].std(axis=axes, keepdims=True), 1e-6)
     x = {s: ((v - mean) / std).astype(np.float32) for s, v in x.items()}
     names = arrays.get("class_names")
-    class_names = [str(c) for c in (names if names is not None and len(names) == len(classes) else classes)]
+    if names is not None and len(names) != len(classes):
+        raise ValueError(f"class_names has {len(names)} entries but the labels hold {len(classes)} classes "
+                         f"{classes.tolist()}; give one name per class, in sorted label order")
+    class_names = [str(c) for c in (names if names is not None else classes)]
     return {"x": x, "y": y, "class_names": class_names,
             "extras": {"label_values": classes, "feature_mean": mean.squeeze(), "feature_std": std.squeeze()}}
