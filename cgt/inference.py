@@ -14,6 +14,7 @@ score passes that exit's threshold τ_e, and the last exit always accepts:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,8 +135,9 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
 
 
 def _early_exit_one_by_one(model: EarlyExitNet, x: torch.Tensor, taus: list[float], policy: str) -> EarlyExitOutput:
-    """Batch size 1, the latency setting: no masks or gathers, one scalar decision per exit.
-    On a small model per-operator overhead rivals the arithmetic, so every avoided op counts."""
+    """Batch size 1, the latency setting: no masks or gathers, and the exit decision on K plain
+    floats (one device→host copy) instead of a chain of tiny tensor ops. On a small model the
+    per-operator overhead rivals the arithmetic, so every avoided op counts."""
     device = next(model.parameters()).device
     last = model.num_exits - 1
     preds, exits = [], []
@@ -143,12 +145,23 @@ def _early_exit_one_by_one(model: EarlyExitNet, x: torch.Tensor, taus: list[floa
         h = x[i:i + 1].to(device)
         for e in range(model.num_exits):
             h = model.blocks[e](h)
-            logits = model.heads[e](h)
-            if e == last or bool(accepts(logits, taus[e], policy)):
+            row = model.heads[e](h)[0].tolist()
+            if e == last or _accepts_row(row, taus[e], policy):
                 break
-        preds.append(int(logits.argmax()))
+        preds.append(max(range(len(row)), key=row.__getitem__))
         exits.append(e)
     return EarlyExitOutput(torch.tensor(preds, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
+
+
+def _accepts_row(logits: list[float], tau: float, policy: str) -> bool:
+    """`accepts` for one sample's logits as Python floats (same rule, same numbers up to rounding)."""
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    if policy == "max_softmax":
+        return 1.0 / total >= tau  # the top class has exp(0) = 1
+    entropy = -sum(p * math.log(p) for p in (v / total for v in exps) if p > 1e-12)
+    return entropy / math.log(len(logits)) <= tau
 
 
 def fuse_for_inference(model: EarlyExitNet) -> EarlyExitNet:
