@@ -15,6 +15,7 @@ import torch
 from . import distributed
 from .config import METHODS, TrainConfig, get_profile, method_spec, profile_configs
 from .cost import ExitCosts, exit_costs
+from .custom_data import is_custom
 from .data import PreparedData, check_dataset, load
 from .evaluate import EvalConfig, evaluate_run
 from .losses import exit_weights, resolve_options
@@ -33,18 +34,18 @@ class RunRecord:
     costs: ExitCosts
 
 
-PAPER_NUM_EXITS = 3
+PAPER_NUM_EXITS = 3  # both paper models; a network of your own may have another number
 
 
 def check_names(methods: list[str], dataset: str | None = None, profile: str | None = None,
-                options: dict[str, dict[str, Any]] | None = None) -> None:
+                options: dict[str, dict[str, Any]] | None = None, num_exits: int = PAPER_NUM_EXITS) -> None:
     """Fail on a bad name or strategy option before any work starts."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid choices: {list(METHODS)}")
     for m in methods:
         strategy, opts = method_spec(m, **(options or {}).get(m, {}))
-        resolve_options(strategy, PAPER_NUM_EXITS, **opts)
+        resolve_options(strategy, num_exits, **opts)
     if dataset is not None:
         check_dataset(dataset)
     if profile is not None:
@@ -72,12 +73,14 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
     model_options: width/depth of the generic network used for datasets of your own.
     model_fn: builds your own early-exit network from the prepared data (instead of the default).
     """
-    check_names(methods, dataset, profile, options)
+    custom_model = model_fn is not None or is_custom(dataset)
+    check_names(methods, None if custom_model else dataset, profile, None if custom_model else options)
     seeds = get_profile(profile).seeds if seeds is None else seeds
     data, data_params, base_cfg = prepare(dataset, profile, data_dir)
     build = (lambda: model_fn(data)) if model_fn else (
         lambda: build_model(data.name, data.input_shape, data.num_classes, **(model_options or {})))
-    build()  # a shape the builder cannot handle fails here, before any training
+    # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
+    check_names(methods, options=options, num_exits=build().num_exits)
     records = []
     for method in methods:
         for seed in seeds:
