@@ -129,22 +129,25 @@ def _candidates_local(dataset_dir: Path, spec: RawFile) -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
-def _offline_fashion_mnist(workdir: Path) -> tuple[Path, str] | None:
+def _offline_fashion_mnist(workdir: Path) -> tuple[Path, str] | str:
+    """(folder holding the files, description), or why there is no offline copy."""
     if all((FASHION_MNIST_SYSTEM_DIR / f.name).exists() for f in DATASET_FILES["fashion_mnist"]):
         return FASHION_MNIST_SYSTEM_DIR, f"Debian package dataset-fashion-mnist ({FASHION_MNIST_SYSTEM_DIR})"
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        return None
+        return f"no {FASHION_MNIST_SYSTEM_DIR} and no apt-get/dpkg to fetch the Debian package"
     # `apt-get download` fetches the .deb into the cwd without installing; `dpkg -x` unpacks it.
     ok = subprocess.run(["apt-get", "download", "-q", "dataset-fashion-mnist"], cwd=workdir,
                         capture_output=True, text=True)
     debs = list(workdir.glob("dataset-fashion-mnist_*.deb"))
     if ok.returncode != 0 or not debs:
-        return None
+        return (f"`apt-get download dataset-fashion-mnist` failed ({ok.stderr.strip()[-300:]}); "
+                f"`apt-get update` may be needed first")
     subprocess.run(["dpkg", "-x", str(debs[0]), str(workdir / "x")], check=True)
     return workdir / "x" / FASHION_MNIST_SYSTEM_DIR.relative_to("/"), "apt-get download dataset-fashion-mnist + dpkg -x"
 
 
-def _offline_indian_pines(workdir: Path) -> tuple[Path, str] | None:
+def _offline_indian_pines(workdir: Path) -> tuple[Path, str] | str:
+    """(folder holding the arrays, description), or why there is no offline copy."""
     spec = importlib.util.find_spec("tensorly")
     if spec is not None and spec.origin:
         data = Path(spec.origin).parent / "datasets" / "data"
@@ -155,7 +158,7 @@ def _offline_indian_pines(workdir: Path) -> tuple[Path, str] | None:
                          TENSORLY_WHEEL, "-d", str(workdir)], capture_output=True, text=True)
     wheels = list(workdir.glob("tensorly-*.whl"))
     if ok.returncode != 0 or not wheels:
-        return None
+        return f"tensorly is not installed and `pip download {TENSORLY_WHEEL}` failed ({ok.stderr.strip()[-300:]})"
     out = workdir / "x"
     with zipfile.ZipFile(wheels[0]) as whl:
         for member in whl.namelist():
@@ -206,15 +209,15 @@ def acquire(dataset: str, data_dir: str | Path = "data/raw", sources: tuple[str,
     if "offline" in sources:
         with tempfile.TemporaryDirectory() as work:
             found = OFFLINE[dataset](Path(work))
-            if found is not None:
+            if isinstance(found, str):
+                errors.append(f"offline: {found}")
+            else:
                 src_dir, label = found
                 try:
                     _copy_verified(src_dir, dataset_dir, specs, dataset)
                     return label
                 except DataVerificationError as exc:
                     errors.append(str(exc))
-            else:
-                errors.append("offline sources: none available")
 
     if "download" in sources:
         try:
