@@ -87,7 +87,7 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
 
 @pytest.mark.parametrize("args, message", [
     (("paper", "--profile", "huge"), "invalid choice: 'huge'"),
-    (("paper", "--profile", "smoke", "--dataset", "cifar10"), "invalid choice: 'cifar10'"),
+    (("paper", "--profile", "smoke", "--dataset", "cifar10"), "unknown dataset 'cifar10'"),
     (("train", "--dataset", "indian_pines", "--method", "deep_gate"), "invalid choice: 'deep_gate'"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", '{"tau": 1}'), "unknown option"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", "tau=1"), "must be a JSON object"),
