@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|train|evaluate|paper|bench ...` (see --help of each)."""
+"""Command line: `python -m cgt data|train|paper|results|bench ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse

@@ -1,8 +1,9 @@
-"""Sub-commands of `python -m cgt` beyond `data`: train, evaluate tables, the paper pipeline, benchmark."""
+"""Sub-commands of `python -m cgt` beyond `data`: train, paper (the pipeline), results, bench."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _parse_options(text: str | None) -> dict:
@@ -36,7 +37,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     try:
         run_pipeline(args.profile, args.dataset, force=args.force)
     except PipelineError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -70,7 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=list(PROFILES))
     p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
-    p.add_argument("--options", default=None, help="extra strategy options as JSON, e.g. '{\"tau_train\": 0.8}'")
+    p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, e.g. '{\"tau_train\": 0.8}'")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
