@@ -111,3 +111,25 @@ def test_pipeline_plan_validates_names():
     steps = plan("smoke", ["indian_pines"])
     assert [s.label for s in steps] == ["00_data [indian_pines]", "01_baselines [indian_pines]",
                                         "02_hard_cgt [indian_pines]", "03_soft_cgt [indian_pines]", "04_figures"]
+
+
+def test_a_failing_notebook_is_named_with_its_cell_error_and_executed_copy(tmp_path, monkeypatch):
+    """A failure says which notebook, which cell and which error, and where the executed copy is."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from cgt.pipeline import PipelineError, run_pipeline
+
+    params = new_code_cell("profile = 'smoke'\ndataset = 'indian_pines'")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell("x = 1"), new_code_cell("raise RuntimeError('broken on purpose')")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "00_data.ipynb")
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(PipelineError) as info:
+        run_pipeline("smoke", ["indian_pines"], notebooks_dir=tmp_path, log=lambda *_: None)
+    message = str(info.value)
+    assert "00_data [indian_pines] failed in cell" in message
+    assert "RuntimeError: broken on purpose" in message
+    executed = tmp_path / "runs" / "smoke" / "notebooks" / "00_data-indian_pines.ipynb"
+    assert str(executed) in message and executed.exists()
