@@ -16,6 +16,7 @@ they are remapped to 0..K-1 and the mapping is kept in the prepared data's extra
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import zipfile
 from pathlib import Path
@@ -57,14 +58,23 @@ def display_name(dataset: str) -> str:
 
 def source_fingerprint(dataset: str) -> str:
     """Hash of the data as given (part of the cache key: edited data is prepared again) — the
-    .npz file's sha256, or the hash of the arrays a registered loader returns."""
+    .npz file's sha256, or the hash of the arrays a registered loader returns (a loader's data can
+    change between calls, so it is asked again each time)."""
     if is_npz(dataset):
-        return sha256_file(dataset)
+        stat = Path(dataset).stat()
+        return _file_sha256(str(Path(dataset).resolve()), stat.st_size, stat.st_mtime_ns)
     h = hashlib.sha256()
     for key, value in sorted(read_arrays(dataset).items()):
         h.update(key.encode() + str(value.dtype).encode() + str(value.shape).encode())
         h.update(np.ascontiguousarray(value).tobytes())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): a large .npz is not re-read for
+    every cache-key lookup, and an edited file gets a new entry."""
+    return sha256_file(path)
 
 
 def read_arrays(dataset: str) -> dict[str, np.ndarray]:
