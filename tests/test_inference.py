@@ -275,3 +275,27 @@ def test_exits_from_logits_by_hand():
     assert exits.tolist() == [2, 1, 2] and preds.tolist() == [2, 1, 1]
     preds, exits = exits_from_logits(logits, 0.2, "entropy")  # low entropy = confident
     assert exits.tolist() == [0, 1, 2]
+
+
+def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(trained):
+    """fuse_for_inference: same logits (eval mode) with no BatchNorm left; the original is untouched."""
+    from cgt.inference import fuse_for_inference
+
+    model = trained["model"].eval()
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(predict_logits(fused, trained["x"]), trained["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_reports_consistent_speedups(trained):
+    """The benchmark's figures hang together: fractions sum to 1, ratios = measured / predicted."""
+    from cgt.bench import benchmark
+
+    r = benchmark(trained["model"], trained["x"][:64], tau=0.9, n_single=16, large_batch=32, repeats=1)
+    assert sum(r["exit_fractions"]) == pytest.approx(1.0)
+    costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
+    assert r["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(r["exit_fractions"], costs))
+    assert r["bs1_ratio"] == pytest.approx(r["bs1_speedup"] / r["predicted_speedup_bs1_subset"])
+    assert r["batch_ratio"] == pytest.approx(r["batch_speedup"] / r["predicted_speedup"])
+    assert len(r["block_us"]) == len(r["head_us"]) == 3 and min(r["block_us"]) > 0
