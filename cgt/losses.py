@@ -13,6 +13,7 @@ sample; they are never trained through.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -52,6 +53,16 @@ def resolve_lambdas(lambdas: Any, num_exits: int, progress: float) -> Tensor:
     start_t = torch.tensor(start, dtype=torch.float32)
     end_t = torch.tensor(end, dtype=torch.float32)
     return start_t + (end_t - start_t) * float(progress)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@functools.lru_cache(maxsize=256)
+def _lambdas_on_device(lambdas: Any, num_exits: int, progress: float, device: str) -> Tensor:
+    """λ already on the training device: one host→device copy per epoch, not one per step."""
+    return resolve_lambdas(lambdas, num_exits, progress).to(device)
 
 
 def _check_lambdas(lambdas: Any, num_exits: int) -> None:
@@ -210,7 +221,7 @@ def exit_weights(exit_logits: Tensor | Sequence[Tensor], targets: Tensor, strate
     with torch.no_grad():
         logits = exit_logits.detach()
         elig = spec.gate(logits, targets, **{k: opts[k] for k in spec.gate_options})
-        lam = resolve_lambdas(opts["lambdas"], num_exits, progress).to(elig.device)
+        lam = _lambdas_on_device(_hashable(opts["lambdas"]), num_exits, float(progress), str(elig.device))
         w = lam[None, :] * elig + float(opts.get("eps_leak", 0.0))
         if opts.get("normalize", False):
             # A row can be all zero (λ_1 = 0, ε = 0 and exit 1 succeeded): no exit learns from
