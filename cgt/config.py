@@ -6,7 +6,7 @@ shows the methods differ in minutes, `paper` is the full reproduction.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .data import DataConfig
@@ -123,10 +123,3 @@ def profile_configs(profile: str, dataset: str, data_dir: str = "data/raw", **da
     train_cfg = TrainConfig(**prof.train.get(dataset, prof.other_train))
     return data_cfg, train_cfg
 
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return asdict(cfg)
-
-
-__all__ = ["TrainConfig", "METHODS", "BASELINES", "PROFILES", "DATASETS", "Profile", "get_profile",
-           "method_spec", "profile_configs", "replace", "to_dict"]

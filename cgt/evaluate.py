@@ -40,33 +40,27 @@ class EvalConfig:
 def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor, y_test: torch.Tensor,
                     costs: ExitCosts, num_classes: int, cfg: EvalConfig = EvalConfig()) -> dict:
     num_exits = val_logits.shape[0]
-    last_only = np.ones(num_exits - 1) if cfg.policy == "max_softmax" else np.zeros(num_exits - 1)
-    settings = {
-        "last_exit": (np.full(num_exits - 1, np.inf), "no early exit"),
-        "paper_tau": (np.full(num_exits - 1, cfg.paper_tau), f"fixed global tau = {cfg.paper_tau} (authors' value; not fitted)"),
-        "val_tolerance": (fit_operating_point(val_logits, y_val, costs, "tolerance", cfg.policy, tolerance=cfg.tolerance),
-                          f"fitted on validation: cheapest within {cfg.tolerance:.3f} of the last exit's accuracy"),
-        "val_budget": (fit_operating_point(val_logits, y_val, costs, "budget", cfg.policy, budget=cfg.budget),
-                       f"fitted on validation: most accurate at relative cost <= {cfg.budget}"),
-    }
-    points = {}
-    for name, (taus, how) in settings.items():
-        if name == "last_exit":
-            preds = {s: l[-1].argmax(-1) for s, l in (("val", val_logits), ("test", test_logits))}
-            exits = {s: torch.full((l.shape[1],), num_exits - 1) for s, l in (("val", val_logits), ("test", test_logits))}
-            taus = last_only
-        else:
-            preds, exits = {}, {}
-            for s, l in (("val", val_logits), ("test", test_logits)):
-                preds[s], exits[s] = exits_from_logits(l, taus.tolist(), cfg.policy)
-        points[name] = {
-            "thresholds": [float(t) for t in taus], "how": how,
-            "val": early_exit_metrics(val_logits, y_val, preds["val"], exits["val"], costs, num_classes),
-            "test": early_exit_metrics(test_logits, y_test, preds["test"], exits["test"], costs, num_classes),
-        }
-        if name == "last_exit":  # the plain network computes no early heads: exactly the full cost
-            for split in ("val", "test"):
-                points[name][split] |= {"avg_cost_flops": costs.full_network, "avg_cost_relative": 1.0}
+    splits = {"val": (val_logits, y_val), "test": (test_logits, y_test)}
+
+    def at(taus, how: str, decisions=None) -> dict:
+        """Metrics on both splits for per-exit thresholds `taus` (or given (preds, exits) per split)."""
+        decisions = decisions or {s: exits_from_logits(l, [float(t) for t in taus], cfg.policy) for s, (l, _) in splits.items()}
+        return {"thresholds": [float(t) for t in taus], "how": how,
+                **{s: early_exit_metrics(l, y, *decisions[s], costs, num_classes) for s, (l, y) in splits.items()}}
+
+    # No early exit: everyone takes the last exit's prediction (thresholds shown as the policy's
+    # "never leave early" end), at exactly the full network's cost — it computes no early heads.
+    never = [1.0 if cfg.policy == "max_softmax" else 0.0] * (num_exits - 1)
+    last = {s: (l[-1].argmax(-1), torch.full((l.shape[1],), num_exits - 1)) for s, (l, _) in splits.items()}
+    points = {"last_exit": at(never, "no early exit", last)}
+    for split in splits:
+        points["last_exit"][split] |= {"avg_cost_flops": costs.full_network, "avg_cost_relative": 1.0}
+    points["paper_tau"] = at([cfg.paper_tau] * (num_exits - 1),
+                             f"fixed global tau = {cfg.paper_tau} (authors' value; not fitted)")
+    points["val_tolerance"] = at(fit_operating_point(val_logits, y_val, costs, "tolerance", cfg.policy, tolerance=cfg.tolerance),
+                                 f"fitted on validation: cheapest within {cfg.tolerance:.3f} of the last exit's accuracy")
+    points["val_budget"] = at(fit_operating_point(val_logits, y_val, costs, "budget", cfg.policy, budget=cfg.budget),
+                              f"fitted on validation: most accurate at relative cost <= {cfg.budget}")
     sweep_val = sweep_global(val_logits, y_val, costs, cfg.policy)
     sweep_test = sweep_global(test_logits, y_test, costs, cfg.policy, grid=sweep_val.thresholds[:, 0])
     return {

@@ -103,5 +103,5 @@ def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: Ex
         order = np.lexsort((ev.relative_cost, -ev.accuracy))  # most accurate first, then cheapest
     chosen = [i for i in order if ok[i]]
     if not chosen:  # e.g. a budget below exit 1's cost: exit everything as early as possible
-        return np.zeros(val_logits.shape[0] - 1, np.float32) if policy == "max_softmax" else np.ones(val_logits.shape[0] - 1, np.float32)
+        return np.full(val_logits.shape[0] - 1, 0.0 if policy == "max_softmax" else 1.0, np.float32)
     return settings[chosen[0]]

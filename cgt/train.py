@@ -35,7 +35,8 @@ from .models import EarlyExitNet, build_model
 
 ARTIFACTS = ("config.json", "history.json", "model.pt", "logits.pt")
 # Modules whose code changes what a training run produces: part of every run's cache key.
-TRAINING_MODULES = ("data.py", "splits.py", "models.py", "losses.py", "train.py", "config.py")
+TRAINING_MODULES = ("data.py", "custom_data.py", "splits.py", "models.py", "losses.py", "train.py", "config.py",
+                    "distributed.py")
 
 
 def code_version() -> str:
