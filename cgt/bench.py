@@ -18,7 +18,9 @@ import torch
 from .cost import average_cost, exit_costs
 from .experiment import prepare, run_methods
 from .inference import early_exit_forward, full_network_forward, fuse_for_inference
-from .provenance import device_description
+from .fileio import write_json_atomic
+from .paths import runs_dir
+from .provenance import device_description, write_sidecar
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -100,4 +102,9 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = 0.9, data
               f"{r['latency_predicted_speedup_bs1']:.2f}x (FLOPs: {r['predicted_speedup_bs1_subset']:.2f}x)")
         print(f"  batch {r['large_batch']}: full {r['batch_full_s']:.3f} s, early exit {r['batch_early_s']:.3f} s -> "
               f"{r['batch_speedup']:.2f}x measured, {100 * r['batch_ratio']:.0f}% of predicted (target >= 60%)")
+    out = runs_dir(profile) / "bench.json"  # the artifact behind any benchmark figure quoted elsewhere
+    write_json_atomic(out, results)
+    write_sidecar(out, params={"profile": profile, "method": method, "tau": tau, "n_single": n_single,
+                               "repeats": repeats}, device="cpu")
+    print(f"written: {out}")
     return results
