@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA_DIR ?= data/raw
 
-.PHONY: setup data test lab paper quick smoke clean-venv
+.PHONY: setup data test test-fast lab paper quick smoke clean-venv
 
 # The stamp depends on pyproject.toml: changing a pin re-installs.
 $(STAMP): pyproject.toml
@@ -20,8 +20,12 @@ setup: $(STAMP)
 data: setup
 	$(PY) -m cgt data --dataset all --data-dir $(DATA_DIR)
 
+# The full suite (what CI runs), and the fast tier: every module's unit tests, no end-to-end runs.
 test: data
 	$(PY) -m pytest
+
+test-fast: data
+	$(PY) -m pytest -m "not slow"
 
 # The whole paper: every notebook, both datasets, every method, 3 seeds; then the README results.
 paper: data

@@ -8,15 +8,26 @@ datasets are made sure to exist (about 30 s when missing, instant when cached).
 """
 import os
 
+import pytest
+
 os.environ.setdefault("CGT_PROFILE", "smoke")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items):
+    """Notebook cells under nbval are end-to-end runs: part of the full suite, not of the fast tier."""
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_collection_finish(session):
     if not any(str(item.fspath).endswith(".ipynb") for item in session.items):
         return
-    from cgt.config import DATASETS, METHODS
+    from cgt.data import BUILTIN
     from cgt.experiment import run_methods
+    from cgt.methods import METHODS
 
-    for dataset in DATASETS:
+    for dataset in BUILTIN:
         run_methods(dataset, os.environ["CGT_PROFILE"], list(METHODS), progress=False)

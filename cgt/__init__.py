@@ -1,1 +1,36 @@
-"""Confidence-Gated Training for early-exit networks (arXiv 2509.17885)."""
+"""cgt — a companion to "Confidence-Gated Training for Efficient Early-Exit Neural Networks" (arXiv 2509.17885).
+
+The modules, in the order data flows through them (each concept lives in exactly one):
+
+    data/          datasets: one record per dataset (base), names → records (registry), the built-in
+                   fashion_mnist and indian_pines, your own .npz files and loaders (custom), verified raw
+                   files (raw), seeded splitters (splits), the cached tensors a notebook gets (prepared)
+    models         early-exit networks: backbone blocks + one head per block; the paper's and generic ones
+    policy         the exit rule: score, which way it passes τ, the "never / always exit" thresholds
+    losses         exit-weighting strategies (HardCGT, SoftCGT, the baselines): per-sample, per-exit weights
+    methods        the compared methods: named strategies with options, in display order
+    train          TrainConfig and the training loop (seeded, resumable, DDP-aware)
+    distributed    data-parallel training under torchrun
+    runs           a run's identity (config, data fingerprint, code version), folder, completeness, loading
+    profiles       smoke / quick / paper: named data and training settings
+    inference      the real early-exit forward pass (deeper blocks only for undecided samples)
+    cost           FLOPs per exit (torch's FlopCounterMode, 2 per multiply-add, batch size 1)
+    thresholds     operating points fitted on validation logits; threshold sweeps
+    metrics        classification and early-exit metrics
+    evaluate       a finished run's metrics at every operating point
+    experiment     what a training notebook does in one call: methods × seeds, trained (cached) and evaluated
+    report         tables over seeds, the paper's numbers beside ours, the README results block
+    plots          figures of training and evaluation
+    dataviz        figures and tables of the data before training
+    display        the notebooks' shared views (tables and figures, one call each)
+    paper_figures  notebook 04: every table and figure from the finished runs of a profile
+    provenance     sidecars: commit, parameters, packages, device, data checksums
+    bench          wall-clock speed-up of real early exit against its FLOPs prediction
+    pipeline       the notebooks in order through papermill (`python -m cgt paper`)
+    nbtools        keeping committed notebooks stripped and nbval-checkable
+    cli            `python -m cgt data | train | paper | results | bench`
+    paths, fileio  where things live; atomic writes and hashes
+
+This file holds the map and no code: training runs are keyed by the source of the modules they
+execute (cgt.runs.code_version), and this one is left out of that key.
+"""

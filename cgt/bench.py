@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from .cost import average_cost, exit_costs
-from .experiment import prepare, run_methods
+from .data import BUILTIN
+from .experiment import load_dataset, load_finished
 from .inference import early_exit_forward, full_network_forward, fuse_for_inference
 from .fileio import write_json_atomic
 from .paths import runs_dir
+from .policy import PAPER_TAU
 from .provenance import device_description, write_sidecar
 
 
@@ -83,13 +85,13 @@ def benchmark(model, x: torch.Tensor, tau: float, n_single: int = 1000, large_ba
             "batch_speedup": full_b / early_b, "batch_ratio": (full_b / early_b) / predicted}
 
 
-def run(profile: str = "quick", method: str = "soft_cgt", tau: float = 0.9, datasets=("fashion_mnist", "indian_pines"),
+def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU, datasets=tuple(BUILTIN),
         n_single: int = 1000, repeats: int = 3) -> dict:
     print(f"device: {device_description('cpu')}; policy max_softmax, tau = {tau}; method {method} ({profile} profile)")
     results = {}
     for ds in datasets:
-        data, _, _ = prepare(ds, profile)
-        rec = run_methods(ds, profile, [method], seeds=[0], require_finished=True, progress=False)[0]
+        data = load_dataset(ds, profile)
+        rec = load_finished(ds, profile, [method], seeds=[0])[0]
         r = benchmark(rec.run.model.cpu(), data.x["test"], tau, n_single=n_single, repeats=repeats)
         results[ds] = r
         print(f"{ds}: exits {np.round(100 * np.array(r['exit_fractions']), 1).tolist()} %; "

@@ -17,10 +17,11 @@ import torch
 
 from .cost import ExitCosts
 from .fileio import write_json_atomic
-from .inference import PAPER_TAU, exits_from_logits
+from .inference import exits_from_logits
 from .metrics import early_exit_metrics, per_exit_metrics
+from .policy import PAPER_TAU, check_policy, never_exit
 from .thresholds import fit_operating_point, sweep_global
-from .train import RunResult
+from .runs import TrainedRun
 
 
 @dataclass
@@ -39,6 +40,7 @@ class EvalConfig:
 
 def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor, y_test: torch.Tensor,
                     costs: ExitCosts, num_classes: int, cfg: EvalConfig = EvalConfig()) -> dict:
+    check_policy(cfg.policy)
     num_exits = val_logits.shape[0]
     splits = {"val": (val_logits, y_val), "test": (test_logits, y_test)}
 
@@ -50,7 +52,7 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
 
     # No early exit: everyone takes the last exit's prediction (thresholds shown as the policy's
     # "never leave early" end), at exactly the full network's cost — it computes no early heads.
-    never = [1.0 if cfg.policy == "max_softmax" else 0.0] * (num_exits - 1)
+    never = [never_exit(cfg.policy)] * (num_exits - 1)
     last = {s: (l[-1].argmax(-1), torch.full((l.shape[1],), num_exits - 1)) for s, (l, _) in splits.items()}
     points = {"last_exit": at(never, "no early exit", last)}
     for split in splits:
@@ -74,7 +76,7 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
     }
 
 
-def evaluate_run(run: RunResult, costs: ExitCosts, num_classes: int, cfg: EvalConfig = EvalConfig(),
+def evaluate_run(run: TrainedRun, costs: ExitCosts, num_classes: int, cfg: EvalConfig = EvalConfig(),
                  write: bool = True) -> dict:
     """Metrics of one run (also written to <run_dir>/metrics.json)."""
     lg = run.logits

@@ -1,66 +1,22 @@
-"""Exit policies, and early-exit inference that really skips the deeper blocks.
+"""Early-exit inference that really skips the deeper blocks (the exit rule itself is cgt.policy).
 
 Two ways to get the same decisions:
   * `exits_from_logits` — from cached per-exit logits (E, N, K): fast, used for threshold sweeps;
   * `early_exit_forward` — the real thing: per batch, block e+1 runs only on the samples that no
     exit up to e has accepted.
 tests/test_inference.py asserts both give identical predictions and exit indices on real data.
-
-A policy turns one exit's logits into a score; the sample leaves at the first exit e < E whose
-score passes that exit's threshold τ_e, and the last exit always accepts:
-  * max_softmax: score = max_k p_k,        leave if score ≥ τ   (the paper's policy)
-  * entropy:     score = H(p) / log K ∈ [0, 1], leave if score ≤ τ
 """
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from .models import EarlyExitNet
-
-POLICIES = ("max_softmax", "entropy")
-PAPER_TAU = 0.9  # the authors evaluate at a global max-softmax threshold of 0.9
-
-
-def check_policy(policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"unknown exit policy {policy!r}; valid choices: {list(POLICIES)}")
-
-
-def check_thresholds(thresholds: float | Sequence[float], num_exits: int) -> torch.Tensor:
-    """One global τ or one per early exit (E − 1 values; the last exit always accepts) → (E − 1,)."""
-    if np.ndim(thresholds) == 0:  # a Python, numpy or 0-d tensor scalar: one global τ
-        values = [float(thresholds)] * (num_exits - 1)
-    else:
-        values = [float(t) for t in thresholds]
-        if len(values) != num_exits - 1:
-            raise ValueError(f"got {len(values)} per-exit thresholds {values}; a {num_exits}-exit model needs "
-                             f"{num_exits - 1} (the last exit always accepts) or a single global value")
-    bad = [t for t in values if not (0.0 <= t <= 1.0) or np.isnan(t)]
-    if bad:
-        raise ValueError(f"thresholds {bad} are outside [0, 1], the range of both policies' scores")
-    return torch.tensor(values, dtype=torch.float32)
-
-
-def exit_scores(logits: torch.Tensor, policy: str) -> torch.Tensor:
-    """(..., K) logits → (...) score of the policy."""
-    p = logits.float().softmax(-1)
-    if policy == "max_softmax":
-        return p.max(-1).values
-    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
-    return entropy / np.log(logits.shape[-1])
-
-
-def accepts(logits: torch.Tensor, threshold: float, policy: str) -> torch.Tensor:
-    score = exit_scores(logits, policy)
-    return score >= threshold if policy == "max_softmax" else score <= threshold
-
+from .policy import accepts, accepts_row, check_policy, check_thresholds
 
 def exits_from_logits(exit_logits: torch.Tensor, thresholds: float | Sequence[float],
                       policy: str = "max_softmax") -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,22 +102,11 @@ def _early_exit_one_by_one(model: EarlyExitNet, x: torch.Tensor, taus: list[floa
         for e in range(model.num_exits):
             h = model.blocks[e](h)
             row = model.heads[e](h)[0].tolist()
-            if e == last or _accepts_row(row, taus[e], policy):
+            if e == last or accepts_row(row, taus[e], policy):
                 break
         preds.append(max(range(len(row)), key=row.__getitem__))
         exits.append(e)
     return EarlyExitOutput(torch.tensor(preds, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
-
-
-def _accepts_row(logits: list[float], tau: float, policy: str) -> bool:
-    """`accepts` for one sample's logits as Python floats (same rule, same numbers up to rounding)."""
-    top = max(logits)
-    exps = [math.exp(v - top) for v in logits]
-    total = sum(exps)
-    if policy == "max_softmax":
-        return 1.0 / total >= tau  # the top class has exp(0) = 1
-    entropy = -sum(p * math.log(p) for p in (v / total for v in exps) if p > 1e-12)
-    return entropy / math.log(len(logits)) <= tau
 
 
 def fuse_for_inference(model: EarlyExitNet) -> EarlyExitNet:

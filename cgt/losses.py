@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .policy import normalized_entropy
+
 Tensor = torch.Tensor
 
 
@@ -100,19 +102,24 @@ def hard_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float) -> Ten
     return _eligibility(success)
 
 
-def soft_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float, residual: str,
-                  sigmoid_scale: float) -> Tensor:
-    """SoftCGT: each exit passes on the residual r_e of its true-class probability s_e.
+def soft_residual(true_class_prob: Tensor, residual: str, tau_train: float, sigmoid_scale: float) -> Tensor:
+    """How much of a sample's weight an exit passes on, from its true-class probability s:
 
     sigmoid: r = clamp(1 − sigmoid((s − τ)·k), 0, 1)  (authors' code; with k = 1 it spans ≈ 0.48–0.71)
     linear:  r = 1 − s
     """
+    s = true_class_prob
+    if residual == "sigmoid":
+        return (1.0 - torch.sigmoid((s - tau_train) * sigmoid_scale)).clamp(0.0, 1.0)
+    return 1.0 - s
+
+
+def soft_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float, residual: str,
+                  sigmoid_scale: float) -> Tensor:
+    """SoftCGT: each exit passes on the residual r_e (`soft_residual`) of its true-class probability s_e."""
     p = _probs(exit_logits)
     s = p.gather(-1, targets[:, None, None].expand(-1, p.shape[1], 1)).squeeze(-1)  # (B, E)
-    if residual == "sigmoid":
-        r = (1.0 - torch.sigmoid((s - tau_train) * sigmoid_scale)).clamp(0.0, 1.0)
-    else:
-        r = 1.0 - s
+    r = soft_residual(s, residual, tau_train, sigmoid_scale)
     ones = torch.ones_like(r[:, :1])
     return torch.cat([ones, torch.cumprod(r[:, :-1], dim=1)], dim=1)
 
@@ -120,9 +127,7 @@ def soft_cgt_gate(exit_logits: Tensor, targets: Tensor, tau_train: float, residu
 def branchy_gate(exit_logits: Tensor, targets: Tensor, entropy_threshold: float) -> Tensor:
     """BranchyNet-style: a sample leaves training at the first exit whose normalised entropy
     (H / log K, in [0, 1]) is below the threshold — confidence only, correctness not checked."""
-    p = _probs(exit_logits)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1) / torch.log(torch.tensor(float(p.shape[-1])))
-    return _eligibility((entropy < entropy_threshold).float())
+    return _eligibility((normalized_entropy(_probs(exit_logits)) < entropy_threshold).float())
 
 
 def no_gate(exit_logits: Tensor, targets: Tensor) -> Tensor:
@@ -176,7 +181,7 @@ def _named_lambdas(name: str, num_exits: int) -> list[float]:
             "depth": [float(e + 1) for e in range(num_exits)]}[name]
 
 
-def resolve_options(strategy: str, num_exits: int, **options: Any) -> dict[str, Any]:
+def resolve_options(strategy: str, num_exits: int | None, **options: Any) -> dict[str, Any]:
     """Defaults filled in and every value checked; raises ValueError naming what is wrong."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid choices: {sorted(STRATEGIES)}")
@@ -186,9 +191,10 @@ def resolve_options(strategy: str, num_exits: int, **options: Any) -> dict[str, 
         raise ValueError(f"unknown option(s) {unknown} for strategy {strategy!r}; valid options: {sorted(spec.defaults)}")
     opts = spec.defaults | options
     lam = opts["lambdas"]
-    if isinstance(lam, str) and lam in ("last", "uniform", "depth"):
-        opts["lambdas"] = _named_lambdas(lam, num_exits)
-    _check_lambdas(opts["lambdas"], num_exits)
+    if num_exits is not None:  # None: before the model exists, check everything but λ's length
+        if isinstance(lam, str) and lam in ("last", "uniform", "depth"):
+            opts["lambdas"] = _named_lambdas(lam, num_exits)
+        _check_lambdas(opts["lambdas"], num_exits)
     for name in ("tau_train", "entropy_threshold"):
         if name in opts and not 0.0 < float(opts[name]) < 1.0:
             raise ValueError(f"{name}={opts[name]} must be in the open interval (0, 1)")

@@ -13,16 +13,16 @@ cell loses its outputs (figures would make the file large and differ on every ru
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import nbformat
 
 from .fileio import atomic_path
+from .profiles import profile_environment
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-REFRESH_ENV = {"CGT_PROFILE": "smoke"}  # the profile conftest.py sets for the test session
+TEST_PROFILE = "smoke"  # the profile conftest.py sets for the test session
 
 
 def is_checked(cell) -> bool:
@@ -55,20 +55,12 @@ def problems(nb: nbformat.NotebookNode) -> list[str]:
 
 
 def execute(nb: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> nbformat.NotebookNode:
-    """Run every cell in a fresh python3 kernel, cwd = the notebook's folder, env + REFRESH_ENV."""
+    """Run every cell in a fresh python3 kernel, cwd = the notebook's folder, in the test profile."""
     from nbclient import NotebookClient
 
-    saved = {k: os.environ.get(k) for k in REFRESH_ENV}
-    os.environ.update(REFRESH_ENV)  # the kernel inherits this process's environment
-    try:
+    with profile_environment(TEST_PROFILE):  # the kernel inherits this process's environment
         NotebookClient(nb, kernel_name="python3", timeout=timeout,
                        resources={"metadata": {"path": str(folder)}}).execute()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return nb
 
 

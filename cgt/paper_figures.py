@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots
-from .config import METHODS
-from .custom_data import display_name
+from .data import display_name
 from .evaluate import metrics_table
-from .experiment import RunRecord, prepare, run_methods
-from .inference import PAPER_TAU, early_exit_forward
+from .experiment import EvaluatedRun, load_dataset, load_finished
+from .inference import early_exit_forward
+from .methods import METHODS
 from .paths import figures_dir
+from .policy import PAPER_TAU
 from .provenance import write_sidecar
 from .report import format_pm, paper_comparison, summarise, write_table
 
@@ -27,16 +28,19 @@ GATE_METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt", "soft
 
 @dataclass
 class DatasetResults:
+    source: str
+    """The dataset as given (a name or a .npz path)."""
     dataset: str
-    records: list[RunRecord]
+    """Its display name (folders, file names)."""
+    records: list[EvaluatedRun]
     table: pd.DataFrame
     files: list[Path] = field(default_factory=list)
 
 
 def collect(profile: str, dataset: str, methods: list[str] | None = None) -> DatasetResults:
     """Load every finished run of the profile (raises if one is missing: nothing is trained here)."""
-    records = run_methods(dataset, profile, methods or list(METHODS), require_finished=True, progress=False)
-    return DatasetResults(display_name(dataset), records, metrics_table([r.metrics for r in records]))
+    records = load_finished(dataset, profile, methods or list(METHODS))
+    return DatasetResults(dataset, display_name(dataset), records, metrics_table([r.metrics for r in records]))
 
 
 def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
@@ -89,24 +93,28 @@ def standard_figures(res: DatasetResults, profile: str) -> list:
 
 
 def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", tau: float = PAPER_TAU):
-    """Dataset-specific views of *where* samples leave, from the real early-exit forward pass:
-    Indian Pines → class map and exit-depth map of the test pixels; Fashion-MNIST → example images."""
-    if res.dataset not in ("fashion_mnist", "indian_pines"):
-        return None  # no dataset-specific view for data of your own
-    data, _, _ = prepare(res.dataset, profile)
+    """Views of *where* samples leave, from the real early-exit forward pass, chosen by what the
+    prepared data holds: pixel coordinates in a scene (Indian Pines) → class map and exit-depth map
+    of the test pixels; images standardised by one pixel mean/std (Fashion-MNIST) → example images.
+    None when the data has neither."""
+    data = load_dataset(res.source, profile)
+    if "pixels_test" in data.extras:
+        name = "exit_depth_map"
+    elif "pixel_mean" in data.extras:
+        name = "exit_examples"
+    else:
+        return None
     rec = next(r for r in res.records if r.method == method and r.seed == min(x.seed for x in res.records))
     out = early_exit_forward(rec.run.model, data.x["test"], tau, batch_size=512)
-    if res.dataset == "indian_pines":
+    if name == "exit_depth_map":
         fig = plots.pixel_maps(data.extras["image_shape"], data.extras["pixels_test"], out.predictions.numpy(),
                                out.exit_index.numpy(), data.num_classes, rec.run.model.num_exits,
                                title=f"{method}, test pixels, tau = {tau}")
-        name = "exit_depth_map"
     else:
         mean, std = float(data.extras["pixel_mean"]), float(data.extras["pixel_std"])
         images = data.x["test"].numpy() * std + mean
         fig = plots.examples_per_exit(images, out.exit_index.numpy(), out.predictions.numpy(), data.y["test"].numpy(),
                                       data.class_names, rec.run.model.num_exits)
-        name = "exit_examples"
     save(res, profile, fig, name)
     return fig
 

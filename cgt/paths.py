@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .profiles import get_profile
+
 
 def project_root() -> Path:
     """$CGT_ROOT if set; else the nearest folder above the cwd holding pyproject.toml and cgt/;
@@ -32,5 +34,5 @@ def runs_dir(profile: str) -> Path:
 
 
 def figures_dir(profile: str) -> Path:
-    """Only the paper profile writes into the committed figures/; others stay under runs/."""
-    return project_root() / "figures" if profile == "paper" else runs_dir(profile) / "figures"
+    """Only a publishing profile (the paper's) writes into the committed figures/; others stay under runs/."""
+    return project_root() / "figures" if get_profile(profile).publishes else runs_dir(profile) / "figures"

@@ -11,16 +11,18 @@ from its last checkpoint, and an artifact that no longer matches its recorded ha
 from __future__ import annotations
 
 import json
-import os
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DATASETS, get_profile
-from .custom_data import display_name, is_npz
-from .data import check_dataset
+from .data import BUILTIN, display_name, resolve
+from .data.custom import is_npz
+from .fileio import read_json, write_json_atomic
 from .paths import project_root, runs_dir
+from .provenance import device_description, git_state
+from .profiles import get_profile, profile_environment
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
 ONCE = ["04_figures"]
@@ -49,9 +51,9 @@ class PipelineError(RuntimeError):
 def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -> list[Step]:
     """The ordered steps; validates names before anything runs."""
     get_profile(profile)
-    datasets = list(DATASETS) if not datasets else datasets
+    datasets = list(BUILTIN) if not datasets else datasets
     for d in datasets:
-        check_dataset(d)
+        resolve(d)
     # notebooks run with notebooks/ as cwd: a relative .npz path must not depend on it
     datasets = [str(Path(d).resolve()) if is_npz(d) else d for d in datasets]
     steps = [Step(nb, {"profile": profile, "dataset": ds, **({"force": True} if force and nb != "00_data" else {})})
@@ -69,11 +71,9 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    env_profile = os.environ.get("CGT_PROFILE")
-    os.environ["CGT_PROFILE"] = profile  # kernels inherit it; parameters injected below win anyway
     t_start = time.perf_counter()
-    outputs = []
-    try:
+    outputs, record = [], []
+    with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):
             t0 = time.perf_counter()
             log(f"[{i}/{len(steps)}] {step.label}: running ({_elapsed(t_start)} elapsed)")
@@ -84,15 +84,29 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             except pm.PapermillExecutionError as exc:
                 raise PipelineError(f"{step.label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                     f"  executed notebook (open it to see the traceback): {output}") from None
-            log(f"[{i}/{len(steps)}] {step.label}: done in {time.perf_counter() - t0:.0f} s; {_cache_note(output)}")
+            trained, cached = _run_counts(output)
+            seconds = time.perf_counter() - t0
+            log(f"[{i}/{len(steps)}] {step.label}: done in {seconds:.0f} s; "
+                + (f"{trained} run(s) trained, {cached} from cache" if trained or cached else "no training"))
             outputs.append(output)
-    finally:
-        if env_profile is None:
-            os.environ.pop("CGT_PROFILE", None)
-        else:
-            os.environ["CGT_PROFILE"] = env_profile
+            record.append({"step": step.label, "seconds": round(seconds, 1), "runs_trained": trained,
+                           "runs_cached": cached})
     log(f"pipeline {profile}: {len(steps)} steps in {_elapsed(t_start)}")
+    _append_timing(profile, record, time.perf_counter() - t_start)
     return outputs
+
+
+TIMINGS = "pipeline_timings.json"
+
+
+def _append_timing(profile: str, steps: list[dict[str, Any]], wall_s: float) -> None:
+    """Add this complete pipeline run to runs/<profile>/pipeline_timings.json: the artifact behind
+    any wall time quoted for it (each entry: when, at which commit, per step seconds and runs trained)."""
+    path = runs_dir(profile) / TIMINGS
+    entries = read_json(path) if path.exists() else []
+    entries.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
+                    "device": device_description("cpu"), "wall_time_s": round(wall_s, 1), "steps": steps})
+    write_json_atomic(path, entries)
 
 
 def _elapsed(t0: float) -> str:
@@ -100,8 +114,7 @@ def _elapsed(t0: float) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
-def _cache_note(executed: Path) -> str:
-    """How many training runs the notebook took from the cache (it prints one line per run)."""
+def _run_counts(executed: Path) -> tuple[int, int]:
+    """(runs trained, runs taken from the cache) by an executed notebook (it prints one line per run)."""
     text = json.dumps(json.loads(executed.read_text()).get("cells", []))
-    cached, trained = text.count(": cached;"), text.count(": trained in")
-    return f"{trained} run(s) trained, {cached} from cache" if cached or trained else "no training"
+    return text.count(": trained in"), text.count(": cached;")

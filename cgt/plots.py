@@ -8,23 +8,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 
 from .fileio import atomic_path
+from .losses import soft_residual
+from .methods import METHODS, display_order as _ordered
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
-METHOD_ORDER = ["last_exit", "joint_uniform", "joint_depth", "joint_annealed", "branchy_gate",
-                "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
 
 def palette(methods: Sequence[str]) -> dict[str, tuple]:
-    """Stable colours: baselines in muted tones, the CGT variants in strong ones."""
-    colours = sns.color_palette("tab10", len(METHOD_ORDER))
-    return {m: colours[METHOD_ORDER.index(m) % 10] if m in METHOD_ORDER else colours[-1] for m in methods}
-
-
-def _ordered(methods) -> list[str]:
-    methods = list(dict.fromkeys(methods))
-    return sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    """Stable colours: one per method of cgt.methods, in its order; methods of your own share the last."""
+    order = list(METHODS)
+    colours = sns.color_palette("tab10", len(order))
+    return {m: colours[order.index(m) % 10] if m in order else colours[-1] for m in methods}
 
 
 def history_frame(histories: Mapping[tuple[str, int], list[dict]], key: str) -> pd.DataFrame:
@@ -116,6 +113,21 @@ def per_exit_accuracy(table: pd.DataFrame):
                 errorbar="sd", ax=ax)
     ax.set_ylim(max(0.0, long["exit accuracy"].min() - 0.05), 1.0)
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def soft_residuals(tau_train: float, sigmoid_scales: Sequence[float] = (1.0, 10.0)):
+    """SoftCGT's residual forms (cgt.losses.soft_residual): how much of a sample's loss weight an exit
+    passes on, against the true-class probability it assigns the sample."""
+    s = torch.linspace(0, 1, 201)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for k in sigmoid_scales:
+        ax.plot(s, soft_residual(s, "sigmoid", tau_train, k), label=f"sigmoid, τ = {tau_train:g}, k = {k:g}")
+    ax.plot(s, soft_residual(s, "linear", tau_train, 1.0), "--", label="linear: 1 − s")
+    ax.set_xlabel("true-class probability s at this exit")
+    ax.set_ylabel("residual passed on")
+    ax.legend(frameon=False)
     fig.tight_layout()
     return fig
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .fileio import atomic_path
+from .methods import CGT_METHODS, JOINT_BASELINES
 
 # PAPER.md §3: the only numbers known from the paper; the dataset is not stated in our sources.
 PAPER_REPORTED = pd.DataFrame([
@@ -61,10 +62,6 @@ def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
                 row[f"{label} diff"] = round(ours[f"{label} mean"] - paper[key], 1) if not np.isnan(paper[key]) else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-CGT_METHODS = ["hard_cgt", "soft_cgt", "soft_cgt_linear"]
-JOINT_BASELINES = ["joint_uniform", "joint_depth", "joint_annealed"]
 
 
 def claims_table(table: pd.DataFrame, point: str = "paper_tau") -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .cost import ExitCosts
-from .inference import check_policy, exit_scores
+from .policy import always_exit, check_policy, passes, scores, threshold_grid
 
 
 @dataclass
@@ -39,14 +39,14 @@ def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCos
     thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float32))
     if thresholds.shape[1] != num_exits - 1:
         raise ValueError(f"settings have {thresholds.shape[1]} thresholds; need {num_exits - 1} per setting")
-    scores = exit_scores(exit_logits[:-1], policy).numpy()                     # (E−1, N)
+    exit_scores = scores(exit_logits[:-1], policy).numpy()                    # (E−1, N)
     correct = (exit_logits.argmax(-1) == y).numpy()                          # (E, N)
     cum_rel = costs.relative
     acc, cost, fractions = [], [], []
     for start in range(0, len(thresholds), chunk):
         taus = thresholds[start:start + chunk, :, None]                       # (S, E−1, 1)
-        passes = scores[None] >= taus if policy == "max_softmax" else scores[None] <= taus
-        accept = np.concatenate([passes, np.ones((len(taus), 1, scores.shape[1]), bool)], axis=1)  # (S, E, N)
+        leave = passes(exit_scores[None], taus, policy)                       # (S, E−1, N)
+        accept = np.concatenate([leave, np.ones((len(taus), 1, exit_scores.shape[1]), bool)], axis=1)  # (S, E, N)
         exit_idx = accept.argmax(axis=1)                                      # (S, N)
         acc.append(correct[exit_idx, np.arange(correct.shape[1])].mean(axis=1))
         frac = np.stack([(exit_idx == e).mean(axis=1) for e in range(num_exits)], axis=1)
@@ -55,26 +55,18 @@ def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCos
     return SettingsEval(thresholds, np.concatenate(acc), np.concatenate(cost), np.concatenate(fractions))
 
 
-def global_grid(policy: str, n: int = 100) -> np.ndarray:
-    """n global thresholds, dense where confidences crowd (max-softmax near 1, entropy near 0)."""
-    check_policy(policy)
-    near = np.logspace(0, -5, n - 1)  # 1 … 1e−5
-    values = 1.0 - near if policy == "max_softmax" else near
-    return np.unique(np.concatenate([values, [1.0 if policy == "max_softmax" else 0.0]]))
-
-
 def sweep_global(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, policy: str = "max_softmax",
                  grid: np.ndarray | None = None) -> SettingsEval:
     """One τ shared by every early exit, over a grid: the accuracy/cost curve."""
-    grid = global_grid(policy) if grid is None else np.asarray(grid)
+    grid = threshold_grid(policy) if grid is None else np.asarray(grid)
     return evaluate_settings(exit_logits, y, costs, np.repeat(grid[:, None], exit_logits.shape[0] - 1, axis=1), policy)
 
 
 def per_exit_candidates(val_logits: torch.Tensor, policy: str, per_exit: int = 24) -> list[np.ndarray]:
     """Candidate τ per early exit: quantiles of that exit's validation scores (plus the extremes)."""
-    scores = exit_scores(val_logits[:-1], policy).numpy()
+    exit_scores = scores(val_logits[:-1], policy).numpy()
     extremes = [0.0, 1.0]
-    return [np.unique(np.concatenate([np.quantile(s, np.linspace(0, 1, per_exit)), extremes])) for s in scores]
+    return [np.unique(np.concatenate([np.quantile(s, np.linspace(0, 1, per_exit)), extremes])) for s in exit_scores]
 
 
 def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
@@ -103,5 +95,5 @@ def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: Ex
         order = np.lexsort((ev.relative_cost, -ev.accuracy))  # most accurate first, then cheapest
     chosen = [i for i in order if ok[i]]
     if not chosen:  # e.g. a budget below exit 1's cost: exit everything as early as possible
-        return np.full(val_logits.shape[0] - 1, 0.0 if policy == "max_softmax" else 1.0, np.float32)
+        return np.full(val_logits.shape[0] - 1, always_exit(policy), np.float32)
     return settings[chosen[0]]

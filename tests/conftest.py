@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgt.acquire import DATASET_FILES, acquire
+from cgt.data import BUILTIN, acquire
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def raw_dir() -> Path:
     """The project's raw data folder, with every dataset present and verified (fetched if missing)."""
     data_dir = REPO / "data" / "raw"
-    for dataset in DATASET_FILES:
+    for dataset in BUILTIN:
         acquire(dataset, data_dir)  # raises DataVerificationError if the real data cannot be had
     return data_dir
 

@@ -10,8 +10,6 @@ import re
 import gzip
 import http.server
 import shutil
-import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgt.acquire import DATASET_FILES, HOW_TO_OBTAIN, DataVerificationError, acquire, content_digest, verify
+from cgt import cli
+from cgt.data import BUILTIN, DataVerificationError, acquire
+from cgt.data.raw import content_digest, verify
 from cgt.fileio import sha256_bytes
 
 REPO = Path(__file__).resolve().parents[1]
+DATASET_FILES = {name: spec.raw.files for name, spec in BUILTIN.items()}
+HOW_TO_OBTAIN = {name: spec.raw.how_to_obtain for name, spec in BUILTIN.items()}
 FMNIST = DATASET_FILES["fashion_mnist"]
 IP = DATASET_FILES["indian_pines"]
 SPEC = {s.name: s for files in DATASET_FILES.values() for s in files}
@@ -121,7 +123,7 @@ def assert_left_empty(dataset_dir: Path):
 def test_verify_accepts_the_real_files(raw_dir, dataset, name):
     """verify() passes on every stored real file (the .gz idx files and the Indian Pines arrays)."""
     path = real_file(raw_dir, dataset, name)
-    verify(path, SPEC[name], dataset)
+    verify(path, SPEC[name], HOW_TO_OBTAIN[dataset])
     assert content_digest(path, SPEC[name]) == SPEC[name].content_sha256
 
 
@@ -132,7 +134,7 @@ def test_verify_accepts_a_regzipped_copy_with_another_header(raw_dir, tmp_path):
     copy = tmp_path / spec.name
     copy.write_bytes(gzip.compress(gzip.decompress(raw), compresslevel=1, mtime=12345))
     assert copy.read_bytes() != raw
-    verify(copy, spec, "fashion_mnist")
+    verify(copy, spec, HOW_TO_OBTAIN["fashion_mnist"])
 
 
 @pytest.mark.parametrize("name", ["t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"])
@@ -144,7 +146,7 @@ def test_verify_rejects_one_flipped_byte_in_gz_content(raw_dir, tmp_path, name):
     copy = tmp_path / name
     copy.write_bytes(gzip.compress(bad))
     with pytest.raises(DataVerificationError) as info:
-        verify(copy, spec, "fashion_mnist")
+        verify(copy, spec, HOW_TO_OBTAIN["fashion_mnist"])
     assert_names_everything(info.value, copy, spec.content_sha256, sha256_bytes(bad), "fashion_mnist")
 
 
@@ -155,7 +157,7 @@ def test_verify_rejects_one_flipped_byte_in_raw_gz(raw_dir, tmp_path):
     copy = tmp_path / spec.name
     copy.write_bytes(flip_byte(raw, len(raw) // 2))
     with pytest.raises(DataVerificationError) as info:
-        verify(copy, spec, "fashion_mnist")
+        verify(copy, spec, HOW_TO_OBTAIN["fashion_mnist"])
     assert_names_everything(info.value, copy, spec.content_sha256, "unreadable", "fashion_mnist")
 
 
@@ -172,7 +174,7 @@ def test_verify_rejects_one_flipped_byte_in_npy_data(raw_dir, tmp_path, name):
     actual = sha256_bytes(np.ascontiguousarray(np.load(copy), spec.dtype).tobytes())
     assert actual != spec.content_sha256
     with pytest.raises(DataVerificationError) as info:
-        verify(copy, spec, "indian_pines")
+        verify(copy, spec, HOW_TO_OBTAIN["indian_pines"])
     assert_names_everything(info.value, copy, spec.content_sha256, actual, "indian_pines")
     assert "tensorly" in str(info.value) and "ehu.eus" in str(info.value)
 
@@ -185,13 +187,13 @@ def test_verify_accepts_mat_files_and_rejects_a_changed_value(raw_dir, tmp_path)
         arr = np.load(real_file(raw_dir, "indian_pines", spec.name))
         good = tmp_path / spec.name
         savemat(good, {spec.array_key: arr})
-        verify(good, spec, "indian_pines")
+        verify(good, spec, HOW_TO_OBTAIN["indian_pines"])
         arr = arr.copy()
         arr.flat[arr.size // 2] += 1
         bad = tmp_path / f"bad_{spec.name}"
         savemat(bad, {spec.array_key: arr})
         with pytest.raises(DataVerificationError, match="failed verification"):
-            verify(bad, spec, "indian_pines")
+            verify(bad, spec, HOW_TO_OBTAIN["indian_pines"])
 
 
 def _copy_dataset(raw_dir: Path, dataset: str, dest: Path) -> Path:
@@ -307,23 +309,22 @@ def test_unreachable_mirror_raises_data_verification_error(tmp_path):
 
 
 # ---------------------------------------------------------------- 3. the CLI
-def test_cli_data_all_reports_sources(raw_dir):
-    """`python -m cgt data --dataset all` verifies both datasets, names each source and exits 0."""
-    proc = subprocess.run([sys.executable, "-m", "cgt", "data", "--dataset", "all"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def test_cli_data_all_reports_sources(raw_dir, capsys):
+    """`python -m cgt data --dataset all` (in-process) verifies both datasets, names each source, exits 0."""
+    assert cli.main(["data", "--dataset", "all", "--data-dir", str(raw_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     for dataset in DATASET_FILES:
         line = next((ln for ln in lines if ln.startswith(f"{dataset}: verified, source: ")), None)
-        assert line is not None, proc.stdout
+        assert line is not None, lines
         assert "local files in" in line  # the session fixture made them present
 
 
-def test_cli_unknown_dataset_fails_with_choices():
-    """An unknown dataset exits non-zero and stderr lists the valid choices."""
-    proc = subprocess.run([sys.executable, "-m", "cgt", "data", "--dataset", "mnist"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
+def test_cli_unknown_dataset_fails_with_choices(capsys):
+    """An unknown dataset exits with status 2 and stderr lists the valid choices."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["data", "--dataset", "mnist"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
     for choice in ("fashion_mnist", "indian_pines", "all"):
-        assert choice in proc.stderr
-    assert "mnist" in proc.stderr and proc.stdout == ""
+        assert choice in err
+    assert "mnist" in err and out == ""

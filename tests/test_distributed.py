@@ -43,10 +43,9 @@ PROBE = textwrap.dedent('''
     """One SGD step on a fixed global batch; saves (w0 - w1) / lr, i.e. the gradient that was applied."""
     import sys, torch
     from torch import nn
-    from cgt.config import TrainConfig
     from cgt.data import PreparedData
     from cgt.models import EarlyExitNet
-    from cgt.train import train_run
+    from cgt.train import TrainConfig, train_run
 
     runs_root, out = sys.argv[1], sys.argv[2]
     g = torch.Generator().manual_seed(0)

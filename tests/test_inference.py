@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from cgt.config import TrainConfig
 from cgt.cost import ExitCosts, average_cost, exit_costs
 from cgt.data import DataConfig, load
-from cgt.inference import early_exit_forward, exit_scores, exits_from_logits
+from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.models import EarlyExitNet
 from cgt.thresholds import evaluate_settings, fit_operating_point, sweep_global
-from cgt.train import predict_logits, train_run
+from cgt.policy import scores as exit_scores
+from cgt.train import TrainConfig, predict_logits, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,11 @@
-"""The committed notebooks are what readers open and what nbval runs: thin, stripped, parameterised."""
+"""The committed notebooks are what readers open and what nbval runs: thin, stripped, parameterised
+narrated drivers over the package (no cell repeated across notebooks, no unused import, equations
+as LaTeX math)."""
 from __future__ import annotations
 
+import ast
+import itertools
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,6 +16,19 @@ from cgt.nbtools import is_checked, problems
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def code_cells(path: Path) -> list[str]:
+    return [c.source for c in read(path).cells if c.cell_type == "code"]
+
+
+def python_of(source: str) -> str:
+    """A cell's source without IPython magics and shell lines (which are not Python)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
 def test_every_pipeline_notebook_is_present():
     """00–05 exist under notebooks/ (the pipeline and the README refer to them by name)."""
     assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
@@ -18,12 +36,65 @@ def test_every_pipeline_notebook_is_present():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stripped_parameterised_and_checked(path):
-    """No stored outputs but those nbval compares; a papermill `parameters` cell reading CGT_PROFILE."""
-    nb = nbformat.read(path, as_version=4)
+    """No stored outputs but those nbval compares; a papermill `parameters` cell whose profile
+    default comes from cgt.profiles.default_profile() (that is, from $CGT_PROFILE)."""
+    nb = read(path)
     assert problems(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and params[0] is code[0]
-    assert 'os.environ.get("CGT_PROFILE", "quick")' in params[0].source
+    assert "profile = default_profile()" in params[0].source
     assert any(is_checked(c) for c in code), "nbval would compare nothing in this notebook"
     assert path.stat().st_size < 100_000
+
+
+def test_no_code_cell_of_four_or_more_lines_is_repeated_across_notebooks():
+    """A view shared by notebooks is one package call, not a copied cell."""
+    def normalised(source: str) -> str:
+        return "\n".join(line.strip() for line in source.strip().splitlines() if line.strip())
+
+    seen: dict[str, str] = {}
+    repeated = []
+    for path in NOTEBOOKS:
+        for source in set(map(normalised, code_cells(path))):
+            if source.count("\n") >= 3:
+                if source in seen and seen[source] != path.name:
+                    repeated.append((seen[source], path.name, source.splitlines()[0]))
+                seen.setdefault(source, path.name)
+    assert repeated == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_import_is_used(path):
+    """Each name a notebook imports is used somewhere in its code."""
+    trees = [ast.parse(python_of(s)) for s in code_cells(path)]
+    imported, used = set(), set()
+    for node in itertools.chain.from_iterable(ast.walk(t) for t in trees):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name):
+            used.add(node.id)
+    assert sorted(imported - used) == []
+
+
+# Plain-text stand-ins for maths (Π_{k<e}, λ_e, τ_train, w_e(i)) outside $…$ and `code`.
+PLAIN_MATH = re.compile(r"_\{|[ΠΣλτεσ]_[\w{]|\bw_e\b|\belig_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_equations_are_latex_math(path):
+    """Markdown equations are written as $…$ LaTeX (JupyterLab and GitHub render it), not plain text."""
+    offending = []
+    for cell in read(path).cells:
+        if cell.cell_type != "markdown":
+            continue
+        text = re.sub(r"\$\$.*?\$\$|\$[^$\n]+\$|`[^`\n]*`", "", cell.source, flags=re.S)
+        offending += [line for line in text.splitlines() if PLAIN_MATH.search(line)]
+    assert offending == []
+
+
+def test_no_notebook_reimplements_a_package_formula():
+    """The SoftCGT residual and the exit scores are the package's (cgt.losses, cgt.policy), not a copy."""
+    for path in NOTEBOOKS:
+        code = "\n".join(code_cells(path))
+        assert "torch.sigmoid" not in code and ".softmax(" not in code, path.name

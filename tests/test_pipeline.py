@@ -92,11 +92,22 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", '{"tau": 1}'), "unknown option"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", "tau=1"), "must be a JSON object"),
 ])
-def test_bad_arguments_fail_before_anything_runs(tmp_path, args, message):
-    """Invalid profile, dataset, method or option: a clear error and nothing written."""
-    proc = cgt_cli(*args, runs_dir=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr
+def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
+    """Invalid profile, dataset, method or option (`python -m cgt`, in-process): a clear error, exit
+    status 2, and nothing written."""
+    from cgt import cli, experiment
+
+    def refuse(*_args, **_kw):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(experiment, "load_dataset", refuse)
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exc:  # argparse's own errors (invalid choice)
+        status = exc.code
+    assert status == 2
+    assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

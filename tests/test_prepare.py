@@ -1,4 +1,4 @@
-"""Splits (cgt/splits.py) and dataset preparation (cgt/data.py) on the real, verified data.
+"""Splits (cgt/data/splits.py) and dataset preparation (cgt/data/) on the real, verified data.
 
 Preparation runs with small settings (few PCA components, small patches, capped Fashion-MNIST) to
 stay fast. Missing raw data is fetched through `acquire` by the session fixture, never skipped.
@@ -6,17 +6,18 @@ stay fast. Missing raw data is fetched through `acquire` by the session fixture,
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cgt import data
-from cgt.acquire import DATASET_FILES, acquire
-from cgt.data import (INDIAN_PINES_CLASSES, DataConfig, cache_path, extract_patches, fit_spectral_pca,
-                      load, load_indian_pines_raw, prepare_indian_pines)
-from cgt.splits import missing_classes, spatial_block_split, stratified_split, stratified_subsample
+from cgt.data import BUILTIN, DataConfig, indian_pines, load, prepared
+from cgt.data.base import COMMON_FIELDS
+from cgt.data.indian_pines import IndianPinesOptions, extract_patches, fit_spectral_pca, load_raw
+from cgt.data.prepared import cache_path
+from cgt.data.splits import missing_classes, spatial_block_split, stratified_split, stratified_subsample
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.2, "val": 0.1}
@@ -28,7 +29,7 @@ IP_COUNTS = [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972, 2455, 593, 205, 126
 @pytest.fixture(scope="session")
 def ip_raw(raw_dir):
     """The real Indian Pines cube and ground truth."""
-    return load_indian_pines_raw(raw_dir)
+    return load_raw(raw_dir)
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +39,44 @@ def ip_labels(ip_raw) -> np.ndarray:
     return gt[gt > 0]
 
 
+def config(**kw) -> DataConfig:
+    """A DataConfig from flat keywords: common fields as fields, the rest as the dataset's options."""
+    return DataConfig(**{k: v for k, v in kw.items() if k in COMMON_FIELDS},
+                      options={k: v for k, v in kw.items() if k not in COMMON_FIELDS})
+
+
 def ip_config(raw_dir: Path, cache_dir: Path, **kw) -> DataConfig:
     """A small, fast Indian Pines configuration."""
-    return DataConfig(**{"dataset": "indian_pines", "data_dir": str(raw_dir), "cache_dir": str(cache_dir),
-                         "pca_components": 5, "patch_size": 5} | kw)
+    return config(**{"dataset": "indian_pines", "data_dir": str(raw_dir), "cache_dir": str(cache_dir),
+                     "pca_components": 5, "patch_size": 5} | kw)
+
+
+def ip_options(cfg: DataConfig) -> IndianPinesOptions:
+    return BUILTIN["indian_pines"].resolve_options(cfg)
+
+
+@pytest.fixture
+def count_preparations(monkeypatch):
+    """Replace every built-in dataset's `prepare` by a wrapper recording (dataset, options) per call."""
+    calls = []
+    for name, spec in BUILTIN.items():
+        def counted(cfg, opts, _name=name, _prepare=spec.prepare):
+            calls.append((_name, opts))
+            return _prepare(cfg, opts)
+        monkeypatch.setitem(BUILTIN, name, dataclasses.replace(spec, prepare=counted))
+    return calls
+
+
+def refuse(*_args, **_kw):
+    raise AssertionError("work started although it should not have")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any acquisition or preparation fails the test."""
+    monkeypatch.setattr(prepared, "obtain", refuse)
+    for name, spec in list(BUILTIN.items()):
+        monkeypatch.setitem(BUILTIN, name, dataclasses.replace(spec, prepare=refuse))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +179,7 @@ def test_indian_pines_shapes_dtypes_labels(ip_prepared, ip_raw):
     """Prepared Indian Pines: (N, 5, 5, 5) float32 patches, int64 labels 0..15 matching the ground truth."""
     d = ip_prepared
     gt = ip_raw[1].ravel()
-    assert d.class_names == INDIAN_PINES_CLASSES and d.num_classes == 16
+    assert d.class_names == indian_pines.CLASSES and d.num_classes == 16
     assert d.input_shape == (5, 5, 5)
     total = 0
     for s in ("train", "val", "test"):
@@ -199,18 +234,18 @@ def test_pca_is_fitted_on_training_pixels_only(ip_raw):
 
 
 def test_prepared_training_features_ignore_test_pixels(raw_dir, ip_raw, tmp_path, monkeypatch):
-    """Through prepare_indian_pines: a cube altered off the training pixels leaves training centres unchanged."""
+    """Through indian_pines.prepare: a cube altered off the training pixels leaves training centres unchanged."""
     cube, gt = ip_raw
     cfg = ip_config(raw_dir, tmp_path)
-    ref = prepare_indian_pines(cfg)
+    ref = indian_pines.prepare(cfg, ip_options(cfg))
     train = ref["extras"]["pixels_train"]
     flat = cube.reshape(-1, cube.shape[2]).astype(np.int64)
     off = np.ones(gt.size, bool)
     off[train] = False
     flat[off] = flat[off][::-1]  # shuffle every non-training pixel's spectrum
-    monkeypatch.setattr(data, "load_indian_pines_raw", lambda _: (flat.reshape(cube.shape), gt))
-    new = prepare_indian_pines(cfg)
-    r = cfg.patch_size // 2
+    monkeypatch.setattr(indian_pines, "load_raw", lambda _: (flat.reshape(cube.shape), gt))
+    new = indian_pines.prepare(cfg, ip_options(cfg))
+    r = ip_options(cfg).patch_size // 2
     np.testing.assert_allclose(new["x"]["train"][:, :, r, r], ref["x"]["train"][:, :, r, r], rtol=1e-5, atol=1e-5)
     assert not np.allclose(new["x"]["test"][:, :, r, r], ref["x"]["test"][:, :, r, r])
 
@@ -245,21 +280,17 @@ def test_extract_patches_matches_naive_reference(size):
         np.testing.assert_array_equal(got[k], padded[i:i + size, j:j + size].transpose(2, 0, 1))
 
 
-def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch):
+def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_preparations):
     """A second load reads the cache; a changed parameter re-prepares into a new file; a truncated cache is redone."""
-    calls = []
-    original = data.PREPARERS["indian_pines"]
-    monkeypatch.setitem(data.PREPARERS, "indian_pines", lambda cfg: calls.append(cfg.patch_size) or original(cfg))
+    calls = count_preparations
+    patch_sizes = lambda: [opts.patch_size for _, opts in calls]  # noqa: E731
     cfg = ip_config(raw_dir, tmp_path)
     first = load(cfg)
-    assert calls == [5] and cache_path(cfg).exists()
-
-    def refuse(*_args, **_kw):
-        raise AssertionError("prepared again although the cache is valid")
+    assert patch_sizes() == [5] and cache_path(cfg).exists()
 
     with monkeypatch.context() as m:
-        m.setitem(data.PREPARERS, "indian_pines", refuse)
-        m.setattr(data.acq, "acquire", refuse)
+        m.setitem(BUILTIN, "indian_pines", dataclasses.replace(BUILTIN["indian_pines"], prepare=refuse))
+        m.setattr(prepared, "obtain", refuse)
         second = load(cfg)
     assert second.checksum == first.checksum
     assert all(np.array_equal(second.x[s].numpy(), first.x[s].numpy()) for s in first.x)
@@ -267,18 +298,19 @@ def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch):
     other = ip_config(raw_dir, tmp_path, patch_size=3)
     assert cache_path(other) != cache_path(cfg)
     third = load(other)
-    assert calls == [5, 3] and third.input_shape == (5, 3, 3)
+    assert patch_sizes() == [5, 3] and third.input_shape == (5, 3, 3)
     assert cache_path(cfg).exists() and cache_path(other).exists()
 
     blob = cache_path(cfg).read_bytes()
     cache_path(cfg).write_bytes(blob[: len(blob) // 2])
     fourth = load(cfg)
-    assert calls == [5, 3, 5] and fourth.checksum == first.checksum
+    assert patch_sizes() == [5, 3, 5] and fourth.checksum == first.checksum
     assert cache_path(cfg).read_bytes() == blob  # rewritten whole
 
-    # Fields that do not apply to Fashion-MNIST are not part of its cache key.
+    # Options of another dataset are refused, not silently ignored; common fields key the cache.
     fm = DataConfig(dataset="fashion_mnist", cache_dir=str(tmp_path))
-    assert cache_path(fm) == cache_path(DataConfig(dataset="fashion_mnist", cache_dir=str(tmp_path), patch_size=7))
+    with pytest.raises(ValueError, match=r"unknown data option\(s\) \['patch_size'\] for dataset 'fashion_mnist'"):
+        cache_path(config(dataset="fashion_mnist", cache_dir=str(tmp_path), patch_size=7))
     assert cache_path(fm) != cache_path(DataConfig(dataset="fashion_mnist", cache_dir=str(tmp_path), max_train=9))
 
 
@@ -302,26 +334,24 @@ def test_spatial_split_option_reports_missing_classes(raw_dir, tmp_path):
 # ---------------------------------------------------------------- 6. invalid arguments
 @pytest.mark.parametrize("kwargs,match", [
     ({"dataset": "mnist"}, r"unknown dataset 'mnist'; valid choices: \['fashion_mnist', 'indian_pines'\]"),
-    ({"patch_size": 4}, r"patch_size=4 must be a positive odd number"),
-    ({"pca_components": 201}, r"pca_components=201 must be between 1 and the 200 bands"),
+    ({"dataset": "indian_pines", "patch_size": 4}, r"patch_size=4 must be a positive odd number"),
+    ({"dataset": "indian_pines", "pca_components": 201}, r"pca_components=201 must be between 1 and the 200 bands"),
+    ({"dataset": "indian_pines", "patch": 5}, r"unknown data option\(s\) \['patch'\] for dataset 'indian_pines'; "
+                                             r"its options are \['train_fraction', 'split', 'block_size'"),
     ({"dataset": "indian_pines", "train_fraction": 0.7, "val_fraction": 0.3},
      r"sum to 1\.000; they must sum to < 1"),
     ({"dataset": "indian_pines", "train_fraction": 0.8, "val_fraction": 0.5}, r"they must sum to < 1"),
     ({"val_fraction": 1.2}, r"val=1\.2 must be in \(0, 1\)"),
     ({"val_fraction": 0.0}, r"val=0\.0 must be in \(0, 1\)"),
     ({"dataset": "indian_pines", "train_fraction": -0.1}, r"train=-0\.1 must be in \(0, 1\)"),
-    ({"split": "checkerboard"}, r"unknown split 'checkerboard'; valid choices: \['random', 'spatial'\]"),
+    ({"dataset": "indian_pines", "split": "checkerboard"},
+     r"unknown split 'checkerboard'; valid choices: \['random', 'spatial'\]"),
+    ({"max_train": 0}, r"max_train=0 must be a positive number of samples or None"),
 ])
-def test_invalid_config_raises_before_any_work(kwargs, match, tmp_path, monkeypatch):
+def test_invalid_config_raises_before_any_work(kwargs, match, tmp_path, no_work):
     """load() rejects a bad DataConfig with a clear ValueError before acquiring, preparing or caching."""
-    def refuse(*_args, **_kw):
-        raise AssertionError("work started before validation")
-
-    monkeypatch.setattr(data.acq, "acquire", refuse)
-    for name in list(data.PREPARERS):
-        monkeypatch.setitem(data.PREPARERS, name, refuse)
     with pytest.raises(ValueError, match=match):
-        load(DataConfig(**{"cache_dir": str(tmp_path / "cache")} | kwargs))
+        load(config(**{"cache_dir": str(tmp_path / "cache")} | kwargs))
     assert not (tmp_path / "cache").exists()
 
 

@@ -15,12 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgt.config import TrainConfig
 from cgt.data import DataConfig, load
-from cgt.losses import STRATEGIES, resolve_options
-from cgt.models import build_model
-from cgt.distributed import DistContext
-from cgt.train import _train_epoch, is_complete, train_run
+from cgt.losses import resolve_options
+from cgt.runs import is_complete
+from cgt.train import EpochSetup, TrainConfig, new_state, train_epoch, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=2, batch_size=64, device="cpu")
@@ -32,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ip_data(tmp_path_factory):
     return load(DataConfig(dataset="indian_pines", data_dir=str(ROOT / "data" / "raw"),
-                           cache_dir=str(tmp_path_factory.mktemp("prepared")), pca_components=8, patch_size=5,
-                           max_train=300, max_eval=200))
+                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=300, max_eval=200,
+                           options={"pca_components": 8, "patch_size": 5}))
 
 
 def state_equal(a: dict, b: dict) -> bool:
@@ -144,13 +142,12 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
     """last_exit: one training step gives the backbone exactly the gradient of the last exit's CE alone; early heads still learn."""
     x, y = ip_data.x["train"][:64], ip_data.y["train"][:64]
     torch.manual_seed(0)
-    model = build_model("indian_pines", ip_data.input_shape, ip_data.num_classes)
+    model = ip_data.default_model()
     ref = copy.deepcopy(model)
-    cfg = TrainConfig(epochs=1, batch_size=64, device="cpu")
-    config = {"strategy": "last_exit", "options": resolve_options("last_exit", 3)}
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, .grad stays
-    _train_epoch(model, model.num_exits, opt, x, y, cfg, config, STRATEGIES["last_exit"].detach_early_heads, 0.0, 0,
-                 DistContext(), "", False)
+    # One batch of 64: .grad holds that batch's gradient, computed before the (negligible) step.
+    cfg = TrainConfig(epochs=1, batch_size=64, device="cpu", optimizer="sgd", lr=1e-9, weight_decay=0.0)
+    state = new_state(model, cfg)
+    train_epoch(model, state, EpochSetup(cfg, "last_exit", resolve_options("last_exit", 3)), x, y)
     # the same batch in the same order, trained as the plain network: CE of the last exit only
     order = torch.randperm(64, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
     ref.train()
@@ -165,9 +162,8 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
     # control: joint training sends early-exit gradient into the backbone, so the check above can fail
     joint = copy.deepcopy(ref)
     joint.zero_grad()
-    _train_epoch(joint, joint.num_exits, torch.optim.SGD(joint.parameters(), lr=0.0), x, y, cfg,
-                 {"strategy": "joint_uniform", "options": resolve_options("joint_uniform", 3)}, False, 0.0, 0,
-                 DistContext(), "", False)
+    train_epoch(joint, new_state(joint, cfg), EpochSetup(cfg, "joint_uniform", resolve_options("joint_uniform", 3)),
+                x, y)
     g_joint = dict(joint.named_parameters())["blocks.0.0.weight"].grad
     assert not torch.allclose(g_joint, want["blocks.0.0.weight"].grad, rtol=1e-3, atol=1e-6)
 

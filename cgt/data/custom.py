@@ -11,60 +11,75 @@ they are remapped to 0..K-1 and the mapping is kept in the prepared data's extra
 
     python -m cgt train --dataset path/to/file.npz --method hard_cgt joint_uniform --profile quick
 
-    from cgt.custom_data import register
+    from cgt.data import register
     register("my_data", lambda: {"x": features, "y": labels})   # e.g. arrays built from a torch Dataset
+
+Each such dataset gets a `DatasetSpec` made here (`npz_spec`, `loader_spec`): its preparation, its
+options (`test_fraction`), a fingerprint of the data as given, and the generic early-exit network.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from .fileio import sha256_file
-from .splits import stratified_split
+from ..fileio import sha256_file
+from ..models import generic_model
+from .base import DataConfig, DatasetSpec, PreparedArrays
+from .splits import cap_splits, check_fractions, stratified_split
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-LOADERS: dict[str, Callable[[], dict[str, np.ndarray]]] = {}
+Loader = Callable[[], dict[str, np.ndarray]]
 
 
-def register(name: str, loader: Callable[[], dict[str, np.ndarray]]) -> None:
-    """Make `name` usable as a dataset everywhere (notebooks, run_methods). `loader()` returns
-    arrays in the .npz layout described above. Registration lives in the current process."""
-    from .data import PREPARERS
+@dataclass(frozen=True)
+class CustomDataOptions:
+    """Preparation options of data of your own."""
 
-    if name in PREPARERS:
-        raise ValueError(f"dataset name {name!r} is taken by a built-in dataset; choose another")
-    if not callable(loader):
-        raise ValueError(f"loader for {name!r} must be a callable returning a dict of arrays")
-    LOADERS[name] = loader
+    test_fraction: float = 0.2
+    """When the data comes without splits: fraction of each class held out as test."""
+
+    def validate(self, cfg: DataConfig) -> None:
+        check_fractions({"val": cfg.val_fraction, "test": self.test_fraction}, "train")
 
 
 def is_npz(dataset: str) -> bool:
     return str(dataset).endswith(".npz")
 
 
-def is_custom(dataset: str) -> bool:
-    return is_npz(dataset) or dataset in LOADERS
+def npz_spec(path: str) -> DatasetSpec:
+    """The record of a .npz file (named after its stem: runs and tables say `npz-<stem>`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    return _spec(f"npz-{Path(path).stem}", f"arrays of {path}", functools.partial(read_npz, path),
+                 functools.partial(_npz_fingerprint, path))
 
 
-def display_name(dataset: str) -> str:
-    """Short name for folders and tables: the .npz file's stem, or the registered name."""
-    return f"npz-{Path(dataset).stem}" if is_npz(dataset) else dataset
+def loader_spec(name: str, loader: Loader) -> DatasetSpec:
+    """The record of a registered loader (asked again for its data whenever a fingerprint is needed)."""
+    read = functools.partial(_call_loader, name, loader)
+    return _spec(name, f"registered loader {name!r}", read, lambda: _arrays_fingerprint(read()))
 
 
-def source_fingerprint(dataset: str) -> str:
-    """Hash of the data as given (part of the cache key: edited data is prepared again) — the
-    .npz file's sha256, or the hash of the arrays a registered loader returns (a loader's data can
-    change between calls, so it is asked again each time)."""
-    if is_npz(dataset):
-        stat = Path(dataset).stat()
-        return _file_sha256(str(Path(dataset).resolve()), stat.st_size, stat.st_mtime_ns)
+def _spec(name: str, description: str, read: Loader, fingerprint: Callable[[], str]) -> DatasetSpec:
+    return DatasetSpec(name=name, description=description, prepare=functools.partial(prepare, read),
+                       build_model=generic_model, options=CustomDataOptions, fingerprint=fingerprint,
+                       model_options=("width", "depth"))
+
+
+def _npz_fingerprint(path: str) -> str:
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _arrays_fingerprint(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
-    for key, value in sorted(read_arrays(dataset).items()):
+    for key, value in sorted(arrays.items()):
         h.update(key.encode() + str(value.dtype).encode() + str(value.shape).encode())
         h.update(np.ascontiguousarray(value).tobytes())
     return h.hexdigest()
@@ -77,12 +92,14 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def read_arrays(dataset: str) -> dict[str, np.ndarray]:
-    if dataset in LOADERS:
-        arrays = LOADERS[dataset]()
-        if not isinstance(arrays, dict):
-            raise ValueError(f"the loader registered as {dataset!r} returned {type(arrays).__name__}, not a dict of arrays")
-        return {k: np.asarray(v) for k, v in arrays.items()}
+def _call_loader(name: str, loader: Loader) -> dict[str, np.ndarray]:
+    arrays = loader()
+    if not isinstance(arrays, dict):
+        raise ValueError(f"the loader registered as {name!r} returned {type(arrays).__name__}, not a dict of arrays")
+    return {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def read_npz(dataset: str) -> dict[str, np.ndarray]:
     path = Path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
@@ -154,9 +171,9 @@ def _check_pair(xn: str, x: np.ndarray, yn: str, y: np.ndarray) -> None:
         raise ValueError(f"{xn} contains {int((~np.isfinite(x)).sum())} NaN or infinite values")
 
 
-def prepare_custom(cfg) -> dict[str, Any]:
+def prepare(read: Loader, cfg: DataConfig, opts: CustomDataOptions) -> PreparedArrays:
     """Validate, split (when needed), remap labels, standardise with training statistics."""
-    arrays = read_arrays(cfg.dataset)
+    arrays = read()
     parts = _splits_given(arrays)
     all_y = np.concatenate([y for _, y in parts.values()])
     classes = np.unique(all_y)
@@ -164,7 +181,7 @@ def prepare_custom(cfg) -> dict[str, Any]:
         raise ValueError(f"the labels hold a single class ({classes.tolist()}); a classifier needs at least two")
     if "all" in parts:
         x, y = parts.pop("all")
-        idx = stratified_split(y, {"train": 1 - cfg.val_fraction - cfg.test_fraction, "val": cfg.val_fraction},
+        idx = stratified_split(y, {"train": 1 - cfg.val_fraction - opts.test_fraction, "val": cfg.val_fraction},
                                cfg.seed, rest="test")
         parts = {s: (x[i], y[i]) for s, i in idx.items()}
     elif "val" not in parts:
@@ -173,11 +190,9 @@ def prepare_custom(cfg) -> dict[str, Any]:
         parts |= {s: (x[i], y[i]) for s, i in idx.items()}
     if "test" not in parts:
         raise ValueError("with x_train/y_train, give x_test/y_test too (or pass x, y and let the splitter make all three)")
-    from .data import cap_splits
-
     x = {s: np.asarray(parts[s][0], np.float32) for s in ("train", "val", "test")}
     y = {s: np.searchsorted(classes, parts[s][1]).astype(np.int64) for s in ("train", "val", "test")}
-    x, y = cap_splits(x, y, cfg)
+    x, y = cap_splits(x, y, cfg.max_train, cfg.max_eval, cfg.seed)
     if x["train"].ndim == 3:
         x = {s: v[:, None] for s, v in x.items()}  # (N, H, W) → (N, 1, H, W)
     # Standardise per channel (images) or per feature (tabular) with training statistics only.

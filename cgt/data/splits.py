@@ -101,3 +101,13 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         below[i] += 1
     picked = [rng.choice(np.flatnonzero(labels == c), size=int(kc), replace=False) for c, kc in zip(classes, k)]
     return np.sort(np.concatenate(picked))
+
+
+def cap_splits(x: dict, y: dict, max_train: int | None, max_eval: int | None, seed: int) -> tuple[dict, dict]:
+    """Apply the caps on train and on val/test (stratified, seeded); a no-op for the full profiles."""
+    caps = {"train": max_train, "val": max_eval, "test": max_eval}
+    for s, cap in caps.items():
+        if cap is not None:
+            keep = stratified_subsample(y[s], cap, seed)
+            x[s], y[s] = x[s][keep], y[s][keep]
+    return x, y

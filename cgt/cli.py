@@ -1,0 +1,142 @@
+"""Command line: `python -m cgt data|train|paper|results|bench ...` (see --help of each).
+
+Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
+the valid choices and exit status 2, a failed pipeline step with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .data import BUILTIN, DataVerificationError
+from .methods import METHODS
+from .profiles import PROFILES
+
+DATASET_HELP = f"{' | '.join(BUILTIN)} | path/to/your_data.npz"
+
+
+def _json_object(flag: str, text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} must be a JSON object, e.g. '{{\"tau_train\": 0.8}}'; got {text!r} ({exc})")
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object; got {text!r}")
+    return value
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import acquire
+
+    for ds in list(BUILTIN) if args.dataset == "all" else [args.dataset]:
+        t0 = time.perf_counter()
+        source = acquire(ds, args.data_dir, mirror=args.mirror)
+        print(f"{ds}: verified, source: {source} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .experiment import run_methods
+
+    methods = list(METHODS) if args.method == ["all"] else args.method
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    options = _json_object("--options", args.options)
+    run_methods(args.dataset, args.profile, methods, seeds=args.seed, options={m: options for m in methods},
+                model=_json_object("--model-options", args.model_options) or None, data_dir=args.data_dir,
+                device=args.device, train_overrides=overrides, force=args.force, progress=not args.quiet)
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineError, run_pipeline
+
+    try:
+        run_pipeline(args.profile, args.dataset, force=args.force)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .paths import figures_dir, project_root
+    from .report import results_markdown, update_readme
+
+    section = results_markdown(figures_dir(args.profile), args.dataset or list(BUILTIN))
+    if PROFILES[args.profile].publishes and not args.stdout:
+        update_readme(project_root() / "README.md", section)
+        print("README.md results section regenerated from", figures_dir(args.profile))
+    else:
+        print(section)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    run(args.profile, args.method, args.tau, n_single=args.n_single, repeats=args.repeats)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m cgt", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    profiles = list(PROFILES)
+
+    p = sub.add_parser("data", help="obtain and verify the raw datasets (offline sources first)")
+    p.add_argument("--dataset", default="all", choices=[*BUILTIN, "all"])
+    p.add_argument("--data-dir", default="data/raw")
+    p.add_argument("--mirror", default=None, help="base URL replacing the canonical download location")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
+    p.add_argument("--profile", default="quick", choices=profiles)
+    p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, "
+                                                   "e.g. '{\"tau_train\": 0.8}'")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model-options", default=None,
+                   help="width/depth of the generic network for your own data as JSON, e.g. '{\"width\": 64}'")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.add_argument("--dataset", nargs="+", default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
+    p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
+    p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.add_argument("--dataset", nargs="+", default=None, choices=list(BUILTIN))
+    p.add_argument("--stdout", action="store_true", help="print the section instead of editing README.md")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
+    p.add_argument("--profile", default="quick", choices=profiles)
+    p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
+    p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--n-single", type=int, default=1000, help="samples timed one by one")
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=cmd_bench)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, DataVerificationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

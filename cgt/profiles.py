@@ -1,0 +1,104 @@
+"""Profiles: named sets of data and training values — `smoke` runs each notebook in seconds (the
+tests), `quick` shows the methods differ in minutes, `paper` is the full reproduction.
+
+    data_cfg = data_config("paper", "indian_pines", patch_size=9)
+    train_cfg = train_config("paper", "indian_pines")
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
+
+from .data import DataConfig, resolve
+from .data.base import COMMON_FIELDS
+from .train import TrainConfig
+
+PROFILE_ENV = "CGT_PROFILE"
+"""The environment variable a notebook's parameters cell reads its default profile from."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seeds: list[int]
+    """Training seeds of every (dataset, method)."""
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """dataset → DataConfig overrides (fields or the dataset's own options)."""
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """dataset → TrainConfig overrides."""
+    other_data: dict[str, Any] = field(default_factory=dict)
+    """DataConfig overrides for datasets of your own (not in `data`)."""
+    other_train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig overrides for datasets of your own (not in `train`)."""
+    publishes: bool = False
+    """Whether its figures and tables go to the committed figures/ folder (only the full reproduction)."""
+
+
+PROFILES: dict[str, Profile] = {p.name: p for p in [
+    Profile("smoke", seeds=[0],
+            data={"fashion_mnist": {"max_train": 1500, "max_eval": 500},
+                  "indian_pines": {"max_train": 600, "max_eval": 600}},
+            train={"fashion_mnist": {"epochs": 1}, "indian_pines": {"epochs": 2}},
+            other_data={"max_train": 1000, "max_eval": 300}, other_train={"epochs": 2}),
+    Profile("quick", seeds=[0],
+            data={"fashion_mnist": {"max_train": 15000, "max_eval": 3000}, "indian_pines": {}},
+            train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}},
+            other_train={"epochs": 15}),
+    Profile("paper", seeds=[0, 1, 2],
+            data={"fashion_mnist": {}, "indian_pines": {}},
+            train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
+            other_train={"epochs": 30}, publishes=True),
+]}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid choices: {list(PROFILES)}")
+    return PROFILES[name]
+
+
+def default_profile() -> str:
+    """What a notebook runs when nobody says: $CGT_PROFILE (the tests set `smoke`), else `quick`."""
+    return os.environ.get(PROFILE_ENV, "quick")
+
+
+@contextmanager
+def profile_environment(name: str) -> Iterator[None]:
+    """Set $CGT_PROFILE for kernels started inside the block (they inherit the environment)."""
+    get_profile(name)
+    saved = os.environ.get(PROFILE_ENV)
+    os.environ[PROFILE_ENV] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PROFILE_ENV, None)
+        else:
+            os.environ[PROFILE_ENV] = saved
+
+
+def data_config(profile: str, dataset: str, data_dir: str = "data/raw", **overrides: Any) -> DataConfig:
+    """The DataConfig of `dataset` under `profile`; `overrides` may name common fields or the
+    dataset's own options (e.g. patch_size for Indian Pines). Checked before it is returned."""
+    spec = resolve(dataset)
+    values = get_profile(profile).data.get(spec.name, get_profile(profile).other_data) | overrides
+    common = {k: v for k, v in values.items() if k in COMMON_FIELDS}
+    options = {k: v for k, v in values.items() if k not in COMMON_FIELDS}
+    cfg = DataConfig(dataset=dataset, data_dir=str(data_dir), **common, options=options)
+    cfg.validate()
+    spec.resolve_options(cfg)
+    return cfg
+
+
+def train_config(profile: str, dataset: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of `dataset` under `profile` (the seed is set per run)."""
+    prof = get_profile(profile)
+    valid = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown}; valid options: {valid}")
+    cfg = TrainConfig(**(prof.train.get(resolve(dataset).name, prof.other_train) | overrides))
+    cfg.validate()
+    return cfg
