@@ -46,7 +46,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             data={"fashion_mnist": {"max_train": 15000, "max_eval": 3000}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}},
             other_train={"epochs": 15}),
-    Profile("paper", seeds=[0, 1, 2],
+    Profile("paper", seeds=[0, 1, 2, 3, 4],
             data={"fashion_mnist": {}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
             other_train={"epochs": 30}, publishes=True),
