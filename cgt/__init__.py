@@ -17,9 +17,11 @@ The modules, in the order data flows through them (each concept lives in exactly
     cost           FLOPs per exit (torch's FlopCounterMode, 2 per multiply-add, batch size 1)
     thresholds     operating points fitted on validation logits; threshold sweeps
     metrics        classification and early-exit metrics
-    evaluate       a finished run's metrics at every operating point
+    evaluate       a finished run's metrics at every operating point (incl. matched cost, the budget curve)
+    verdicts       the one rule every comparison follows: paired t intervals, margins fixed in advance
     experiment     what a training notebook does in one call: methods × seeds, trained (cached) and evaluated
-    report         tables over seeds, the paper's numbers beside ours, the README results block
+    report         tables over seeds, the paper's numbers beside ours, per-class F1, the verdict tables
+    readme         the README's results block, from artifacts only
     plots          figures of training and evaluation
     dataviz        figures and tables of the data before training
     display        the notebooks' shared views (tables and figures, one call each)

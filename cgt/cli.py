@@ -63,13 +63,16 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .paths import figures_dir, project_root
-    from .report import results_markdown, update_readme
+    from .paths import figures_dir, project_root, runs_dir
+    from .readme import publish_timing, results_markdown, update_readme, write_block
 
-    section = results_markdown(figures_dir(args.profile), args.dataset or list(BUILTIN))
+    fig_dir = figures_dir(args.profile)
+    publish_timing(runs_dir(args.profile), fig_dir)
+    section = results_markdown(fig_dir, args.dataset or list(BUILTIN))
+    block = write_block(fig_dir, section)
     if PROFILES[args.profile].publishes and not args.stdout:
         update_readme(project_root() / "README.md", section)
-        print("README.md results section regenerated from", figures_dir(args.profile))
+        print(f"README.md results section regenerated from {fig_dir} (also in {block})")
     else:
         print(section)
     return 0

@@ -5,7 +5,7 @@ The training notebooks (01–03, 05) share these views, so each is written once 
     print(cost_table(runs[0].costs))        FLOPs per exit (deterministic: nbval checks it)
     exit_accuracy_table(runs)               each exit alone, per method
     show_training_curves(runs)              validation accuracy and loss weight per exit over epochs
-    show_evaluation(runs)                   operating points, accuracy vs cost, exit distribution
+    show_evaluation(runs)                   τ = 0.9 and the common fitted point, accuracy vs cost, exit split
     explain_gates(model, x, y, "hard_cgt")  the gate at work on a real batch, one row per sample
 """
 from __future__ import annotations
@@ -21,22 +21,20 @@ from IPython.display import display
 from . import plots
 from .cost import ExitCosts
 from .evaluate import metrics_table
-from .experiment import EvaluatedRun
+from .experiment import COMMON_TARGET, EvaluatedRun, add_common_target
 from .losses import exit_weights
 from .methods import display_order, method_spec
+from .report import cost_frame
 
 EVALUATION_COLUMNS = ["method", "seed", "operating_point", "accuracy", "f1_macro", "avg_cost_relative"]
 
 
 def cost_table(costs: ExitCosts) -> str:
     """FLOPs per sample at each exit: block, head, cumulative, relative to the full network."""
-    exits = range(len(costs.block_flops))
-    table = pd.DataFrame({"block MFLOPs": [f / 1e6 for f in costs.block_flops],
-                          "head MFLOPs": [f / 1e6 for f in costs.head_flops],
-                          "cumulative MFLOPs": costs.cumulative / 1e6,
-                          "relative to full network": costs.relative},
-                         index=[f"exit {e + 1}" for e in exits]).round(4)
-    return f"{table.to_string()}\nfull network (all blocks + last head): {costs.full_network / 1e6:.4f} MFLOPs"
+    frame = cost_frame(costs)
+    table = frame.drop(index="full network").rename_axis(None)
+    return (f"{table.to_string()}\nfull network (all blocks + last head): "
+            f"{frame.loc['full network', 'cumulative MFLOPs']:.4f} MFLOPs")
 
 
 def exit_accuracy_table(runs: Sequence[EvaluatedRun]) -> pd.DataFrame:
@@ -57,12 +55,15 @@ def show_training_curves(runs: Sequence[EvaluatedRun], keys: Sequence[str] = ("v
         plt.show()
 
 
-def show_evaluation(runs: Sequence[EvaluatedRun], points: Sequence[str] = ("paper_tau", "val_tolerance")) -> None:
-    """The deployed view: metrics at the operating points, accuracy vs cost, exit distribution at τ = 0.9."""
+def show_evaluation(runs: Sequence[EvaluatedRun]) -> None:
+    """The deployed view: metrics at the paper's τ = 0.9 and at the common validation-fitted operating
+    point (one validation-accuracy target for every method; needs a joint baseline among the runs, else
+    each method's own tolerance point), accuracy vs cost, exit distribution at τ = 0.9."""
+    fitted = COMMON_TARGET if add_common_target(list(runs)) else "val_tolerance"
     table = metrics_table([r.metrics for r in runs])
     exit_columns = [c for c in table.columns if c.startswith("exit") and c.endswith("_pct")]
-    display(table[table["operating_point"].isin(points)][EVALUATION_COLUMNS + exit_columns])
-    plots.accuracy_vs_cost([r.metrics for r in runs])
+    display(table[table["operating_point"].isin(["paper_tau", fitted])][EVALUATION_COLUMNS + exit_columns])
+    plots.accuracy_vs_cost([r.metrics for r in runs], point=fitted)
     plt.show()
     plots.exit_distribution(table, "paper_tau")
     plt.show()

@@ -1,11 +1,18 @@
 """Evaluate a finished training run: thresholds fitted on validation, metrics reported on test.
 
-Operating points reported for every run:
-  * last_exit      — no early exit: the full network's prediction (reference accuracy);
-  * paper_tau      — the authors' fixed global τ = 0.9 (not fitted; labelled as such);
-  * val_tolerance  — per-exit τ fitted on validation: cheapest within 0.5 points of the last exit;
-  * val_budget     — per-exit τ fitted on validation: most accurate at ≤ 50 % of the full cost.
-Plus the global-τ sweep on validation and, with the same thresholds, on test.
+Operating points of every run (metrics.json):
+  * last_exit       — no early exit: the full network's prediction (reference accuracy);
+  * paper_tau       — the authors' fixed global τ = 0.9 (not fitted; labelled as such);
+  * val_tolerance   — per-exit τ fitted on validation: cheapest within 0.5 points of this network's
+                      own last exit (a per-method view: each method gets its own target);
+  * val_budget_30 / _40 / _50 — per-exit τ fitted on validation: most accurate at ≤ 30 / 40 / 50 %
+                      of the full network's cost (matched cost: every method gets the same budget).
+Plus the budget curve (val_budget at budgets 0.25 … 1.00, its test accuracy and macro-F1, and their
+mean over the budgets: the area under the validation-fitted accuracy–cost curve), and the global-τ
+sweep on validation and, with the same thresholds, on test.
+
+Across methods, `common_target_point` adds the one comparable tolerance point: the cheapest per-exit
+τ whose validation accuracy reaches a target shared by every method (see cgt.report).
 """
 from __future__ import annotations
 
@@ -20,8 +27,8 @@ from .fileio import write_json_atomic
 from .inference import exits_from_logits
 from .metrics import early_exit_metrics, per_exit_metrics
 from .policy import PAPER_TAU, check_policy, never_exit
-from .thresholds import fit_operating_point, sweep_global
 from .runs import TrainedRun
+from .thresholds import Candidates, candidates, pick, sweep_global
 
 
 @dataclass
@@ -33,9 +40,23 @@ class EvalConfig:
     paper_tau: float = PAPER_TAU
     """Fixed global threshold of the paper-style table row."""
     tolerance: float = 0.005
-    """val_tolerance: allowed validation-accuracy drop from the last exit (absolute)."""
-    budget: float = 0.5
-    """val_budget: allowed average cost relative to the full network."""
+    """val_tolerance and the common target: allowed validation-accuracy drop (absolute)."""
+    budgets: tuple[float, ...] = (0.3, 0.4, 0.5)
+    """Matched-cost operating points: allowed average cost relative to the full network."""
+    curve_budgets: tuple[float, ...] = tuple(np.round(np.arange(0.25, 1.0001, 0.05), 2).tolist())
+    """Budgets of the validation-fitted accuracy–cost curve (its mean accuracy is the AUC)."""
+
+
+def budget_point_name(budget: float) -> str:
+    return f"val_budget_{round(100 * budget):d}"
+
+
+def _metrics_at(splits: dict, taus, how: str, costs: ExitCosts, num_classes: int, policy: str,
+                decisions: dict | None = None) -> dict:
+    """Metrics on every split for per-exit thresholds `taus` (or given (preds, exits) per split)."""
+    decisions = decisions or {s: exits_from_logits(l, [float(t) for t in taus], policy) for s, (l, _) in splits.items()}
+    return {"thresholds": [float(t) for t in taus], "how": how,
+            **{s: early_exit_metrics(l, y, *decisions[s], costs, num_classes) for s, (l, y) in splits.items()}}
 
 
 def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor, y_test: torch.Tensor,
@@ -45,10 +66,7 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
     splits = {"val": (val_logits, y_val), "test": (test_logits, y_test)}
 
     def at(taus, how: str, decisions=None) -> dict:
-        """Metrics on both splits for per-exit thresholds `taus` (or given (preds, exits) per split)."""
-        decisions = decisions or {s: exits_from_logits(l, [float(t) for t in taus], cfg.policy) for s, (l, _) in splits.items()}
-        return {"thresholds": [float(t) for t in taus], "how": how,
-                **{s: early_exit_metrics(l, y, *decisions[s], costs, num_classes) for s, (l, y) in splits.items()}}
+        return _metrics_at(splits, taus, how, costs, num_classes, cfg.policy, decisions)
 
     # No early exit: everyone takes the last exit's prediction (thresholds shown as the policy's
     # "never leave early" end), at exactly the full network's cost — it computes no early heads.
@@ -59,21 +77,56 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
         points["last_exit"][split] |= {"avg_cost_flops": costs.full_network, "avg_cost_relative": 1.0}
     points["paper_tau"] = at([cfg.paper_tau] * (num_exits - 1),
                              f"fixed global tau = {cfg.paper_tau} (authors' value; not fitted)")
-    points["val_tolerance"] = at(fit_operating_point(val_logits, y_val, costs, "tolerance", cfg.policy, tolerance=cfg.tolerance),
-                                 f"fitted on validation: cheapest within {cfg.tolerance:.3f} of the last exit's accuracy")
-    points["val_budget"] = at(fit_operating_point(val_logits, y_val, costs, "budget", cfg.policy, budget=cfg.budget),
-                              f"fitted on validation: most accurate at relative cost <= {cfg.budget}")
+    fitted = candidates(val_logits, y_val, costs, cfg.policy)
+    taus, _ = pick(fitted, "tolerance", tolerance=cfg.tolerance)
+    points["val_tolerance"] = at(taus, f"fitted on validation: cheapest within {cfg.tolerance:.3f} of its own "
+                                       f"last exit's accuracy")
+    for budget in cfg.budgets:
+        taus, met = pick(fitted, "budget", budget=budget)
+        points[budget_point_name(budget)] = at(taus, f"fitted on validation: most accurate at relative cost <= {budget}"
+                                                     + ("" if met else " (unreachable: all leave at exit 1)"))
     sweep_val = sweep_global(val_logits, y_val, costs, cfg.policy)
     sweep_test = sweep_global(test_logits, y_test, costs, cfg.policy, grid=sweep_val.thresholds[:, 0])
     return {
         "policy": cfg.policy, "costs": costs.to_dict(),
         "per_exit": {"val": per_exit_metrics(val_logits, y_val), "test": per_exit_metrics(test_logits, y_test)},
         "operating_points": points,
+        "budget_curve": _budget_curve(fitted, splits, costs, num_classes, cfg),
         "sweep": {"tau": sweep_val.thresholds[:, 0].tolist(),
                   "val_accuracy": sweep_val.accuracy.tolist(), "val_relative_cost": sweep_val.relative_cost.tolist(),
                   "test_accuracy": sweep_test.accuracy.tolist(), "test_relative_cost": sweep_test.relative_cost.tolist(),
                   "test_exit_fractions": sweep_test.exit_fractions.tolist()},
     }
+
+
+def _budget_curve(fitted: Candidates, splits: dict, costs: ExitCosts, num_classes: int, cfg: EvalConfig) -> dict:
+    """Test accuracy and macro-F1 of the validation-fitted point at each budget, and their means over
+    the budgets (the area under the curve divided by its width: one number per run, higher is better)."""
+    test_logits, y_test = splits["test"]
+    curve = {"budget": list(cfg.curve_budgets), "test_accuracy": [], "test_f1_macro": [], "test_relative_cost": []}
+    for budget in cfg.curve_budgets:
+        taus, _ = pick(fitted, "budget", budget=budget)
+        m = early_exit_metrics(test_logits, y_test, *exits_from_logits(test_logits, [float(t) for t in taus], cfg.policy),
+                               costs, num_classes)
+        curve["test_accuracy"].append(m["accuracy"])
+        curve["test_f1_macro"].append(m["f1_macro"])
+        curve["test_relative_cost"].append(m["avg_cost_relative"])
+    curve["auc_accuracy"] = float(np.mean(curve["test_accuracy"]))
+    curve["auc_f1_macro"] = float(np.mean(curve["test_f1_macro"]))
+    return curve
+
+
+def common_target_point(run: TrainedRun, costs: ExitCosts, num_classes: int, target: float,
+                        cfg: EvalConfig = EvalConfig()) -> dict:
+    """The cheapest per-exit τ whose *validation* accuracy reaches `target` (shared by the methods
+    compared), with its metrics on validation and test; `target_reached` says whether it did."""
+    lg = run.logits
+    splits = {"val": (lg["val"], lg["y_val"]), "test": (lg["test"], lg["y_test"])}
+    taus, met = pick(candidates(lg["val"], lg["y_val"], costs, cfg.policy), "target", target=target)
+    point = _metrics_at(splits, taus, f"fitted on validation: cheapest reaching the common validation accuracy "
+                                      f"{target:.4f}" + ("" if met else " (not reached: most accurate setting)"),
+                        costs, num_classes, cfg.policy)
+    return point | {"target": target, "target_reached": met}
 
 
 def evaluate_run(run: TrainedRun, costs: ExitCosts, num_classes: int, cfg: EvalConfig = EvalConfig(),
@@ -91,20 +144,27 @@ def evaluate_run(run: TrainedRun, costs: ExitCosts, num_classes: int, cfg: EvalC
 
 TABLE_COLUMNS = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "precision_weighted",
                  "recall_weighted", "average_accuracy", "kappa", "avg_cost_relative", "avg_cost_flops",
-                 "overthinking_policy", "overthinking_last_exit"]
+                 "overthinking_policy", "overthinking_last_exit", "f1_per_class"]
 
 
 def metrics_table(all_metrics: list[dict], split: str = "test") -> pd.DataFrame:
-    """One tidy row per (dataset, method, seed, operating point)."""
+    """One tidy row per (dataset, method, seed, operating point); on test, plus one `auc` row per run:
+    the mean test accuracy, macro-F1 and cost of the validation-fitted accuracy–cost curve."""
     rows = []
     for m in all_metrics:
+        ident = {"dataset": m["run"]["dataset"], "method": m["run"]["method"], "seed": m["run"]["seed"]}
         for point, values in m["operating_points"].items():
             v = values[split]
-            row = {"dataset": m["run"]["dataset"], "method": m["run"]["method"], "seed": m["run"]["seed"],
-                   "operating_point": point, "thresholds": values["thresholds"]}
-            row |= {c: v[c] for c in TABLE_COLUMNS}
+            row = ident | {"operating_point": point, "thresholds": values["thresholds"],
+                           "objective_met": values.get("target_reached", True)}
+            row |= {c: v[c] for c in TABLE_COLUMNS if c in v}
             row |= {f"exit{e + 1}_pct": 100 * f for e, f in enumerate(v["exit_distribution"])}
             row |= {f"exit{e + 1}_acc": a for e, a in enumerate(m["per_exit"][split]["accuracy"])}
             row["oracle_accuracy"] = m["per_exit"][split]["oracle_accuracy"]
             rows.append(row)
+        if split == "test" and "budget_curve" in m:
+            curve = m["budget_curve"]
+            rows.append(ident | {"operating_point": "auc", "accuracy": curve["auc_accuracy"],
+                                 "f1_macro": curve["auc_f1_macro"],
+                                 "avg_cost_relative": float(np.mean(curve["test_relative_cost"]))})
     return pd.DataFrame(rows)

@@ -15,8 +15,8 @@ from typing import Any, Callable, Union
 from . import distributed
 from .cost import ExitCosts, exit_costs
 from .data import PreparedData, load
-from .evaluate import EvalConfig, evaluate_run
-from .methods import check_methods
+from .evaluate import EvalConfig, common_target_point, evaluate_run
+from .methods import JOINT_BASELINES, check_methods
 from .models import EarlyExitNet
 from .paths import data_dir as default_data_dir, prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
@@ -132,3 +132,28 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
               f"at tau 0.9 acc {tp['paper_tau']['test']['accuracy']:.4f} "
               f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f}")
     return EvaluatedRun(method, seed, run, metrics, costs)
+
+
+COMMON_TARGET = "val_common_target"
+
+
+def add_common_target(runs: list[EvaluatedRun], reference: list[str] = JOINT_BASELINES,
+                      eval_cfg: EvalConfig = EvalConfig()) -> dict[int, float]:
+    """Give every run the operating point `val_common_target`: per seed, one validation-accuracy target
+    for all methods — the best last-exit validation accuracy among the `reference` methods of that seed
+    (the fixed-weight joint baselines), minus `eval_cfg.tolerance` — and each method's cheapest per-exit
+    τ reaching it on validation. Seeds without a reference run get no such point. Returns seed → target.
+    (Added to the in-memory metrics only: a run's metrics.json holds what depends on that run alone.)"""
+    targets = {}
+    for seed in sorted({r.seed for r in runs}):
+        refs = [r for r in runs if r.seed == seed and r.method in reference]
+        if not refs:
+            continue
+        targets[seed] = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in refs) \
+            - eval_cfg.tolerance
+        for r in runs:
+            if r.seed == seed:
+                num_classes = r.run.logits["val"].shape[-1]
+                r.metrics["operating_points"][COMMON_TARGET] = common_target_point(
+                    r.run, r.costs, num_classes, targets[seed], eval_cfg)
+    return targets

@@ -17,7 +17,7 @@ from .cost import ExitCosts, average_cost
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Overall accuracy; macro and weighted F1 / precision / recall; average accuracy (mean
-    per-class recall, the hyperspectral 'AA') and Cohen's κ."""
+    per-class recall, the hyperspectral 'AA'); Cohen's κ; F1 of each class."""
     # Classes with neither a true nor a predicted sample (a spatial split can leave a class out of
     # test) have no precision or recall: macro averages run over the classes that occur.
     labels = np.union1d(y_true, y_pred)
@@ -32,6 +32,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
         warnings.simplefilter("ignore", UserWarning)
         out["average_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(present) > 1 else out["accuracy"]
     out["kappa"] = float(cohen_kappa_score(y_true, y_pred, labels=labels))
+    # Per class: what the macro average hides (rare Indian Pines classes). None where the class has
+    # no test sample (its recall, hence its F1, is undefined).
+    _, _, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=np.arange(num_classes), average=None,
+                                                        zero_division=0)
+    out["f1_per_class"] = [float(f) if n > 0 else None for f, n in zip(f1, support)]
     return out
 
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import time
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots
 from .data import display_name
-from .evaluate import metrics_table
-from .experiment import EvaluatedRun, load_dataset, load_finished
+from .evaluate import EvalConfig, budget_point_name, metrics_table
+from .experiment import COMMON_TARGET, EvaluatedRun, add_common_target, load_dataset, load_finished
 from .inference import early_exit_forward
 from .methods import METHODS
-from .paths import figures_dir
+from .paths import figures_dir, runs_dir
 from .policy import PAPER_TAU
-from .provenance import write_sidecar
-from .report import format_pm, paper_comparison, summarise, write_table
+from .provenance import project_relative, write_sidecar
+from .report import (cost_frame, format_pm, matched_cost_table, paper_comparison, per_class_f1, summarise, verdict_table,
+                     write_table)
 
 GATE_METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
@@ -34,58 +37,90 @@ class DatasetResults:
     """Its display name (folders, file names)."""
     records: list[EvaluatedRun]
     table: pd.DataFrame
+    """metrics_table of every run, with the common-target point added."""
+    class_names: list[str]
+    seconds: float
+    """Time spent loading and evaluating the runs (each sidecar adds the time to write its artifact)."""
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.records})
+
+
+MATCHED_COST_POINTS = [budget_point_name(b) for b in EvalConfig().budgets] + ["auc"]
+SUMMARY_POINTS = (COMMON_TARGET, "paper_tau", "last_exit", *MATCHED_COST_POINTS[:-1])
+VERDICT_POINTS = ("paper_tau", COMMON_TARGET)
 
 
 def collect(profile: str, dataset: str, methods: list[str] | None = None) -> DatasetResults:
-    """Load every finished run of the profile (raises if one is missing: nothing is trained here)."""
+    """Load every finished run of the profile (raises if one is missing: nothing is trained here) and
+    add the common-target operating point (one validation-accuracy target per seed for all methods)."""
+    t0 = time.perf_counter()
     records = load_finished(dataset, profile, methods or list(METHODS))
-    return DatasetResults(dataset, display_name(dataset), records, metrics_table([r.metrics for r in records]))
+    add_common_target(records)
+    class_names = load_dataset(dataset, profile).class_names
+    return DatasetResults(dataset, display_name(dataset), records, metrics_table([r.metrics for r in records]),
+                          class_names, time.perf_counter() - t0)
 
 
 def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
+    """Every table of one dataset, as CSV + Markdown with a sidecar; returns them by name."""
     out_dir = figures_dir(profile)
-    hyperspectral = res.dataset == "indian_pines"
+    hyperspectral = "average_accuracy" in res.table and res.dataset == "indian_pines"
     shown = {}
-    for point in ("paper_tau", "val_tolerance", "last_exit"):
-        summary = summarise(res.table, point)
-        shown[point] = format_pm(summary, hyperspectral=hyperspectral)
-        _write(res, profile, shown[point], out_dir / f"table_{res.dataset}_{point}")
-    shown["paper_comparison"] = paper_comparison(summarise(res.table, "paper_tau"))
-    _write(res, profile, shown["paper_comparison"], out_dir / f"table_{res.dataset}_vs_paper")
+    for point in SUMMARY_POINTS:
+        shown[point] = format_pm(summarise(res.table, point), hyperspectral=hyperspectral)
+    shown["vs_paper"] = paper_comparison(summarise(res.table, "paper_tau"))
+    for point in VERDICT_POINTS:
+        shown[f"verdicts_{point}"] = verdict_table(res.table, point)
+    shown["verdicts_matched_cost"] = matched_cost_table(res.table, MATCHED_COST_POINTS)
+    shown["per_class_f1"] = per_class_f1(res.table, res.class_names).reset_index()
+    model = res.records[0].run.model
+    costs = cost_frame(res.records[0].costs).reset_index()
+    costs["parameters"] = sum(p.numel() for p in model.parameters())
+    shown["costs"] = costs
+    for name, df in shown.items():
+        _write(res, profile, df, out_dir / f"table_{res.dataset}_{name}")
     _write(res, profile, res.table, out_dir / f"metrics_{res.dataset}_all_runs")
     return shown
 
 
 def _write(res: DatasetResults, profile: str, df: pd.DataFrame, stem: Path) -> None:
+    t0 = time.perf_counter()
     write_table(df, stem)
     for suffix in (".csv", ".md"):
         res.files.append(Path(f"{stem}{suffix}"))
-    _sidecar(res, profile, Path(f"{stem}.csv"))
+    _sidecar(res, profile, Path(f"{stem}.csv"), time.perf_counter() - t0)
 
 
-def _sidecar(res: DatasetResults, profile: str, path: Path) -> None:
-    runs = [str(r.run.run_dir) for r in res.records]
-    write_sidecar(path, params={"profile": profile, "dataset": res.dataset, "runs": runs},
+def _sidecar(res: DatasetResults, profile: str, path: Path, seconds: float) -> None:
+    root = runs_dir(profile)
+    write_sidecar(path, params={"profile": profile, "dataset": res.dataset, "runs_root": project_relative(root),
+                                "runs": sorted(str(r.run.run_dir.relative_to(root)) for r in res.records)},
+                  seed=res.seeds, wall_time_s=res.seconds + seconds,
                   data_checksums={res.dataset: res.records[0].run.config["data_checksum"]})
 
 
 def save(res: DatasetResults, profile: str, fig, name: str) -> None:
+    t0 = time.perf_counter()
     stem = figures_dir(profile) / f"{name}_{res.dataset}"
-    for path in plots.save_figure(fig, stem):
+    paths = plots.save_figure(fig, stem)
+    for path in paths:
         res.files.append(path)
-        _sidecar(res, profile, path)
+        _sidecar(res, profile, path, time.perf_counter() - t0)
 
 
 def standard_figures(res: DatasetResults, profile: str) -> list:
-    """Accuracy vs cost, exit distribution, gate weights over training, per-exit accuracy."""
+    """Accuracy vs cost, exit distribution, gate weights over training, per-exit accuracy, per-class F1."""
     figs = []
     histories = {(r.method, r.seed): r.run.history for r in res.records if r.method in GATE_METHODS}
     for name, fig in (
-        ("accuracy_vs_cost", plots.accuracy_vs_cost([r.metrics for r in res.records])),
+        ("accuracy_vs_cost", plots.accuracy_vs_cost([r.metrics for r in res.records], point=COMMON_TARGET)),
         ("exit_distribution", plots.exit_distribution(res.table, "paper_tau")),
         ("gate_weights", plots.per_exit_over_epochs(histories, "mean_weight", "mean loss weight")),
         ("per_exit_accuracy", plots.per_exit_accuracy(res.table)),
+        ("per_class_f1", plots.per_class_f1(per_class_f1(res.table, res.class_names))),
     ):
         save(res, profile, fig, name)
         figs.append(fig)

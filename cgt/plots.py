@@ -168,9 +168,32 @@ def examples_per_exit(images: np.ndarray, exit_index: np.ndarray, predictions: n
                 i = idx[j]
                 ax.imshow(images[i].squeeze(), cmap="gray_r")
                 colour = "black" if predictions[i] == labels[i] else "red"
-                ax.set_title(f"{class_names[predictions[i]][:9]}", fontsize=7, color=colour)
+                ax.set_title(_wrapped(class_names[predictions[i]]), fontsize=7, color=colour)
         axes[e][0].text(-0.3, 0.5, f"exit {e + 1}", transform=axes[e][0].transAxes, ha="right", va="center")
     fig.suptitle("test images by the exit they leave at (red: wrong)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _wrapped(name: str, width: int = 9) -> str:
+    """A class name whole, on two lines when long (after a space or a slash): 'T-shirt/\ntop'."""
+    if len(name) <= width:
+        return name
+    for sep in (" ", "/"):
+        if sep in name:
+            head, tail = name.split(sep, 1)
+            return f"{head}{sep if sep == '/' else ''}\n{tail}"
+    return name
+
+
+def per_class_f1(f1: pd.DataFrame):
+    """Heatmap of F1 (%) per class (rows) and method (columns): where the macro average's losses are."""
+    fig, ax = plt.subplots(figsize=(1.0 * len(f1.columns) + 3.5, 0.32 * len(f1) + 1.6))
+    sns.heatmap(f1, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "F1 (%)"}, ax=ax,
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_title("test F1 per class at τ = 0.9 (mean over seeds)")
     fig.tight_layout()
     return fig
 
@@ -181,6 +204,8 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) 
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            # No creation date in PDFs: an unchanged figure must not rewrite a committed file.
+            metadata = {"CreationDate": None} if fmt == "pdf" else None
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     return paths

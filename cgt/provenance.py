@@ -45,11 +45,22 @@ def device_description(device: str | torch.device = "cpu") -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def project_relative(path: str | Path) -> str:
+    """A path as recorded in a sidecar: relative to the project when inside it (no machine paths)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return str(path)
+
+
 def provenance(params: dict[str, Any], wall_time_s: float | None = None, device: str | torch.device = "cpu",
-               data_checksums: dict[str, str] | None = None, seed: int | None = None) -> dict[str, Any]:
+               data_checksums: dict[str, str] | None = None, seed: int | list[int] | None = None) -> dict[str, Any]:
+    """seed: the seed of a single run, or the seeds an aggregate was computed over."""
     return {"git": git_state(), "params": params, "seed": seed, "data_checksums": data_checksums or {},
             "packages": package_versions(), "python": platform.python_version(),
-            "device": device_description(device), "wall_time_s": wall_time_s}
+            "device": device_description(device),
+            "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)}
 
 
 def write_sidecar(artifact: str | Path, **kwargs: Any) -> Path:

@@ -1,4 +1,5 @@
-"""Tables of the paper's results, aggregated over seeds, beside the numbers the paper reports."""
+"""Tables of the results: summaries over seeds, the paper's numbers beside ours, per-class F1, and the
+paper's claim tested with the paired verdict rule of cgt.verdicts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import verdicts
+from .cost import ExitCosts
 from .fileio import atomic_path
-from .methods import CGT_METHODS, JOINT_BASELINES
+from .methods import CGT_METHODS, JOINT_BASELINES, display_order
 
 # PAPER.md §3: the only numbers known from the paper; the dataset is not stated in our sources.
 PAPER_REPORTED = pd.DataFrame([
@@ -21,72 +24,166 @@ SUMMARY_COLUMNS = {  # column of metrics_table → (label, scale)
     "exit3_pct": ("exit 3 %", 1), "avg_cost_relative": ("rel. cost", 1), "avg_cost_flops": ("MFLOPs", 1e-6),
 }
 HYPERSPECTRAL_COLUMNS = {"average_accuracy": ("AA", 100), "kappa": ("kappa", 100)}
+WEIGHTED_COLUMNS = {"f1_weighted": ("F1 (weighted)", 100), "precision_weighted": ("precision (weighted)", 100),
+                    "recall_weighted": ("recall (weighted)", 100)}
+
+
+SPREAD_LABEL = "± sample SD over seeds"
 
 
 def summarise(table: pd.DataFrame, point: str) -> pd.DataFrame:
-    """Mean and std over seeds per (dataset, method) at one operating point, in display units."""
+    """Mean and sample SD (n − 1) over seeds per (dataset, method) at one operating point, in display units."""
     df = table[table["operating_point"] == point]
-    columns = SUMMARY_COLUMNS | HYPERSPECTRAL_COLUMNS
+    columns = SUMMARY_COLUMNS | HYPERSPECTRAL_COLUMNS | WEIGHTED_COLUMNS
     scaled = df[["dataset", "method", "seed"]].copy()
     for col, (label, scale) in columns.items():
         scaled[label] = df[col] * scale
     grouped = scaled.groupby(["dataset", "method"], sort=False)
     labels = [label for label, _ in columns.values()]
-    out = grouped[labels].mean().add_suffix(" mean").join(grouped[labels].std(ddof=0).add_suffix(" std"))
+    out = grouped[labels].mean().add_suffix(" mean").join(grouped[labels].std(ddof=1).add_suffix(" sd"))
     out["seeds"] = grouped["seed"].nunique()
     return out.reset_index()
 
 
 def format_pm(summary: pd.DataFrame, decimals: dict[str, int] | None = None, hyperspectral: bool = False) -> pd.DataFrame:
-    """'mean ± std' strings for a Markdown/CSV table."""
+    """'mean ± sample SD' strings for a Markdown/CSV table (a single seed shows the mean alone)."""
     decimals = decimals or {"rel. cost": 3, "MFLOPs": 2}
     cols = SUMMARY_COLUMNS | (HYPERSPECTRAL_COLUMNS if hyperspectral else {})
     out = summary[["method"]].copy()
     for label, _ in cols.values():
         d = decimals.get(label, 1)
-        out[label] = [f"{m:.{d}f} ± {s:.{d}f}" for m, s in zip(summary[f"{label} mean"], summary[f"{label} std"])]
-    out["seeds"] = summary["seeds"]
+        out[label] = [f"{m:.{d}f}" if np.isnan(sd) else f"{m:.{d}f} ± {sd:.{d}f}"
+                      for m, sd in zip(summary[f"{label} mean"], summary[f"{label} sd"])]
+    out["n (seeds)"] = summary["seeds"]
     return out
 
 
 def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
-    """Our macro F1/precision/recall and exit split beside the paper's, with the difference."""
+    """Our F1/precision/recall (macro and weighted rows) and exit split beside the paper's, with the difference."""
     rows = []
     for _, paper in PAPER_REPORTED.iterrows():
         for _, ours in summary[summary["method"] == paper["method"]].iterrows():
-            row = {"dataset": ours["dataset"], "method": paper["method"]}
-            for key, label in (("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
-                               ("exit1_pct", "exit 1 %"), ("exit2_pct", "exit 2 %"), ("exit3_pct", "exit 3 %")):
-                row[f"{label} paper"] = paper[key]
-                row[f"{label} ours"] = round(ours[f"{label} mean"], 1)
-                row[f"{label} diff"] = round(ours[f"{label} mean"] - paper[key], 1) if not np.isnan(paper[key]) else np.nan
-            rows.append(row)
+            for averaging, suffix in (("macro", ""), ("weighted", " (weighted)")):
+                row = {"dataset": ours["dataset"], "method": paper["method"], "averaging": averaging}
+                for key, label in (("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
+                                   ("exit1_pct", "exit 1 %"), ("exit2_pct", "exit 2 %"), ("exit3_pct", "exit 3 %")):
+                    ours_label = label + suffix if key in ("f1", "precision", "recall") else label
+                    row[f"{label} paper"] = paper[key]
+                    row[f"{label} ours"] = round(ours[f"{ours_label} mean"], 1)
+                    row[f"{label} diff"] = round(ours[f"{ours_label} mean"] - paper[key], 1) \
+                        if not np.isnan(paper[key]) else np.nan
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
-def claims_table(table: pd.DataFrame, point: str = "paper_tau") -> pd.DataFrame:
-    """The paper's claim, tested: does CGT lower the average cost *and* raise accuracy against
-    fixed-weight joint training? Paired by seed (same initialisation and data order): Δ = CGT −
-    baseline, mean ± std over seeds, accuracy in points, cost relative to the full network."""
-    df = table[table["operating_point"] == point].set_index(["method", "seed"])
+def per_class_f1(table: pd.DataFrame, class_names: list[str], point: str = "paper_tau") -> pd.DataFrame:
+    """F1 (%) of every class (rows) for every method (columns), mean over seeds, at one operating point."""
+    df = table[table["operating_point"] == point]
+    per_method = {}
+    for method, rows in df.groupby("method", sort=False):
+        values = np.array([[np.nan if v is None else v for v in f] for f in rows["f1_per_class"]], dtype=float)
+        seen = (~np.isnan(values)).sum(axis=0)  # seeds whose test split holds the class
+        per_method[method] = np.where(seen > 0, 100 * np.nansum(values, axis=0) / np.maximum(seen, 1), np.nan)
+    out = pd.DataFrame(per_method, index=pd.Index(class_names, name="class")).round(1)
+    return out[display_order(out.columns)]
+
+
+def cost_frame(costs: ExitCosts) -> pd.DataFrame:
+    """FLOPs per sample at each exit: block, head, cumulative, relative to the full network (last row)."""
+    exits = [f"exit {e + 1}" for e in range(len(costs.block_flops))]
+    frame = pd.DataFrame({"block MFLOPs": [f / 1e6 for f in costs.block_flops],
+                          "head MFLOPs": [f / 1e6 for f in costs.head_flops],
+                          "cumulative MFLOPs": costs.cumulative / 1e6,
+                          "relative to full network": costs.relative}, index=pd.Index(exits, name="exit"))
+    frame.loc["full network"] = [sum(costs.block_flops) / 1e6, costs.head_flops[-1] / 1e6,
+                                 costs.full_network / 1e6, 1.0]
+    return frame.round(4)
+
+
+# ---------------------------------------------------------------- the claim, tested (cgt.verdicts)
+QUALITY = {"accuracy": "accuracy", "f1_macro": "macro-F1"}
+
+
+def _paired(df: pd.DataFrame, cgt: str, base: str, column: str, scale: float) -> np.ndarray:
+    """Per-seed differences CGT − baseline (same seed), seeds both have, in display units."""
+    a, b = df[df["method"] == cgt].set_index("seed")[column], df[df["method"] == base].set_index("seed")[column]
+    seeds = sorted(set(a.index) & set(b.index))
+    return scale * (a.loc[seeds].to_numpy(dtype=float) - b.loc[seeds].to_numpy(dtype=float))
+
+
+def comparisons(methods) -> list[tuple[str, str]]:
+    """(CGT variant, fixed-weight joint baseline) pairs among the methods present."""
+    present = set(methods)
+    return [(c, b) for c in CGT_METHODS for b in JOINT_BASELINES if c in present and b in present]
+
+
+def verdict_table(table: pd.DataFrame, point: str, margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """The paper's claim — lower cost *and* higher quality than fixed-weight joint training — at one
+    operating point, for accuracy and macro-F1: paired differences with 95 % t intervals, the sign
+    pattern over seeds, Holm-adjusted p-values over the table's comparisons, and the category."""
+    df = table[table["operating_point"] == point]
     rows = []
-    for cgt in CGT_METHODS:
-        for base in JOINT_BASELINES:
-            if cgt not in df.index.get_level_values(0) or base not in df.index.get_level_values(0):
-                continue
-            seeds = sorted(set(df.loc[cgt].index) & set(df.loc[base].index))
-            d_acc = 100 * (df.loc[cgt].loc[seeds, "accuracy"] - df.loc[base].loc[seeds, "accuracy"])
-            d_cost = df.loc[cgt].loc[seeds, "avg_cost_relative"] - df.loc[base].loc[seeds, "avg_cost_relative"]
-            cost_word = "cheaper" if d_cost.mean() < -1e-9 else "costlier" if d_cost.mean() > 1e-9 else "same cost"
-            acc_word = "more accurate" if d_acc.mean() > 0 else "less accurate" if d_acc.mean() < 0 else "same accuracy"
-            verdict = f"{cost_word}, {acc_word}"
-            if abs(d_acc.mean()) <= d_acc.std(ddof=0):
-                verdict += " (accuracy difference within the seed spread)"
-            verdict += ": claim holds" if (cost_word, acc_word) == ("cheaper", "more accurate") else ": claim does not hold"
-            rows.append({"CGT": cgt, "vs": base, "Δ accuracy (points)": f"{d_acc.mean():+.2f} ± {d_acc.std(ddof=0):.2f}",
-                         "Δ rel. cost": f"{d_cost.mean():+.3f} ± {d_cost.std(ddof=0):.3f}", "seeds": len(seeds),
-                         "verdict": verdict})
-    return pd.DataFrame(rows)
+    for cgt, base in comparisons(df["method"]):
+        d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
+        row = {"CGT": cgt, "vs": base, "n (seeds)": len(d_cost),
+               "Δ rel. cost [95% CI]": _interval(d_cost, 3) + f" ({verdicts.sign_pattern(d_cost, 'lower')} cheaper)"}
+        for column, label in QUALITY.items():
+            d = _paired(df, cgt, base, column, 100.0)
+            row[f"Δ {label}, points [95% CI]"] = _interval(d, 2) + f" ({verdicts.sign_pattern(d)} higher)"
+            row[f"p {label}"] = verdicts.paired_p_value(d) if len(d) >= 2 else np.nan
+            row[f"verdict ({label})"] = verdicts.verdict(d_cost, d, margin)
+        rows.append(row)
+    return _holm_columns(pd.DataFrame(rows))
+
+
+def matched_cost_table(table: pd.DataFrame, points: list[str], margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """CGT against each joint baseline at equal cost: the validation-fitted points at each budget and the
+    area under the validation-fitted accuracy–cost curve (`auc`); quality alone decides."""
+    rows = []
+    for point in points:
+        df = table[table["operating_point"] == point]
+        for cgt, base in comparisons(df["method"]):
+            row = {"CGT": cgt, "vs": base, "at": point}
+            d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
+            row["n (seeds)"] = len(d_cost)
+            row["Δ rel. cost (mean)"] = f"{d_cost.mean():+.3f}" if len(d_cost) else "—"
+            for column, label in QUALITY.items():
+                d = _paired(df, cgt, base, column, 100.0)
+                row[f"Δ {label}, points [95% CI]"] = _interval(d, 2) + f" ({verdicts.sign_pattern(d)} higher)"
+                row[f"p {label}"] = verdicts.paired_p_value(d) if len(d) >= 2 else np.nan
+                row[f"verdict ({label})"] = verdicts.matched_cost_verdict(d, margin)
+            rows.append(row)
+    return _holm_columns(pd.DataFrame(rows))
+
+
+def _interval(d: np.ndarray, decimals: int) -> str:
+    if len(d) < 2:
+        return "—" if len(d) == 0 else f"{d.mean():+.{decimals}f}"
+    i = verdicts.t_interval(d)
+    return f"{i.mean:+.{decimals}f} [{i.low:+.{decimals}f}, {i.high:+.{decimals}f}]"
+
+
+def _holm_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Replace the raw p-value columns by Holm-adjusted ones (over all rows and both quality metrics)."""
+    if df.empty:
+        return df
+    p_cols = [f"p {label}" for label in QUALITY.values()]
+    raw = df[p_cols].to_numpy(dtype=float).ravel()
+    adjusted = np.full(raw.shape, np.nan)
+    ok = ~np.isnan(raw)
+    adjusted[ok] = verdicts.holm(raw[ok])
+    for k, col in enumerate(p_cols):
+        df[f"{col} (Holm)"] = [f"{v:.3f}" if not np.isnan(v) else "—" for v in adjusted.reshape(-1, len(p_cols))[:, k]]
+    return df.drop(columns=p_cols)
+
+
+def category_counts(verdict_tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, dict[str, int]]]:
+    """{table name: {quality label: {category: count}}}: what the README's sentences are made from."""
+    out = {}
+    for name, df in verdict_tables.items():
+        out[name] = {label: df[f"verdict ({label})"].value_counts().to_dict() if not df.empty else {}
+                     for label in QUALITY.values()}
+    return out
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -103,41 +200,3 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> None:
     for suffix, text in ((".csv", df.to_csv(index=False)), (".md", to_markdown(df))):
         with atomic_path(f"{stem}{suffix}") as tmp:
             Path(tmp).write_text(text)
-
-
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def results_markdown(fig_dir: Path, datasets: list[str]) -> str:
-    """The README's results section, assembled from the tables and figures 04_figures wrote."""
-    parts = []
-    for ds in datasets:
-        tables = {p: fig_dir / f"table_{ds}_{p}.md" for p in ("val_tolerance", "paper_tau", "vs_paper")}
-        all_runs = fig_dir / f"metrics_{ds}_all_runs.csv"
-        missing = [str(p) for p in [*tables.values(), all_runs] if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"missing result tables {missing}: run `python -m cgt paper` first")
-        parts += [f"### {ds}", "",
-                  f"![accuracy vs cost, {ds}]({fig_dir.name}/accuracy_vs_cost_{ds}.png)", "",
-                  "Per-exit thresholds fitted on validation (cheapest setting within 0.5 points of the last "
-                  "exit's validation accuracy), applied to test; mean ± std over seeds:", "",
-                  tables["val_tolerance"].read_text(), "",
-                  "At the paper's fixed τ = 0.9:", "", tables["paper_tau"].read_text(), "",
-                  "Beside the numbers the paper reports (dataset not stated in the paper's sources; "
-                  "ours = mean over seeds at τ = 0.9, macro averages):", "", tables["vs_paper"].read_text(), ""]
-        runs = pd.read_csv(all_runs)
-        for point, label in (("paper_tau", "at τ = 0.9"), ("val_tolerance", "at the validation-fitted operating point")):
-            parts += [f"The paper's claim — lower cost and higher accuracy than fixed-weight joint training — "
-                      f"tested {label} (paired by seed, CGT − baseline):", "", to_markdown(claims_table(runs, point)), ""]
-    return "\n".join(parts)
-
-
-def update_readme(readme: Path, section: str) -> None:
-    """Replace the text between the results markers of the README (atomically)."""
-    text = readme.read_text()
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise ValueError(f"{readme} has no {RESULTS_START} … {RESULTS_END} markers")
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    with atomic_path(readme) as tmp:
-        Path(tmp).write_text(f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}")

@@ -69,31 +69,71 @@ def per_exit_candidates(val_logits: torch.Tensor, policy: str, per_exit: int = 2
     return [np.unique(np.concatenate([np.quantile(s, np.linspace(0, 1, per_exit)), extremes])) for s in exit_scores]
 
 
-def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
-                        policy: str = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
-                        per_exit: int = 24) -> np.ndarray:
-    """Per-exit thresholds (E − 1,) chosen on validation data.
+@dataclass
+class Candidates:
+    """Per-exit threshold settings, each evaluated once on validation; every operating point is
+    picked from these, so fitting several points costs one evaluation."""
 
-    objective='tolerance': the cheapest setting whose validation accuracy is within `tolerance`
-        (absolute, 0.005 = 0.5 points) of the last exit's validation accuracy;
-    objective='budget': the most accurate setting whose relative cost is ≤ `budget`.
-    Ties go to the more accurate, then the cheaper setting.
-    """
-    if objective not in ("tolerance", "budget"):
-        raise ValueError(f"unknown objective {objective!r}; valid choices: ['tolerance', 'budget']")
-    if not 0 <= tolerance < 1 or budget <= 0:
-        raise ValueError(f"tolerance={tolerance} must be in [0, 1) and budget={budget} > 0")
+    settings: np.ndarray
+    """(S, E − 1) per-exit thresholds."""
+    val: SettingsEval
+    """Their accuracy and cost on validation."""
+    last_exit_accuracy: float
+    """Validation accuracy of the last exit alone."""
+    policy: str
+
+
+def candidates(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, policy: str = "max_softmax",
+               per_exit: int = 24) -> Candidates:
     grids = per_exit_candidates(val_logits, policy, per_exit)
     settings = np.array(list(itertools.product(*grids)), dtype=np.float32)
-    ev = evaluate_settings(val_logits, y_val, costs, settings, policy)
-    if objective == "tolerance":
-        last_acc = (val_logits[-1].argmax(-1) == y_val).float().mean().item()
-        ok = ev.accuracy >= last_acc - tolerance - 1e-12
-        order = np.lexsort((-ev.accuracy, ev.relative_cost))  # cheapest first, then most accurate
-    else:
+    last = (val_logits[-1].argmax(-1) == y_val).float().mean().item()
+    return Candidates(settings, evaluate_settings(val_logits, y_val, costs, settings, policy), last, policy)
+
+
+OBJECTIVES = ("tolerance", "target", "budget")
+
+
+def pick(c: Candidates, objective: str, tolerance: float = 0.005, budget: float = 0.5,
+         target: float | None = None) -> tuple[np.ndarray, bool]:
+    """(per-exit thresholds, whether the objective was met), chosen on validation only.
+
+    objective='tolerance': the cheapest setting whose validation accuracy is within `tolerance`
+        (absolute, 0.005 = 0.5 points) of this network's own last exit;
+    objective='target': the cheapest setting whose validation accuracy reaches `target` (absolute;
+        one target for every method makes their operating points comparable);
+    objective='budget': the most accurate setting whose relative cost is ≤ `budget`.
+    Ties go to the more accurate, then the cheaper setting. When no setting meets the objective:
+    an accuracy objective takes the most accurate setting, a budget takes the cheapest (every
+    sample leaves at exit 1); the flag says so.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid choices: {list(OBJECTIVES)}")
+    if not 0 <= tolerance < 1 or budget <= 0:
+        raise ValueError(f"tolerance={tolerance} must be in [0, 1) and budget={budget} > 0")
+    if objective == "target" and (target is None or not 0 <= target <= 1):
+        raise ValueError(f"objective='target' needs a target accuracy in [0, 1]; got {target}")
+    ev = c.val
+    most_accurate_first = np.lexsort((ev.relative_cost, -ev.accuracy))
+    if objective == "budget":
         ok = ev.relative_cost <= budget + 1e-12
-        order = np.lexsort((ev.relative_cost, -ev.accuracy))  # most accurate first, then cheapest
+        order = most_accurate_first
+    else:
+        goal = c.last_exit_accuracy - tolerance if objective == "tolerance" else target
+        ok = ev.accuracy >= goal - 1e-12
+        order = np.lexsort((-ev.accuracy, ev.relative_cost))  # cheapest first, then most accurate
     chosen = [i for i in order if ok[i]]
-    if not chosen:  # e.g. a budget below exit 1's cost: exit everything as early as possible
-        return np.full(val_logits.shape[0] - 1, always_exit(policy), np.float32)
-    return settings[chosen[0]]
+    if chosen:
+        return c.settings[chosen[0]], True
+    if objective == "budget":  # e.g. a budget below exit 1's cost: exit everything as early as possible
+        return np.full(c.settings.shape[1], always_exit(c.policy), np.float32), False
+    return c.settings[most_accurate_first[0]], False
+
+
+def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
+                        policy: str = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
+                        target: float | None = None, per_exit: int = 24) -> np.ndarray:
+    """Per-exit thresholds (E − 1,) chosen on validation data (see `pick` for the objectives)."""
+    if objective not in OBJECTIVES:  # before the candidates are evaluated
+        raise ValueError(f"unknown objective {objective!r}; valid choices: {list(OBJECTIVES)}")
+    return pick(candidates(val_logits, y_val, costs, policy, per_exit), objective, tolerance, budget, target)[0]

@@ -191,7 +191,7 @@ def test_paper_pipeline_on_an_npz_file(tmp_path):
     assert executed == sorted([f"{nb}-{name}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")]
                               + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
-    for table in ("paper_tau", "val_tolerance", "vs_paper"):
+    for table in ("paper_tau", "val_common_target", "vs_paper", "verdicts_paper_tau", "verdicts_matched_cost", "costs"):
         assert (figures / f"table_{name}_{table}.md").stat().st_size > 0
         assert (figures / f"table_{name}_{table}.csv").exists()
     for stem_ in ("accuracy_vs_cost", "exit_distribution", "per_exit_accuracy"):

@@ -19,7 +19,7 @@ from cgt.cost import ExitCosts, average_cost, exit_costs
 from cgt.data import DataConfig, load
 from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.models import EarlyExitNet
-from cgt.thresholds import evaluate_settings, fit_operating_point, sweep_global
+from cgt.thresholds import candidates, evaluate_settings, fit_operating_point, pick, sweep_global
 from cgt.policy import scores as exit_scores
 from cgt.train import TrainConfig, predict_logits, train_run
 
@@ -299,3 +299,20 @@ def test_benchmark_reports_consistent_speedups(trained):
     assert r["bs1_ratio"] == pytest.approx(r["bs1_speedup"] / r["predicted_speedup_bs1_subset"])
     assert r["batch_ratio"] == pytest.approx(r["batch_speedup"] / r["predicted_speedup"])
     assert len(r["block_us"]) == len(r["head_us"]) == 3 and min(r["block_us"]) > 0
+
+
+def test_target_objective_picks_the_cheapest_setting_reaching_a_shared_target(trained):
+    """objective='target': validation accuracy ≥ the target, and no cheaper candidate reaches it; an
+    unreachable target returns the most accurate setting and says it was not met."""
+    logits, y, costs = trained["logits"], trained["y"], trained["costs"]
+    c = candidates(logits, y, costs)
+    target = c.last_exit_accuracy - 0.01
+    taus, met = pick(c, "target", target=target)
+    chosen = int(np.flatnonzero((c.settings == taus).all(axis=1))[0])
+    assert met and c.val.accuracy[chosen] >= target
+    reaching = c.val.accuracy >= target
+    assert c.val.relative_cost[chosen] == c.val.relative_cost[reaching].min()
+    taus, met = pick(c, "target", target=1.0)
+    assert not met and c.val.accuracy[(c.settings == taus).all(axis=1)].max() == c.val.accuracy.max()
+    with pytest.raises(ValueError, match=r"needs a target accuracy in \[0, 1\]; got None"):
+        pick(c, "target")

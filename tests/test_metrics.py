@@ -35,6 +35,9 @@ def test_classification_metrics_by_hand():
     assert m["average_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)  # mean per-class recall, 0.7222
     # κ = (p_o − p_e)/(1 − p_e); p_o = 4/6, p_e = Σ_c true_c·pred_c / N² = (3·2 + 2·2 + 1·2)/36 = 1/3
     assert m["kappa"] == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))  # 0.5
+    assert m["f1_per_class"] == pytest.approx(f1)
+    # a class with no true sample has no F1 (None), whatever was predicted
+    assert classification_metrics(Y_TRUE, Y_PRED, num_classes=4)["f1_per_class"][3] is None
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -143,12 +146,13 @@ def random_logits(seed: int, n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_evaluate_logits_operating_points():
-    """evaluate_logits reports the four operating points; last_exit costs exactly the full network."""
+    """evaluate_logits reports every operating point; last_exit costs exactly the full network; the
+    matched-cost points respect their budgets on validation; the budget curve's AUC is its mean."""
     val, y_val = random_logits(0)
     test, y_test = random_logits(1)
     m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
     points = m["operating_points"]
-    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget"]
+    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50"]
     last = points["last_exit"]
     for split, (lg, y) in (("val", (val, y_val)), ("test", (test, y_test))):
         assert last[split]["avg_cost_relative"] == 1.0 and last[split]["avg_cost_flops"] == COSTS.full_network
@@ -158,7 +162,12 @@ def test_evaluate_logits_operating_points():
     preds, exits = exits_from_logits(test, 0.9)
     assert points["paper_tau"]["thresholds"] == [0.9, 0.9]
     assert points["paper_tau"]["test"]["accuracy"] == pytest.approx((preds == y_test).float().mean().item())
-    assert points["val_budget"]["val"]["avg_cost_relative"] <= EvalConfig().budget + 1e-9
+    for budget in EvalConfig().budgets:
+        assert points[f"val_budget_{round(100 * budget)}"]["val"]["avg_cost_relative"] <= budget + 1e-9
+    curve = m["budget_curve"]
+    assert len(curve["budget"]) == len(curve["test_accuracy"]) == 16 and curve["budget"][0] == 0.25
+    assert curve["auc_accuracy"] == pytest.approx(np.mean(curve["test_accuracy"]))
+    assert curve["test_accuracy"][-1] == pytest.approx(max(curve["test_accuracy"]), abs=0.05)
     last_val = last["val"]["accuracy"]
     assert points["val_tolerance"]["val"]["accuracy"] >= last_val - EvalConfig().tolerance - 1e-9
     assert len(m["sweep"]["tau"]) == len(m["sweep"]["test_accuracy"]) == len(m["sweep"]["val_accuracy"])
@@ -169,13 +178,14 @@ def test_val_fitted_thresholds_do_not_depend_on_test_data():
     val, y_val = random_logits(0)
     a = evaluate_logits(val, y_val, *random_logits(1), COSTS, num_classes=4)
     b = evaluate_logits(val, y_val, *random_logits(2), COSTS, num_classes=4)
-    for point in ("val_tolerance", "val_budget"):
+    for point in ("val_tolerance", "val_budget_30", "val_budget_50"):
         assert a["operating_points"][point]["thresholds"] == b["operating_points"][point]["thresholds"]
         assert a["operating_points"][point]["val"] == b["operating_points"][point]["val"]
 
 
 def test_metrics_table_one_row_per_operating_point():
-    """metrics_table: one row per (run, operating point), with the table columns and per-exit percentages."""
+    """metrics_table: one row per (run, operating point) and one `auc` row per run on test, with the table
+    columns and per-exit percentages."""
     val, y_val = random_logits(0)
     runs = []
     for method, seed in (("joint_uniform", 0), ("hard_cgt", 0)):
@@ -183,10 +193,44 @@ def test_metrics_table_one_row_per_operating_point():
         m["run"] = {"dataset": "toy", "method": method, "seed": seed}
         runs.append(m)
     table = metrics_table(runs)
-    assert len(table) == 8
-    assert list(table["operating_point"][:4]) == ["last_exit", "paper_tau", "val_tolerance", "val_budget"]
+    assert len(table) == 14
+    assert list(table["operating_point"][:4]) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30"]
+    auc = table[(table.method == "hard_cgt") & (table.operating_point == "auc")].iloc[0]
+    assert auc["accuracy"] == runs[1]["budget_curve"]["auc_accuracy"]
     assert set(table["method"]) == {"joint_uniform", "hard_cgt"}
     row = table[(table.method == "hard_cgt") & (table.operating_point == "last_exit")].iloc[0]
     assert row["avg_cost_relative"] == 1.0 and row["exit3_pct"] == 100.0
     assert {"f1_macro", "kappa", "exit1_pct", "exit1_acc", "oracle_accuracy"} <= set(table.columns)
-    assert len(metrics_table(runs, split="val")) == 8
+    assert len(metrics_table(runs, split="val")) == 12
+
+
+def test_common_target_is_shared_by_every_method_of_a_seed():
+    """add_common_target: per seed, target = best joint baseline's last-exit validation accuracy − 0.5 points;
+    every method's point reaches it on validation when it can, and says when it cannot."""
+    from pathlib import Path
+
+    from cgt.experiment import COMMON_TARGET, EvaluatedRun, add_common_target
+    from cgt.runs import TrainedRun
+
+    runs = []
+    for seed in (0, 1):
+        for method, shift in (("joint_uniform", 0), ("joint_depth", 1), ("hard_cgt", 2)):
+            val, y_val = random_logits(10 * seed + shift)
+            test, y_test = random_logits(100 + seed)
+            if method == "hard_cgt":
+                val = val / 4  # weak exits: may not reach the others' target
+            logits = {"val": val, "y_val": y_val, "test": test, "y_test": y_test}
+            run = TrainedRun(Path("."), {}, [], None, logits, cached=True)
+            m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
+            m["run"] = {"dataset": "toy", "method": method, "seed": seed}
+            runs.append(EvaluatedRun(method, seed, run, m, COSTS))
+    targets = add_common_target(runs)
+    for seed in (0, 1):
+        best = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in runs
+                   if r.seed == seed and r.method != "hard_cgt")
+        assert targets[seed] == pytest.approx(best - 0.005)
+    for r in runs:
+        point = r.metrics["operating_points"][COMMON_TARGET]
+        assert point["target"] == targets[r.seed]
+        assert point["target_reached"] == (point["val"]["accuracy"] >= targets[r.seed] - 1e-12)
+    assert COMMON_TARGET in set(metrics_table([r.metrics for r in runs])["operating_point"])

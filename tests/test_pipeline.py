@@ -45,14 +45,18 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
                                for ds in ("fashion_mnist", "indian_pines")] + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
     for ds in ("fashion_mnist", "indian_pines"):
-        for stem in ("accuracy_vs_cost", "exit_distribution", "gate_weights", "per_exit_accuracy"):
+        for stem in ("accuracy_vs_cost", "exit_distribution", "gate_weights", "per_exit_accuracy", "per_class_f1"):
             assert (figures / f"{stem}_{ds}.png").stat().st_size > 1000
             assert (figures / f"{stem}_{ds}.pdf").exists()
             assert (figures / f"{stem}_{ds}.png.provenance.json").exists()
-        for table in ("paper_tau", "val_tolerance", "vs_paper"):
+        for table in ("paper_tau", "val_common_target", "vs_paper", "verdicts_paper_tau", "verdicts_val_common_target",
+                      "verdicts_matched_cost", "per_class_f1", "costs"):
             assert (figures / f"table_{ds}_{table}.md").exists()
-        sidecar = json.loads((figures / f"table_{ds}_paper_tau.csv.provenance.json").read_text())
-        assert {"git", "params", "packages", "data_checksums", "device"} <= set(sidecar)
+            sidecar = json.loads((figures / f"table_{ds}_{table}.csv.provenance.json").read_text())
+            assert {"git", "params", "packages", "data_checksums", "device"} <= set(sidecar)
+            # seeds and wall time recorded; run folders relative to the project, never machine paths
+            assert sidecar["seed"] == [0] and sidecar["wall_time_s"] > 0
+            assert all(not Path(r).is_absolute() for r in sidecar["params"]["runs"])
     assert (figures / "exit_depth_map_indian_pines.png").exists()
     assert (figures / "exit_examples_fashion_mnist.png").exists()
     # the smoke profile never writes into the committed figures/ folder
@@ -144,3 +148,14 @@ def test_a_failing_notebook_is_named_with_its_cell_error_and_executed_copy(tmp_p
     assert "RuntimeError: broken on purpose" in message
     executed = tmp_path / "runs" / "smoke" / "notebooks" / "00_data-indian_pines.ipynb"
     assert str(executed) in message and executed.exists()
+
+
+@pytest.mark.slow
+def test_pipeline_records_its_timing(first_run):
+    """Each complete pipeline run appends its per-step seconds and run counts to pipeline_timings.json."""
+    runs, _, _ = first_run
+    entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
+    first = entries[0]
+    assert len(first["steps"]) == 9 and first["wall_time_s"] > 0
+    assert sum(s["runs_trained"] for s in first["steps"]) == 16
+    assert {"commit", "dirty"} <= set(first["git"])

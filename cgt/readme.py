@@ -1,0 +1,208 @@
+"""The README's results block, assembled from artifacts only: the tables and figures notebook 04 wrote,
+the pipeline's timing record, the benchmark's bench.json. Every number and every sentence about the
+paper's claim below the results marker is generated here; nothing between the markers is typed.
+
+    python -m cgt results [--profile paper] [--stdout]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import verdicts
+from .fileio import atomic_path, read_json, write_json_atomic
+from .methods import CGT_METHODS, JOINT_BASELINES
+from .provenance import project_relative, write_sidecar
+from .report import PAPER_REPORTED, QUALITY
+
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+TIMING = "pipeline_timing.json"
+POINT_WORDS = {"paper_tau": "at the paper's fixed τ = 0.9",
+               "val_common_target": "at the common validation-fitted operating point"}
+
+
+def publish_timing(runs_profile_dir: Path, fig_dir: Path) -> dict | None:
+    """Copy the latest complete pipeline run's timing (runs/<profile>/pipeline_timings.json) next to the
+    figures, so the wall time quoted in the README has a committed artifact. None if there is none."""
+    source = runs_profile_dir / "pipeline_timings.json"
+    if not source.exists():
+        return None
+    entry = read_json(source)[-1]
+    write_json_atomic(fig_dir / TIMING, entry)
+    write_sidecar(fig_dir / TIMING, params={"source": project_relative(source)}, wall_time_s=entry["wall_time_s"])
+    return entry
+
+
+def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
+    md, csv = fig_dir / f"table_{ds}_{name}.md", fig_dir / f"table_{ds}_{name}.csv"
+    if not md.exists() or not csv.exists():
+        raise FileNotFoundError(f"missing result table {md}: run `python -m cgt paper` first")
+    return md.read_text(), pd.read_csv(csv)
+
+
+def timing_sentence(fig_dir: Path) -> str:
+    path = fig_dir / TIMING
+    if not path.exists():
+        return "No pipeline timing was recorded for these figures (`figures/pipeline_timing.json` is missing)."
+    t = read_json(path)
+    trained = sum(s["runs_trained"] for s in t["steps"])
+    cached = sum(s["runs_cached"] for s in t["steps"])
+    commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
+    return (f"The last complete pipeline run behind these figures (`figures/{TIMING}`) finished "
+            f"{t['finished'][:10]} at commit `{commit}` on {t['device']}: {len(t['steps'])} notebooks in "
+            f"{t['wall_time_s'] / 60:.0f} min, {trained} training runs trained and {cached} taken from the run cache. "
+            f"Training runs are keyed by the source of the modules training executes, so runs trained at an "
+            f"earlier commit are reused only if that code is unchanged.")
+
+
+def rule_paragraph() -> str:
+    d = verdicts.MARGIN
+    return (f"**How the claim is judged** (`cgt/verdicts.py`; margins fixed before any run was looked at). For each "
+            f"CGT variant against each fixed-weight joint baseline, every seed gives a paired difference (same seed = "
+            f"same initialisation and data order), CGT − baseline, in relative cost and in points of accuracy or "
+            f"macro-F1; intervals are Student-t over the seeds, ± is the sample SD. **supported**: the cost "
+            f"difference's 95 % CI lies below 0 and the quality difference's 95 % CI above 0; **cheaper, "
+            f"non-inferior**: cost 95 % CI below 0 and the quality difference's 90 % CI lower bound above −δ "
+            f"(δ = {d} points); **contradicted**: quality 95 % CI entirely below −δ, or cost 95 % CI entirely above 0; "
+            f"**inconclusive** otherwise (fewer than 2 seeds: *insufficient seeds*). At matched cost the quality "
+            f"difference alone decides (*more accurate* / *non-inferior* / *contradicted* / *inconclusive*). "
+            f"The tables are exploratory: each states its number of comparisons, and p-values (two-sided paired "
+            f"t-tests) are Holm-adjusted over all of a table's comparisons and both quality metrics.")
+
+
+def _counts_sentence(df: pd.DataFrame, label: str) -> str:
+    counts = df[f"verdict ({label})"].value_counts()
+    order = [verdicts.SUPPORTED, verdicts.NON_INFERIOR, verdicts.MORE_ACCURATE, verdicts.NON_INFERIOR_MATCHED,
+             verdicts.CONTRADICTED, verdicts.INCONCLUSIVE, verdicts.INSUFFICIENT]
+    return ", ".join(f"{counts[c]} {c}" for c in order if c in counts)
+
+
+def _named(df: pd.DataFrame, label: str, categories: tuple[str, ...], with_point: bool = False) -> str:
+    rows = df[df[f"verdict ({label})"].isin(categories)]
+    return "; ".join(f"`{r['CGT']}` vs `{r['vs']}`" + (f" ({r['at']})" if with_point else "") for _, r in rows.iterrows())
+
+
+def reading(fig_dir: Path, ds: str) -> list[str]:
+    """Bullet points on the claim for one dataset, derived from its verdict tables."""
+    bullets = []
+    for point, words in POINT_WORDS.items():
+        _, df = _table(fig_dir, ds, f"verdicts_{point}")
+        if df.empty:
+            continue
+        parts = []
+        for label in QUALITY.values():
+            named = _named(df, label, (verdicts.SUPPORTED, verdicts.NON_INFERIOR))
+            parts.append(f"{label}: {_counts_sentence(df, label)}" + (f" (favourable: {named})" if named else ""))
+        bullets.append(f"* **{words.capitalize()}** ({len(df)} comparisons, n = {df['n (seeds)'].min()} paired "
+                       f"seeds): " + "; ".join(parts) + ".")
+    _, df = _table(fig_dir, ds, "verdicts_matched_cost")
+    if not df.empty:
+        parts = []
+        for label in QUALITY.values():
+            named = _named(df, label, (verdicts.MORE_ACCURATE,), with_point=True)
+            parts.append(f"{label}: {_counts_sentence(df, label)}" + (f" (more accurate: {named})" if named else ""))
+        bullets.append(f"* **At matched cost** ({len(df)} comparisons over the budgets "
+                       f"{', '.join(sorted(set(df['at'])))}): " + "; ".join(parts) + ".")
+    return bullets
+
+
+def averaging_sentence(fig_dir: Path, datasets: list[str], min_gap: float = 1.0) -> str:
+    """Which F1 averaging the paper's SoftCGT numbers fit better, judged only on the datasets where
+    macro and weighted averages differ (on balanced classes they coincide and cannot tell)."""
+    paper = PAPER_REPORTED.set_index("method").loc["soft_cgt"]
+    sentences = ["The paper does not say how its F1 / precision / recall are averaged "
+                 "(weighted recall is by definition the overall accuracy)."]
+    for ds in datasets:
+        _, df = _table(fig_dir, ds, "vs_paper")
+        rows = {r["averaging"]: r for _, r in df[df["method"] == "soft_cgt"].iterrows()}
+        if set(rows) != {"macro", "weighted"}:
+            continue
+        gap = abs(rows["macro"]["F1 ours"] - rows["weighted"]["F1 ours"])
+        if gap < min_gap:
+            sentences.append(f"On {ds} our SoftCGT's macro and weighted F1 differ by {gap:.1f} points, so the "
+                             f"averaging cannot be told from it.")
+            continue
+        distance = {a: sum(abs(r[f"{k} ours"] - paper[k.lower()]) for k in ("F1", "precision", "recall"))
+                    for a, r in rows.items()}
+        closer = min(distance, key=distance.get)
+        shown = {a: f"{r['F1 ours']:.1f} / {r['precision ours']:.1f} / {r['recall ours']:.1f}" for a, r in rows.items()}
+        sentences.append(f"On {ds} they differ by {gap:.1f} points (its rare classes), and the paper's "
+                         f"{paper['f1']:.0f} / {paper['precision']:.0f} / {paper['recall']:.0f} (F1 / precision / "
+                         f"recall) is closer to our {closer} averaging ({shown[closer]}; "
+                         f"{'weighted' if closer == 'macro' else 'macro'}: "
+                         f"{shown['weighted' if closer == 'macro' else 'macro']}), so {closer} averaging is the "
+                         f"more likely reading — a hint, not a proof, since the paper's networks and split are not ours.")
+    return " ".join(sentences)
+
+
+def bench_table(fig_dir: Path) -> list[str]:
+    path = fig_dir / "bench.json"
+    if not path.exists():
+        return ["No benchmark artifact (`figures/bench.json`): run `python -m cgt bench --profile paper`."]
+    bench = read_json(path)
+    lines = ["| dataset | FLOPs-predicted speed-up | batch 1: measured (of predicted) | batch 1,024: measured (of predicted) |",
+             "|---|---|---|---|"]
+    for ds, r in bench.items():
+        lines.append(f"| {ds} | {r['predicted_speedup']:.2f}× ({r['predicted_speedup_bs1_subset']:.2f}× on the "
+                     f"batch-1 subset) | {r['bs1_speedup']:.2f}× ({100 * r['bs1_ratio']:.0f} %) | "
+                     f"{r['batch_speedup']:.2f}× ({100 * r['batch_ratio']:.0f} %) |")
+    return lines
+
+
+def results_markdown(fig_dir: Path, datasets: list[str]) -> str:
+    """The README's results block, from the tables and figures 04_figures wrote (and the timing and
+    benchmark artifacts next to them)."""
+    rel = fig_dir.name
+    parts = [timing_sentence(fig_dir), "", rule_paragraph(), "",
+             f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
+             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}. The common operating point gives every method the same "
+             f"validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
+             f"0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
+    for ds in datasets:
+        parts += [f"### {ds}", "", *reading(fig_dir, ds), "",
+                  "FLOPs per sample at each exit (cumulative: every block and head passed), and the network's "
+                  "parameter count:", "", _table(fig_dir, ds, "costs")[0], "",
+                  f"![accuracy vs cost, {ds}]({rel}/accuracy_vs_cost_{ds}.png)", "",
+                  "At the common validation-fitted operating point (test split; mean ± sample SD over seeds):", "",
+                  _table(fig_dir, ds, "val_common_target")[0], "",
+                  "At the paper's fixed τ = 0.9 (test split; mean ± sample SD over seeds):", "",
+                  _table(fig_dir, ds, "paper_tau")[0], ""]
+        for point, words in POINT_WORDS.items():
+            md, df = _table(fig_dir, ds, f"verdicts_{point}")
+            parts += [f"The claim {words} (exploratory; {len(df)} comparisons, Holm-adjusted p over "
+                      f"{2 * len(df)} tests):", "", md, ""]
+        md, df = _table(fig_dir, ds, "verdicts_matched_cost")
+        parts += [f"At matched cost — validation-fitted points at fixed budgets, and `auc`, the mean test accuracy "
+                  f"of the validation-fitted accuracy–cost curve over budgets 0.25–1.00 (exploratory; {len(df)} "
+                  f"comparisons):", "", md, "",
+                  "Beside the numbers the paper reports (dataset not stated in the paper's sources; ours = mean over "
+                  "seeds at τ = 0.9, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
+        if ds == "indian_pines":
+            parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
+                      "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
+                      f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
+    parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
+              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), ""]
+    return "\n".join(parts)
+
+
+def write_block(fig_dir: Path, section: str) -> Path:
+    """The block as its own artifact (figures/README_results.md) with a sidecar, before it enters the README."""
+    path = fig_dir / "README_results.md"
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(section)
+    sources = sorted(project_relative(p) for p in fig_dir.glob("table_*.csv")) + [TIMING, "bench.json"]
+    write_sidecar(path, params={"sources": sources})
+    return path
+
+
+def update_readme(readme: Path, section: str) -> None:
+    """Replace the text between the results markers of the README (atomically)."""
+    text = readme.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise ValueError(f"{readme} has no {RESULTS_START} … {RESULTS_END} markers")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    with atomic_path(readme) as tmp:
+        Path(tmp).write_text(f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}")

@@ -1,0 +1,100 @@
+"""Result tables (cgt.report) and the README block (cgt.readme) on synthetic per-seed metrics whose
+verdicts are known in advance."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cgt import readme, verdicts
+from cgt.report import comparisons, format_pm, matched_cost_table, paper_comparison, per_class_f1, summarise, \
+    verdict_table, write_table
+
+SEEDS = range(5)
+JITTER = [0.001, -0.001, 0.0005, -0.0005, 0.0]
+
+
+def row(method, seed, point="paper_tau", accuracy=0.90, f1=0.88, cost=0.50, f1_per_class=(0.9, 0.8, None)):
+    return {"dataset": "toy", "method": method, "seed": seed, "operating_point": point, "accuracy": accuracy,
+            "f1_macro": f1, "precision_macro": f1, "recall_macro": f1, "f1_weighted": accuracy,
+            "precision_weighted": accuracy, "recall_weighted": accuracy, "average_accuracy": f1, "kappa": f1,
+            "avg_cost_relative": cost, "avg_cost_flops": cost * 1e6, "exit1_pct": 50.0, "exit2_pct": 30.0,
+            "exit3_pct": 20.0, "f1_per_class": list(f1_per_class)}
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    """joint_uniform is the reference; hard_cgt: cheaper and 2 points better (supported); soft_cgt:
+    cheaper, equal quality (non-inferior); soft_cgt_linear: costlier (contradicted)."""
+    rows = []
+    for s, j in zip(SEEDS, JITTER):
+        rows.append(row("joint_uniform", s, accuracy=0.90 + j, f1=0.88 + j))
+        rows.append(row("hard_cgt", s, accuracy=0.92 + 2 * j, f1=0.90 - j, cost=0.40 + j))
+        rows.append(row("soft_cgt", s, accuracy=0.90 - j, f1=0.88 + j / 2, cost=0.45 + j))
+        rows.append(row("soft_cgt_linear", s, accuracy=0.91 + j, f1=0.89, cost=0.60 + j))
+        for m in ("joint_uniform", "hard_cgt", "soft_cgt", "soft_cgt_linear"):
+            rows.append(row(m, s, point="val_budget_40", accuracy=0.90 + (0.01 if m == "hard_cgt" else j), cost=0.4))
+    return pd.DataFrame(rows)
+
+
+def test_verdict_table_categories_and_holm(table):
+    df = verdict_table(table, "paper_tau").set_index("CGT")
+    assert list(df["vs"]) == ["joint_uniform"] * 3 and set(df["n (seeds)"]) == {5}
+    assert df.loc["hard_cgt", "verdict (accuracy)"] == verdicts.SUPPORTED
+    assert df.loc["soft_cgt", "verdict (accuracy)"] == verdicts.NON_INFERIOR
+    assert df.loc["soft_cgt_linear", "verdict (accuracy)"] == verdicts.CONTRADICTED
+    assert df.loc["hard_cgt", "Δ accuracy, points [95% CI]"].startswith("+2.00 [") and "(5/5 higher)" in \
+        df.loc["hard_cgt", "Δ accuracy, points [95% CI]"]
+    assert "(5/5 cheaper)" in df.loc["hard_cgt", "Δ rel. cost [95% CI]"]
+    # Holm over 3 comparisons × 2 metrics: every adjusted p is at least the raw one
+    d = 100 * (table.query("method == 'hard_cgt' and operating_point == 'paper_tau'")["accuracy"].to_numpy()
+               - table.query("method == 'joint_uniform' and operating_point == 'paper_tau'")["accuracy"].to_numpy())
+    assert float(df.loc["hard_cgt", "p accuracy (Holm)"]) >= round(verdicts.paired_p_value(d), 3)
+
+
+def test_matched_cost_table_uses_quality_alone(table):
+    df = matched_cost_table(table, ["val_budget_40"]).set_index("CGT")
+    assert df.loc["hard_cgt", "verdict (accuracy)"] == verdicts.MORE_ACCURATE
+    assert df.loc["hard_cgt", "Δ rel. cost (mean)"] == "+0.000"
+
+
+def test_comparisons_are_cgt_against_joint_baselines_present():
+    assert comparisons(["hard_cgt", "joint_uniform", "last_exit"]) == [("hard_cgt", "joint_uniform")]
+
+
+def test_summary_uses_the_sample_sd(table):
+    s = summarise(table, "paper_tau").set_index("method")
+    acc = 100 * (0.90 + np.array(JITTER))
+    assert s.loc["joint_uniform", "accuracy sd"] == pytest.approx(acc.std(ddof=1))
+    shown = format_pm(summarise(table, "paper_tau"))
+    assert shown.iloc[0]["n (seeds)"] == 5 and " ± " in shown.iloc[0]["accuracy"]
+
+
+def test_paper_comparison_has_macro_and_weighted_rows(table):
+    df = paper_comparison(summarise(table, "paper_tau"))
+    assert list(df.query("method == 'soft_cgt'")["averaging"]) == ["macro", "weighted"]
+    weighted = df.query("method == 'soft_cgt' and averaging == 'weighted'").iloc[0]
+    assert weighted["recall ours"] == pytest.approx(90.0, abs=0.1)  # weighted recall = accuracy
+
+
+def test_per_class_f1_skips_classes_without_test_samples(table):
+    f1 = per_class_f1(table, ["a", "b", "c"])
+    assert f1.loc["a", "hard_cgt"] == 90.0 and np.isnan(f1.loc["c", "hard_cgt"])
+    assert list(f1.columns) == ["joint_uniform", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
+
+
+def test_readme_block_is_made_of_the_tables(table, tmp_path):
+    """The sentences about the claim are counted from the verdict tables; nothing else is invented."""
+    verdict = verdict_table(table, "paper_tau")
+    for name, df in {"verdicts_paper_tau": verdict, "verdicts_val_common_target": verdict,
+                     "verdicts_matched_cost": matched_cost_table(table, ["val_budget_40"]),
+                     "vs_paper": paper_comparison(summarise(table, "paper_tau"))}.items():
+        write_table(df, tmp_path / f"table_toy_{name}")
+    bullets = readme.reading(tmp_path, "toy")
+    assert bullets[0].startswith("* **At the paper's fixed τ = 0.9** (3 comparisons, n = 5 paired seeds)")
+    assert "accuracy: 1 supported, 1 cheaper, non-inferior, 1 contradicted" in bullets[0]
+    assert "favourable: `hard_cgt` vs `joint_uniform`; `soft_cgt` vs `joint_uniform`" in bullets[0]
+    assert "more accurate: `hard_cgt` vs `joint_uniform` (val_budget_40)" in bullets[2]
+    # soft_cgt: macro 88 / 88 / 88, weighted 90 / 90 / 90 against the paper's 95 / 96 / 95
+    assert "is closer to our weighted averaging (90.0 / 90.0 / 90.0; macro: 88.0 / 88.0 / 88.0)" in \
+        readme.averaging_sentence(tmp_path, ["toy"])
