@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|train|paper|results|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|train|paper|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
 the valid choices and exit status 2, a failed pipeline step with status 1.
@@ -11,6 +11,7 @@ import sys
 import time
 
 from .data import BUILTIN, DataVerificationError
+from .deploy import ExportError
 from .methods import METHODS
 from .profiles import PROFILES
 
@@ -78,6 +79,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export_run
+
+    out = export_run(args.run, args.out)
+    print(f"exported {args.run} -> {out} (one ONNX graph per exit segment, manifest.json with checksums)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -126,6 +135,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stdout", action="store_true", help="print the section instead of editing README.md")
     p.set_defaults(func=cmd_results)
 
+    p = sub.add_parser("export", help="write a finished run as one ONNX graph per exit segment (ONNX Runtime early exit)")
+    p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", default=None, help="output folder (default: <run>/onnx)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
@@ -140,6 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, DataVerificationError) as exc:
+    except (ValueError, FileNotFoundError, DataVerificationError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,8 +28,6 @@ WEIGHTED_COLUMNS = {"f1_weighted": ("F1 (weighted)", 100), "precision_weighted":
                     "recall_weighted": ("recall (weighted)", 100)}
 
 
-SPREAD_LABEL = "± sample SD over seeds"
-
 
 def summarise(table: pd.DataFrame, point: str) -> pd.DataFrame:
     """Mean and sample SD (n − 1) over seeds per (dataset, method) at one operating point, in display units."""
