@@ -23,15 +23,19 @@ POINT_WORDS = {"paper_tau": "at the paper's fixed τ = 0.9",
 
 
 def publish_timing(runs_profile_dir: Path, fig_dir: Path) -> dict | None:
-    """Copy the latest complete pipeline run's timing (runs/<profile>/pipeline_timings.json) next to the
-    figures, so the wall time quoted in the README has a committed artifact. None if there is none."""
+    """Copy, next to the figures, the timing of the latest complete pipeline run and of the latest one
+    that trained runs (runs/<profile>/pipeline_timings.json), so the wall times quoted in the README
+    have a committed artifact. None if no pipeline run was recorded."""
     source = runs_profile_dir / "pipeline_timings.json"
     if not source.exists():
         return None
-    entry = read_json(source)[-1]
-    write_json_atomic(fig_dir / TIMING, entry)
-    write_sidecar(fig_dir / TIMING, params={"source": project_relative(source)}, wall_time_s=entry["wall_time_s"])
-    return entry
+    entries = read_json(source)
+    trained = [e for e in entries if sum(s["runs_trained"] for s in e["steps"]) > 0]
+    published = {"latest": entries[-1], "latest_training": trained[-1] if trained else None}
+    write_json_atomic(fig_dir / TIMING, published)
+    write_sidecar(fig_dir / TIMING, params={"source": project_relative(source)},
+                  wall_time_s=published["latest"]["wall_time_s"])
+    return published
 
 
 def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
@@ -41,19 +45,35 @@ def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
     return md.read_text(), pd.read_csv(csv)
 
 
-def timing_sentence(fig_dir: Path) -> str:
-    path = fig_dir / TIMING
-    if not path.exists():
-        return "No pipeline timing was recorded for these figures (`figures/pipeline_timing.json` is missing)."
-    t = read_json(path)
+def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    return (f"The last complete pipeline run behind these figures (`figures/{TIMING}`) finished "
-            f"{t['finished'][:10]} at commit `{commit}` on {t['device']}: {len(t['steps'])} notebooks in "
-            f"{t['wall_time_s'] / 60:.0f} min, {trained} training runs trained and {cached} taken from the run cache. "
-            f"Training runs are keyed by the source of the modules training executes, so runs trained at an "
-            f"earlier commit are reused only if that code is unchanged.")
+    return (f"{len(t['steps'])} notebooks in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
+            f"`{commit}`, {t['device']}): {trained} training runs trained, {cached} taken from the run cache")
+
+
+def timing_sentence(fig_dir: Path, datasets: list[str]) -> str:
+    """When and at which commit the runs were trained and the tables written, from the artifacts."""
+    path = fig_dir / TIMING
+    if path.exists():
+        t = read_json(path)
+        text = f"Pipeline timing (`figures/{TIMING}`): the latest complete pipeline run took {_describe(t['latest'])}."
+        if t["latest_training"] and t["latest_training"] != t["latest"]:
+            text += f" The latest run that trained runs took {_describe(t['latest_training'])}."
+    else:
+        text = f"No pipeline timing was recorded for these figures (`figures/{TIMING}` is missing)."
+    written = set()
+    for ds in datasets:
+        sidecar = fig_dir / f"table_{ds}_paper_tau.csv.provenance.json"
+        if sidecar.exists():
+            git = read_json(sidecar)["git"]
+            written.add((git.get("commit") or "unknown")[:7] + (" with uncommitted changes" if git.get("dirty") else ""))
+    if written:
+        text += f" The tables and figures below were written at commit {', '.join(f'`{c}`' for c in sorted(written))}" \
+                f" (every sidecar records its commit)."
+    return text + (" Training runs are keyed by the source of the modules training executes, so a run trained at an "
+                   "earlier commit is reused only while that code is unchanged.")
 
 
 def rule_paragraph() -> str:
@@ -154,7 +174,7 @@ def results_markdown(fig_dir: Path, datasets: list[str]) -> str:
     """The README's results block, from the tables and figures 04_figures wrote (and the timing and
     benchmark artifacts next to them)."""
     rel = fig_dir.name
-    parts = [timing_sentence(fig_dir), "", rule_paragraph(), "",
+    parts = [timing_sentence(fig_dir, datasets), "", rule_paragraph(), "",
              f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
              f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}. The common operating point gives every method the same "
              f"validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
