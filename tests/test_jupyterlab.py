@@ -97,7 +97,9 @@ def execute(base: str, token: str, kernel_id: str, code: str, timeout: float = 3
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
         }))
-        stdout, deadline = "", time.monotonic() + timeout
+        # The reply comes on the shell channel, the output on iopub: their order is not guaranteed, so
+        # wait for both the reply and iopub's "idle" for this request (sent after all its output).
+        stdout, status, idle, deadline = "", None, False, time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
@@ -108,8 +110,12 @@ def execute(base: str, token: str, kernel_id: str, code: str, timeout: float = 3
             elif kind == "error":
                 stdout += "\n".join(msg["content"]["traceback"])
             elif kind == "execute_reply":
-                return stdout, msg["content"]["status"]
-        raise TimeoutError(f"no execute_reply within {timeout} s; stdout so far: {stdout!r}")
+                status = msg["content"]["status"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+            if status is not None and idle:
+                return stdout, status
+        raise TimeoutError(f"no execute_reply and idle status within {timeout} s; stdout so far: {stdout!r}")
     finally:
         ws.close()
 
