@@ -90,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
-    run(args.profile, args.method, args.tau, n_single=args.n_single, repeats=args.repeats)
+    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples)
     return 0
 
 
@@ -145,8 +145,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
     p.add_argument("--tau", type=float, default=0.9)
-    p.add_argument("--n-single", type=int, default=1000, help="samples timed one by one")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
+    p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
     p.set_defaults(func=cmd_bench)
     return top
 

@@ -16,7 +16,8 @@ Converted module types: Conv2d, Linear, BatchNorm (folded), ReLU, MaxPool2d, Ada
 Flatten, Identity, Sequential; anything else is refused by name.
 
 manifest.json records the policy, every operating point's thresholds from the run's metrics
-(fitted on validation), class names, shapes and the sha256 of every graph.
+(fitted on validation), class names, shapes and the sha256 of every graph; full.onnx is the plain
+network (every block, the last head), the reference latency benchmarks measure against.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from torch import nn
 from .fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from .inference import fuse_for_inference
 from .models import EarlyExitNet
-from .policy import accepts, check_policy, check_thresholds
+from .policy import accepts, accepts_row, check_policy, check_thresholds
 
 FORMAT = "cgt-early-exit-onnx/1"
 OPSET = 17
@@ -190,9 +191,13 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
         segments.append({"file": path.name, "sha256": sha256_file(path), "input_shape": list(sample.shape[1:]),
                          "features_shape": list(next_sample.shape[1:])})
         sample = next_sample
+    # The plain network without early exits (every block, the last head): the reference for latency.
+    full = segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1], torch.zeros(1, *input_shape))
+    write_bytes_atomic(out_dir / "full.onnx", full.SerializeToString())
     write_json_atomic(out_dir / MANIFEST, {
         "format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds, "class_names": class_names,
-        "input_shape": list(input_shape), "num_exits": model.num_exits, "segments": segments, "source": source or {}})
+        "input_shape": list(input_shape), "num_exits": model.num_exits, "segments": segments,
+        "full_network": {"file": "full.onnx", "sha256": sha256_file(out_dir / "full.onnx")}, "source": source or {}})
     return out_dir
 
 
@@ -236,6 +241,9 @@ class OnnxEarlyExit:
     """Early exit with ONNX Runtime: segment e + 1 runs only on the samples no earlier exit took."""
 
     sessions: list
+    """One ONNX Runtime session per exit segment."""
+    full_session: Any
+    """The plain network (every block, the last head): the reference a speed-up is measured against."""
     manifest: dict[str, Any]
     thresholds: list[float]
     """The per-exit thresholds in use (E − 1 values)."""
@@ -254,14 +262,24 @@ class OnnxEarlyExit:
             pending = np.arange(start, start + len(h))
             for e, session in enumerate(self.sessions):
                 h, logits = session.run(None, {"features": h})
-                done = np.ones(len(h), bool) if e == last else \
-                    accepts(torch.from_numpy(logits), self.thresholds[e], self.policy).numpy()
+                if e == last:
+                    done = np.ones(len(h), bool)
+                elif len(h) == 1:  # the latency setting: the rule on K plain floats, no tensor ops
+                    done = np.array([accepts_row(logits[0].tolist(), self.thresholds[e], self.policy)])
+                else:
+                    done = accepts(torch.from_numpy(logits), self.thresholds[e], self.policy).numpy()
                 preds[pending[done]] = logits[done].argmax(-1)
                 exits[pending[done]] = e
                 if done.all():
                     break
                 h, pending = h[~done], pending[~done]
         return preds, exits
+
+    def predict_full(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Predictions of the plain network, no early exit."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([self.full_session.run(["logits"], {"features": x[i:i + batch_size]})[0].argmax(-1)
+                               for i in range(0, len(x), batch_size)])
 
     def logits(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for x (all segments run): for checking against PyTorch."""
@@ -284,16 +302,21 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         raise ExportError(f"{folder / MANIFEST} has format {manifest.get('format')!r}; expected {FORMAT!r}")
     if point not in manifest["thresholds"]:
         raise ValueError(f"unknown operating point {point!r}; valid choices: {sorted(manifest['thresholds'])}")
-    for seg in manifest["segments"]:
+    for seg in [*manifest["segments"], manifest["full_network"]]:
         actual = sha256_file(folder / seg["file"]) if (folder / seg["file"]).exists() else "missing"
         if actual != seg["sha256"]:
             raise ExportError(f"{folder / seg['file']} does not match the manifest (sha256 {actual}, recorded "
                               f"{seg['sha256']}): refusing to load a changed or incomplete export; export again")
     options = ort.SessionOptions()
+    # Several sessions run one after another: idle thread pools must sleep, not spin, or each
+    # session's spinning workers take the cores the next segment needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    sessions = [ort.InferenceSession(str(folder / seg["file"]), options, providers=["CPUExecutionProvider"])
-                for seg in manifest["segments"]]
+    def session(file: str):
+        return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
-    return OnnxEarlyExit(sessions, manifest, taus)
+    return OnnxEarlyExit([session(seg["file"]) for seg in manifest["segments"]],
+                         session(manifest["full_network"]["file"]), manifest, taus)

@@ -157,16 +157,33 @@ def averaging_sentence(fig_dir: Path, datasets: list[str], min_gap: float = 1.0)
 
 
 def bench_table(fig_dir: Path) -> list[str]:
+    """The latency protocol's records (figures/bench.json) as a table, and the targets, met or not."""
+    from .bench import target_check
+
     path = fig_dir / "bench.json"
     if not path.exists():
         return ["No benchmark artifact (`figures/bench.json`): run `python -m cgt bench --profile paper`."]
-    bench = read_json(path)
-    lines = ["| dataset | FLOPs-predicted speed-up | batch 1: measured (of predicted) | batch 1,024: measured (of predicted) |",
-             "|---|---|---|---|"]
-    for ds, r in bench.items():
-        lines.append(f"| {ds} | {r['predicted_speedup']:.2f}× ({r['predicted_speedup_bs1_subset']:.2f}× on the "
-                     f"batch-1 subset) | {r['bs1_speedup']:.2f}× ({100 * r['bs1_ratio']:.0f} %) | "
-                     f"{r['batch_speedup']:.2f}× ({100 * r['batch_ratio']:.0f} %) |")
+    records = read_json(path)
+    lines = ["| dataset | engine | batch | threads | µs / sample (median [IQR]) | measured speed-up | "
+             "FLOPs-predicted | measured / predicted |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['dataset']} | {r['engine']} | {r['batch_size']} | {r['threads']} | "
+                     f"{r['median_us_per_sample']:.1f} [{r['iqr_us_per_sample']:.1f}] | {r['measured_speedup']:.2f}× | "
+                     f"{r['predicted_speedup']:.2f}× | {100 * r['ratio']:.0f} % |")
+    lines.append("")
+    for t in target_check(records):
+        lines.append(f"* {t['dataset']}, batch {t['batch_size']}: the best early-exit row ({t['best_engine']}, "
+                     f"{t['best_threads']} thread(s)) reaches {100 * t['best_ratio']:.0f} % of the FLOPs-predicted "
+                     f"speed-up — target {100 * t['target_ratio']:.0f} %: **{'met' if t['met'] else 'not met'}**"
+                     + ("; some early-exit row is slower than its engine's full network"
+                        if t["early_exit_slower_anywhere"] else "") + ".")
+    components = fig_dir / "bench_components.json"
+    if components.exists():
+        for ds, c in read_json(components).items():
+            lines.append(f"* Where the time goes on {ds} at batch 1 (eager PyTorch, µs per call): blocks "
+                         f"{' / '.join(f'{v:.0f}' for v in c['block_us'])}, heads "
+                         f"{' / '.join(f'{v:.0f}' for v in c['head_us'])}; the exits' cumulative FLOPs shares are "
+                         f"{' / '.join(f'{v:.3f}' for v in c['flops_share'])} of the full network.")
     return lines
 
 

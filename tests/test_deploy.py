@@ -39,6 +39,9 @@ def test_segments_give_the_pytorch_logits(trained):
     torch_logits = predict_logits(trained["model"], trained["x"])
     for e in range(3):
         np.testing.assert_allclose(ort_logits[e], torch_logits[e].numpy(), rtol=1e-4, atol=1e-4)
+    full = deploy.load(trained["folder"]).predict_full(trained["x"].numpy(), batch_size=100)
+    agree = full == torch_logits[-1].argmax(-1).numpy()
+    assert agree.mean() > 0.99  # the plain network's predictions (ties within rounding may differ)
 
 
 @pytest.mark.parametrize("point", ["spread", "paper_tau"])

@@ -288,17 +288,28 @@ def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(trained
     torch.testing.assert_close(predict_logits(fused, trained["x"]), trained["logits"], rtol=1e-4, atol=1e-4)
 
 
-def test_benchmark_reports_consistent_speedups(trained):
-    """The benchmark's figures hang together: fractions sum to 1, ratios = measured / predicted."""
-    from cgt.bench import benchmark
+def test_latency_protocol_records_hang_together(trained):
+    """One record per (engine, batch size, threads) with the fields the README reads; each engine's
+    speed-up is against the full network of the same engine, and ratio = measured / predicted."""
+    from cgt.bench import ENGINES, latency_records, predicted_speedups, target_check
 
-    r = benchmark(trained["model"], trained["x"][:64], tau=0.9, n_single=16, large_batch=32, repeats=1)
-    assert sum(r["exit_fractions"]) == pytest.approx(1.0)
+    records = latency_records(trained["model"], trained["x"][:64], tau=0.9, dataset="toy", batch_sizes=(1, 32),
+                              threads=(1, None), repeats=3, single_samples=8)
+    assert len(records) == len(ENGINES) * 2 * 2
+    for r in records:
+        assert {"dataset", "engine", "batch_size", "threads", "predicted_speedup", "measured_speedup",
+                "ratio", "median_us_per_sample", "iqr_us_per_sample"} <= set(r)
+        assert r["ratio"] == pytest.approx(r["measured_speedup"] / r["predicted_speedup"])
+        assert sum(r["exit_fractions"]) == pytest.approx(1.0) and r["iqr_us_per_sample"] >= 0
+        if r["engine"].endswith("_full"):
+            assert r["measured_speedup"] == 1.0 and r["predicted_speedup"] == 1.0
     costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
-    assert r["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(r["exit_fractions"], costs))
-    assert r["bs1_ratio"] == pytest.approx(r["bs1_speedup"] / r["predicted_speedup_bs1_subset"])
-    assert r["batch_ratio"] == pytest.approx(r["batch_speedup"] / r["predicted_speedup"])
-    assert len(r["block_us"]) == len(r["head_us"]) == 3 and min(r["block_us"]) > 0
+    early = next(r for r in records if r["engine"] == "torch_early_exit" and r["batch_size"] == 32)
+    assert early["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(early["exit_fractions"], costs))
+    # computing every exit and then selecting costs all blocks and all heads: never a predicted gain
+    assert predicted_speedups(costs, np.array([0, 0]))["torch_all_exits_then_select"] < 1.0
+    checks = target_check(records)
+    assert {(c["dataset"], c["batch_size"]) for c in checks} == {("toy", 1)}  # 32 is not a target batch size
 
 
 def test_target_objective_picks_the_cheapest_setting_reaching_a_shared_target(trained):
