@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgt.data import BUILTIN, acquire
+from cgt.data import BUILTIN, DataConfig, acquire, load
+from cgt.train import TrainConfig, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_run(raw_dir, tmp_path_factory):
+    """A Fashion-MNIST early-exit CNN trained for 2 epochs on 2,000 real images (joint_uniform),
+    shared by the inference and deployment tests: (the finished run, its prepared data)."""
+    data = load(DataConfig(dataset="fashion_mnist", data_dir=str(raw_dir),
+                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=2000, max_eval=300))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the `one_thread` tests that use it: the same weights whoever asks first
+    try:
+        run = train_run(data, "joint_uniform", TrainConfig(epochs=2, batch_size=64, device="cpu"),
+                        runs_root=tmp_path_factory.mktemp("runs"), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return run, data

@@ -11,23 +11,18 @@ import torch
 from torch import nn
 
 from cgt import cli, deploy
-from cgt.data import DataConfig, load
 from cgt.inference import early_exit_forward
 from cgt.models import EarlyExitNet, generic_mlp
 from cgt.policy import scores
-from cgt.train import TrainConfig, predict_logits, train_run
+from cgt.train import predict_logits
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(fashion_mnist_run, tmp_path_factory):
     """A Fashion-MNIST early-exit CNN (2 epochs on 2,000 images) and its export."""
-    data = load(DataConfig(dataset="fashion_mnist", data_dir=str(ROOT / "data" / "raw"),
-                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=2000, max_eval=300))
-    run = train_run(data, "joint_uniform", TrainConfig(epochs=2, batch_size=64, device="cpu"),
-                    runs_root=tmp_path_factory.mktemp("runs"), progress=False)
+    run, data = fashion_mnist_run
     folder = deploy.export_model(run.model, data.input_shape, tmp_path_factory.mktemp("onnx"),
                                  {"spread": [0.6, 0.8], "paper_tau": [0.9, 0.9]}, data.class_names)
     return {"model": run.model, "x": data.x["test"], "folder": folder}

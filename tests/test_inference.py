@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,26 +15,21 @@ import torch
 from torch import nn
 
 from cgt.cost import ExitCosts, average_cost, exit_costs
-from cgt.data import DataConfig, load
 from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.models import EarlyExitNet
 from cgt.thresholds import candidates, evaluate_settings, fit_operating_point, pick, sweep_global
 from cgt.policy import scores as exit_scores
-from cgt.train import TrainConfig, predict_logits, train_run
+from cgt.train import predict_logits
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(fashion_mnist_run):
     """A Fashion-MNIST early-exit CNN trained for 2 epochs on 2000 images; its val inputs and logits."""
-    data = load(DataConfig(dataset="fashion_mnist", data_dir=str(ROOT / "data" / "raw"),
-                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=2000, max_eval=300))
-    run = train_run(data, "joint_uniform", TrainConfig(epochs=2, batch_size=64, device="cpu"),
-                    runs_root=tmp_path_factory.mktemp("runs"), progress=False)
+    run, data = fashion_mnist_run
     x, y = data.x["val"], data.y["val"]
     return {"model": run.model, "x": x, "y": y, "logits": predict_logits(run.model, x), "data": data,
             "costs": exit_costs(run.model, data.input_shape)}

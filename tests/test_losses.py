@@ -17,7 +17,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cgt.losses import STRATEGIES, exit_weights, resolve_options, weighted_exit_loss
