@@ -27,7 +27,8 @@ The modules, in the order data flows through them (each concept lives in exactly
     display        the notebooks' shared views (tables and figures, one call each)
     paper_figures  notebook 04: every table and figure from the finished runs of a profile
     provenance     sidecars: commit, parameters, packages, device, data checksums
-    deploy         a run exported as one ONNX graph per exit segment; early exit with ONNX Runtime
+    onnx_graphs    torch early-exit networks → ONNX graphs (per segment, and the whole early-exit pass)
+    deploy         a run exported to ONNX; early exit with ONNX Runtime
     bench          wall-clock speed-up of real early exit against its FLOPs prediction
     pipeline       the notebooks in order through papermill (`python -m cgt paper`)
     nbtools        keeping committed notebooks stripped and nbval-checkable

@@ -10,12 +10,15 @@ interquartile range over `repeats` timings of:
                               it cannot be faster than the plain network, whatever the exits decide)
   torch_early_exit            cgt.inference.early_exit_forward: deeper blocks only for undecided samples
   onnx_full                   the plain network as one ONNX Runtime graph (cgt.deploy's full.onnx)
-  onnx_early_exit             one ONNX Runtime graph per exit segment (cgt.deploy)
+  onnx_early_exit_graph       the whole early-exit pass as one ONNX Runtime graph (early_exit.onnx)
+  onnx_early_exit_segments    one ONNX Runtime call per exit segment, decisions in Python between them
+                              (cgt.deploy's `predict` takes this path for single samples, the graph for batches)
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples) and their ratio. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
-(where the time goes at batch size 1) in the profile's figures folder.
+(where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
+per-block and per-head times at batch size 1) in the profile's figures folder.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ from .paths import figures_dir
 from .policy import PAPER_TAU
 from .provenance import device_description, write_sidecar
 
-ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit")
+ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
+           "onnx_early_exit_segments")
 TARGETS = {1: 0.85, 1024: 0.90}
 """Measured / FLOPs-predicted speed-up the best engine should reach, per batch size (issue targets)."""
 
@@ -58,7 +62,7 @@ def predicted_speedups(costs: ExitCosts, exit_index: np.ndarray) -> dict[str, fl
     early = costs.full_network / average_cost(fractions, costs)
     all_exits = costs.full_network / float(sum(costs.block_flops) + sum(costs.head_flops))
     return {"torch_full": 1.0, "torch_all_exits_then_select": all_exits, "torch_early_exit": early,
-            "onnx_full": 1.0, "onnx_early_exit": early}
+            "onnx_full": 1.0, "onnx_early_exit_graph": early, "onnx_early_exit_segments": early}
 
 
 @torch.inference_mode()
@@ -98,7 +102,8 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     "torch_all_exits_then_select": lambda: _all_exits_then_select(model, xs, tau, batch_size),
                     "torch_early_exit": lambda: early_exit_forward(model, xs, tau, batch_size=batch_size),
                     "onnx_full": lambda: onnx_model.predict_full(xs_np, batch_size=batch_size),
-                    "onnx_early_exit": lambda: onnx_model.predict(xs_np, batch_size=batch_size),
+                    "onnx_early_exit_graph": lambda: onnx_model.predict_graph(xs_np, batch_size=batch_size),
+                    "onnx_early_exit_segments": lambda: onnx_model.predict_segments(xs_np, batch_size=batch_size),
                 }
                 medians = {}
                 for engine, fn in runs.items():
@@ -118,6 +123,26 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
     return records
 
 
+def where_time_goes(model, x: torch.Tensor, tau: float, batch_sizes=(1, 1024), repeats: int = 30,
+                    single_samples: int = 200) -> list[dict]:
+    """`onnx_segment_breakdown` at one thread for each batch size (batch 1: the first sample timed, the
+    exit fractions of the first `single_samples` samples, as in `latency_records`)."""
+    from . import deploy
+
+    model = fuse_for_inference(model).cpu().eval()
+    costs = exit_costs(model, tuple(x.shape[1:]))
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        deploy.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)}, [])
+        onnx_model = deploy.load(folder, point="bench", threads=1)
+        for batch_size in batch_sizes:
+            decided = x[:single_samples] if batch_size == 1 else x[:batch_size]
+            exit_index = early_exit_forward(model, decided, tau, batch_size=max(batch_size, 2)).exit_index.numpy()
+            fractions = np.bincount(exit_index, minlength=model.num_exits) / len(exit_index)
+            out.append(onnx_segment_breakdown(onnx_model, x[:batch_size].numpy(), fractions, costs, repeats))
+    return out
+
+
 @torch.inference_mode()
 def component_latency(model, sample: torch.Tensor, calls: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Seconds per call of each block and each head at batch size 1 in eager PyTorch: where the time goes.
@@ -131,6 +156,31 @@ def component_latency(model, sample: torch.Tensor, calls: int = 2000) -> tuple[n
         h = block(h)
         heads.append(per_call(lambda: head(h)))
     return np.array(blocks), np.array(heads)
+
+
+def onnx_segment_breakdown(onnx_model, x: np.ndarray, exit_fractions: np.ndarray, costs: ExitCosts,
+                           repeats: int = 30) -> dict:
+    """Where ONNX Runtime's time goes at this batch size: each segment graph timed alone on x (µs per
+    sample), its cumulative time as a share of the full network's next to its cumulative FLOPs share,
+    and the speed-up those measured times predict for these exit fractions (no dispatch between the
+    segments counted): if it is far below the FLOPs-predicted one, the FLOPs model is what fails
+    (costs not proportional to FLOPs), not the early-exit machinery."""
+    calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
+
+    def per_sample(session, h) -> float:
+        return float(np.median(time_repeats(lambda: session.run(None, {"features": h}), calls))) / len(x)
+
+    segment_s, h = [], np.ascontiguousarray(x, dtype=np.float32)
+    for session in onnx_model.sessions:
+        segment_s.append(per_sample(session, h))
+        h = session.run(None, {"features": h})[0]
+    full_s = per_sample(onnx_model.full_session, np.ascontiguousarray(x, dtype=np.float32))
+    cumulative = np.cumsum(segment_s)
+    return {"batch_size": len(x), "segment_us": (1e6 * np.array(segment_s)).tolist(), "full_us": 1e6 * full_s,
+            "cumulative_time_share": (cumulative / full_s).tolist(), "cumulative_flops_share": costs.relative.tolist(),
+            "exit_fractions": np.asarray(exit_fractions).tolist(),
+            "time_predicted_speedup": full_s / float(np.dot(exit_fractions, cumulative)),
+            "flops_predicted_speedup": costs.full_network / average_cost(exit_fractions, costs)}
 
 
 def target_check(records: list[dict]) -> list[dict]:
@@ -162,8 +212,16 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
         recs = latency_records(model, data.x["test"], tau, ds, repeats=repeats, single_samples=single_samples)
         records += recs
         block_s, head_s = component_latency(fuse_for_inference(model), data.x["test"])
-        components[ds] = {"block_us": (1e6 * block_s).tolist(), "head_us": (1e6 * head_s).tolist(),
-                          "flops_share": (exit_costs(model, data.input_shape).relative).tolist()}
+        components[ds] = {"torch_block_us": (1e6 * block_s).tolist(), "torch_head_us": (1e6 * head_s).tolist(),
+                          "flops_share": (exit_costs(model, data.input_shape).relative).tolist(),
+                          "onnx_segments": where_time_goes(model, data.x["test"], tau, repeats=repeats,
+                                                           single_samples=single_samples)}
+        for b in components[ds]["onnx_segments"]:
+            print(f"{ds:14s} onnx segments, batch {b['batch_size']:5d}: "
+                  f"{' / '.join(f'{v:.1f}' for v in b['segment_us'])} us/sample (full {b['full_us']:.1f}); "
+                  f"cumulative time share {' / '.join(f'{v:.2f}' for v in b['cumulative_time_share'])} vs FLOPs "
+                  f"{' / '.join(f'{v:.2f}' for v in b['cumulative_flops_share'])}; speed-up predicted by these "
+                  f"times {b['time_predicted_speedup']:.2f}x, by FLOPs {b['flops_predicted_speedup']:.2f}x")
         for r in recs:
             print(f"{ds:14s} {r['engine']:28s} batch {r['batch_size']:5d} threads {r['threads']}: "
                   f"{r['median_us_per_sample']:8.1f} us/sample [IQR {r['iqr_us_per_sample']:.1f}]  speed-up "

@@ -1,27 +1,23 @@
-"""Deployment: a finished run exported as one ONNX graph per exit segment, and early exit with ONNX Runtime.
+"""Deployment: a finished run exported to ONNX, and early exit with ONNX Runtime.
 
     python -m cgt export --run runs/paper/indian_pines/soft_cgt/seed0-<key> --format onnx [--out DIR]
     model = cgt.deploy.load(DIR)                   # checksums verified
     predictions, exit_index = model.predict(x)     # x: (N, C, H, W) float32; batch 1 or batched
 
-Segment e holds block e (BatchNorm folded into the convolution or linear layer before it) and head e:
-it maps the features after block e − 1 (the input for e = 1) to the features after block e and the
-logits of exit e. A sample runs segment e + 1 only if exit e did not take it, exactly as
+An export folder holds (graphs written by cgt.onnx_graphs, BatchNorm folded):
+  early_exit.onnx   the whole early-exit pass in one graph: thresholds in, predictions and exit
+                    indices out; what `predict` runs (no Python between the exits)
+  segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in, features
+                    after block e and the logits of exit e out; for other runtimes, for reading every
+                    exit's logits, and for `predict_segments` (the same pass driven from Python)
+  full.onnx         the plain network (every block, the last head): the latency reference
+  manifest.json     the policy, every operating point's thresholds from the run's metrics (fitted on
+                    validation), class names, shapes and the sha256 of every graph
+A sample runs segment e + 1 only if exit e did not take it, exactly as
 cgt.inference.early_exit_forward does in PyTorch; the decision is cgt.policy's rule.
-
-The graphs are written from the network's modules by a small converter (`segment_graph`) rather
-than by torch.onnx: the exits pool adaptively to grids that do not divide the feature maps (7×7 → 3×3),
-which the TorchScript exporter refuses; here that pooling is a fixed averaging matrix (a MatMul).
-Converted module types: Conv2d, Linear, BatchNorm (folded), ReLU, MaxPool2d, AdaptiveAvgPool2d,
-Flatten, Identity, Sequential; anything else is refused by name.
-
-manifest.json records the policy, every operating point's thresholds from the run's metrics
-(fitted on validation), class names, shapes and the sha256 of every graph; full.onnx is the plain
-network (every block, the last head), the reference latency benchmarks measure against.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,141 +29,11 @@ from torch import nn
 from .fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from .inference import fuse_for_inference
 from .models import EarlyExitNet
+from .onnx_graphs import OPSET, ExportError, early_exit_graph, segment_graph
 from .policy import accepts, accepts_row, check_policy, check_thresholds
 
-FORMAT = "cgt-early-exit-onnx/1"
-OPSET = 17
-IR_VERSION = 8  # the ONNX file format version for opset 17; newer onnx writers default to one ONNX Runtime may not read
+FORMAT = "cgt-early-exit-onnx/2"  # /2: early_exit.onnx added
 MANIFEST = "manifest.json"
-
-
-class ExportError(ValueError):
-    """The network or run cannot be exported (names what is missing or unsupported)."""
-
-
-# ---------------------------------------------------------------- torch modules → ONNX nodes
-class _Graph:
-    """Nodes and initialisers of one segment, with fresh tensor names."""
-
-    def __init__(self):
-        from onnx import helper, numpy_helper
-
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.nodes, self.initializers, self.count = [], [], 0
-
-    def name(self, prefix: str) -> str:
-        self.count += 1
-        return f"{prefix}_{self.count}"
-
-    def const(self, array: np.ndarray, prefix: str = "w") -> str:
-        name = self.name(prefix)
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
-        out = self.name(op.lower())
-        self.nodes.append(self.helper.make_node(op, inputs, [out], **attrs))
-        return out
-
-
-def _adaptive_pool_matrix(h: int, w: int, oh: int, ow: int) -> np.ndarray:
-    """(h·w, oh·ow) matrix M with x.reshape(h·w) @ M = adaptive_avg_pool2d(x, (oh, ow)).reshape(oh·ow):
-    PyTorch's bins, rows [⌊i·h/oh⌋, ⌈(i+1)·h/oh⌉) and the same for columns."""
-    m = np.zeros((h * w, oh * ow), np.float32)
-    for i in range(oh):
-        r0, r1 = (i * h) // oh, -(-((i + 1) * h) // oh)
-        for j in range(ow):
-            c0, c1 = (j * w) // ow, -(-((j + 1) * w) // ow)
-            for r in range(r0, r1):
-                m[r * w + c0:r * w + c1, i * ow + j] = 1.0 / ((r1 - r0) * (c1 - c0))
-    return m
-
-
-def _fold_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
-    """Linear followed by BatchNorm1d (eval) as one Linear."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused = copy.deepcopy(linear)
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.weight = nn.Parameter(linear.weight * scale[:, None])
-    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
-    return fused
-
-
-def _flatten(module: nn.Module) -> list[nn.Module]:
-    """The leaf modules of nested Sequentials, BatchNorm1d folded into the Linear before it."""
-    leaves = []
-    for m in (module if isinstance(module, nn.Sequential) else [module]):
-        if isinstance(m, nn.Sequential):
-            leaves += _flatten(m)
-        elif isinstance(m, nn.BatchNorm1d) and leaves and isinstance(leaves[-1], nn.Linear):
-            leaves[-1] = _fold_linear_bn(leaves[-1], m)
-        else:
-            leaves.append(m)
-    return leaves
-
-
-@torch.no_grad()
-def _emit(g: _Graph, module: nn.Module, x: str, sample: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """Append `module` applied to tensor `x` (whose value on one sample is `sample`); returns the output
-    tensor's name and value (the value gives the static spatial sizes the pooling matrices need)."""
-    for m in _flatten(module):
-        if isinstance(m, nn.Identity):
-            continue
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise ExportError(f"Conv2d with padding={m.padding!r}, padding_mode={m.padding_mode!r} is not supported")
-            inputs = [x, g.const(m.weight.numpy())] + ([g.const(m.bias.numpy(), "b")] if m.bias is not None else [])
-            x = g.node("Conv", inputs, kernel_shape=list(m.kernel_size), strides=list(m.stride),
-                       pads=[*m.padding, *m.padding], dilations=list(m.dilation), group=m.groups)
-        elif isinstance(m, nn.Linear):
-            inputs = [x, g.const(m.weight.numpy())] + ([g.const(m.bias.numpy(), "b")] if m.bias is not None else [])
-            x = g.node("Gemm", inputs, transB=1)
-        elif isinstance(m, nn.ReLU):
-            x = g.node("Relu", [x])
-        elif isinstance(m, nn.MaxPool2d):
-            k, s, p = (v if isinstance(v, tuple) else (v, v) for v in (m.kernel_size, m.stride, m.padding))
-            if m.dilation not in (1, (1, 1)) or m.ceil_mode:
-                raise ExportError("MaxPool2d with dilation or ceil_mode is not supported")
-            x = g.node("MaxPool", [x], kernel_shape=list(k), strides=list(s), pads=[*p, *p])
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            (c, h, w), out = sample.shape[1:], m.output_size
-            oh, ow = (out, out) if isinstance(out, int) else out
-            if (oh, ow) == (1, 1):
-                x = g.node("GlobalAveragePool", [x])
-            else:
-                flat = g.node("Reshape", [x, g.const(np.array([0, c, h * w], np.int64), "shape")])
-                pooled = g.node("MatMul", [flat, g.const(_adaptive_pool_matrix(h, w, oh, ow), "pool")])
-                x = g.node("Reshape", [pooled, g.const(np.array([0, c, oh, ow], np.int64), "shape")])
-        elif isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise ExportError(f"Flatten({m.start_dim}, {m.end_dim}) is not supported (only Flatten(1, -1))")
-            x = g.node("Flatten", [x], axis=1)
-        else:
-            raise ExportError(f"no ONNX conversion for {type(m).__name__}; supported: Conv2d, Linear, BatchNorm "
-                              f"(after a conv or linear layer), ReLU, MaxPool2d, AdaptiveAvgPool2d, Flatten, Identity")
-        sample = m(sample)
-    return x, sample
-
-
-def segment_graph(block: nn.Module, head: nn.Module, sample: torch.Tensor):
-    """The ONNX model of one segment: features in → (features after the block, logits of the head)."""
-    from onnx import TensorProto, checker, helper
-
-    g = _Graph()
-    features, after = _emit(g, block, "features", sample)
-    logits, out = _emit(g, head, features, after)
-    g.nodes.append(helper.make_node("Identity", [features], ["features_out"]))
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-
-    def io(name: str, value: torch.Tensor):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *value.shape[1:]])
-
-    graph = helper.make_graph(g.nodes, "segment", [io("features", sample)], [io("features_out", after), io("logits", out)],
-                              g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cgt",
-                              ir_version=IR_VERSION)
-    checker.check_model(model)
-    return model
 
 
 # ---------------------------------------------------------------- export
@@ -192,12 +58,16 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
                          "features_shape": list(next_sample.shape[1:])})
         sample = next_sample
     # The plain network without early exits (every block, the last head): the reference for latency.
-    full = segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1], torch.zeros(1, *input_shape))
-    write_bytes_atomic(out_dir / "full.onnx", full.SerializeToString())
+    graphs = {"full_network": ("full.onnx", segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1],
+                                                           torch.zeros(1, *input_shape))),
+              "early_exit": ("early_exit.onnx", early_exit_graph(fused, input_shape, policy))}
+    for file, graph in graphs.values():
+        write_bytes_atomic(out_dir / file, graph.SerializeToString())
     write_json_atomic(out_dir / MANIFEST, {
         "format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds, "class_names": class_names,
         "input_shape": list(input_shape), "num_exits": model.num_exits, "segments": segments,
-        "full_network": {"file": "full.onnx", "sha256": sha256_file(out_dir / "full.onnx")}, "source": source or {}})
+        **{key: {"file": file, "sha256": sha256_file(out_dir / file)} for key, (file, _) in graphs.items()},
+        "source": source or {}})
     return out_dir
 
 
@@ -240,21 +110,50 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
 class OnnxEarlyExit:
     """Early exit with ONNX Runtime: segment e + 1 runs only on the samples no earlier exit took."""
 
+    early_exit_session: Any
+    """The whole early-exit pass as one graph (early_exit.onnx)."""
     sessions: list
-    """One ONNX Runtime session per exit segment."""
+    """One session per exit segment (segment<e>.onnx)."""
     full_session: Any
     """The plain network (every block, the last head): the reference a speed-up is measured against."""
     manifest: dict[str, Any]
     thresholds: list[float]
     """The per-exit thresholds in use (E − 1 values)."""
 
+    def __post_init__(self):
+        self._threshold_array = np.asarray(self.thresholds, np.float32)
+
     @property
     def policy(self) -> str:
         return self.manifest["policy"]
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape)."""
+        """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape).
+
+        Batches run early_exit.onnx (one call, no Python between the exits); single samples run the
+        segments one call at a time and stop at the exit that takes them, because at batch size 1 the
+        one graph still pays a microsecond or two for every operator of the segments it skips on an
+        empty batch (`python -m cgt bench` measures both).
+        """
+        return (self.predict_segments if batch_size == 1 else self.predict_graph)(x, batch_size)
+
+    def predict_graph(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` by early_exit.onnx, batch_size samples per call."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        run = self.early_exit_session.run
+        parts = [run(None, {"features": x[i:i + batch_size], "thresholds": self._threshold_array})
+                 for i in range(0, len(x), batch_size)]
+        if not parts:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def predict_segments(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` with one session call per exit segment and the exit decisions in Python."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if batch_size == 1:
+            pairs = [self._predict_one(x[i:i + 1]) for i in range(len(x))]
+            return (np.array([p for p, _ in pairs], np.int64).reshape(-1),
+                    np.array([e for _, e in pairs], np.int64).reshape(-1))
         preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
         last = len(self.sessions) - 1
         for start in range(0, len(x), batch_size):
@@ -262,18 +161,25 @@ class OnnxEarlyExit:
             pending = np.arange(start, start + len(h))
             for e, session in enumerate(self.sessions):
                 h, logits = session.run(None, {"features": h})
-                if e == last:
-                    done = np.ones(len(h), bool)
-                elif len(h) == 1:  # the latency setting: the rule on K plain floats, no tensor ops
-                    done = np.array([accepts_row(logits[0].tolist(), self.thresholds[e], self.policy)])
-                else:
-                    done = accepts(torch.from_numpy(logits), self.thresholds[e], self.policy).numpy()
+                done = (np.ones(len(h), bool) if e == last
+                        else accepts(torch.from_numpy(logits), self.thresholds[e], self.policy).numpy())
                 preds[pending[done]] = logits[done].argmax(-1)
                 exits[pending[done]] = e
                 if done.all():
                     break
                 h, pending = h[~done], pending[~done]
         return preds, exits
+
+    def _predict_one(self, x: np.ndarray) -> tuple[int, int]:
+        """(prediction, exit index) of one sample (1, *input_shape): the rule on K plain floats, no
+        array operations between the session calls."""
+        h, last = x, len(self.sessions) - 1
+        for e, session in enumerate(self.sessions):
+            h, logits = session.run(None, {"features": h})
+            row = logits[0].tolist()
+            if e == last or accepts_row(row, self.thresholds[e], self.policy):
+                return max(range(len(row)), key=row.__getitem__), e
+        raise AssertionError("unreachable: the last exit takes every sample")
 
     def predict_full(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Predictions of the plain network, no early exit."""
@@ -299,24 +205,27 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         raise FileNotFoundError(f"{folder / MANIFEST} does not exist: export a run first (`python -m cgt export`)")
     manifest = read_json(folder / MANIFEST)
     if manifest.get("format") != FORMAT:
-        raise ExportError(f"{folder / MANIFEST} has format {manifest.get('format')!r}; expected {FORMAT!r}")
+        raise ExportError(f"{folder / MANIFEST} has format {manifest.get('format')!r}; expected {FORMAT!r} "
+                          f"(export the run again)")
     if point not in manifest["thresholds"]:
         raise ValueError(f"unknown operating point {point!r}; valid choices: {sorted(manifest['thresholds'])}")
-    for seg in [*manifest["segments"], manifest["full_network"]]:
-        actual = sha256_file(folder / seg["file"]) if (folder / seg["file"]).exists() else "missing"
-        if actual != seg["sha256"]:
-            raise ExportError(f"{folder / seg['file']} does not match the manifest (sha256 {actual}, recorded "
-                              f"{seg['sha256']}): refusing to load a changed or incomplete export; export again")
+    graphs = [*manifest["segments"], manifest["full_network"], manifest["early_exit"]]
+    for graph in graphs:
+        actual = sha256_file(folder / graph["file"]) if (folder / graph["file"]).exists() else "missing"
+        if actual != graph["sha256"]:
+            raise ExportError(f"{folder / graph['file']} does not match the manifest (sha256 {actual}, recorded "
+                              f"{graph['sha256']}): refusing to load a changed or incomplete export; export again")
     options = ort.SessionOptions()
     # Several sessions run one after another: idle thread pools must sleep, not spin, or each
-    # session's spinning workers take the cores the next segment needs.
+    # session's spinning workers take the cores the next one needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+
     def session(file: str):
         return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
 
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
-    return OnnxEarlyExit([session(seg["file"]) for seg in manifest["segments"]],
+    return OnnxEarlyExit(session(manifest["early_exit"]["file"]), [session(seg["file"]) for seg in manifest["segments"]],
                          session(manifest["full_network"]["file"]), manifest, taus)

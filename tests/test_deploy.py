@@ -1,4 +1,4 @@
-"""Deployment (cgt.deploy): per-segment ONNX graphs run with ONNX Runtime take the same early-exit
+"""Deployment (cgt.deploy): the one-graph and per-segment ONNX Runtime passes take the same early-exit
 decisions as the PyTorch pass on real data; exports are verified before use; bad input is refused."""
 from __future__ import annotations
 
@@ -39,14 +39,16 @@ def test_segments_give_the_pytorch_logits(trained):
     assert agree.mean() > 0.99  # the plain network's predictions (ties within rounding may differ)
 
 
+@pytest.mark.parametrize("path", ["predict", "predict_graph", "predict_segments"])
 @pytest.mark.parametrize("point", ["spread", "paper_tau"])
 @pytest.mark.parametrize("batch_size", [1, 64])
-def test_onnx_runtime_early_exit_equals_the_pytorch_pass(trained, point, batch_size):
-    """Same predictions and exit indices as cgt.inference.early_exit_forward (samples within 1e-4 of a
-    threshold, where float rounding could decide, are left out and counted)."""
+def test_onnx_runtime_early_exit_equals_the_pytorch_pass(trained, point, batch_size, path):
+    """Same predictions and exit indices as cgt.inference.early_exit_forward, by the one-graph pass
+    (early_exit.onnx; at batch 1 the deeper segments run on empty batches) and by the per-segment
+    calls (samples within 1e-4 of a threshold, where float rounding could decide, are left out and counted)."""
     model = deploy.load(trained["folder"], point=point)
     x = trained["x"]
-    preds, exits = model.predict(x.numpy(), batch_size=batch_size)
+    preds, exits = getattr(model, path)(x.numpy(), batch_size=batch_size)
     ref = early_exit_forward(trained["model"], x, model.thresholds, batch_size=batch_size)
     s = scores(predict_logits(trained["model"], x)[:-1], "max_softmax")
     clear = ((s - torch.tensor(model.thresholds)[:, None]).abs() > 1e-4).all(dim=0).numpy()
@@ -56,10 +58,35 @@ def test_onnx_runtime_early_exit_equals_the_pytorch_pass(trained, point, batch_s
     assert len(set(exits.tolist())) > 1 or point == "paper_tau"
 
 
+def test_entropy_policy_graph_takes_the_pytorch_decisions(trained, tmp_path):
+    """The normalised-entropy rule inside early_exit.onnx decides as cgt.policy does."""
+    x = trained["x"]
+    s = scores(predict_logits(trained["model"], x)[:-1], "entropy")
+    taus = [float(np.quantile(s[e].numpy(), 0.5)) for e in range(2)]  # half the samples leave at each exit
+    folder = deploy.export_model(trained["model"], (1, 28, 28), tmp_path, {"median": taus}, [str(k) for k in range(10)],
+                                 policy="entropy")
+    model = deploy.load(folder, point="median")
+    ref = early_exit_forward(trained["model"], x, taus, policy="entropy")
+    clear = ((s - torch.tensor(taus)[:, None]).abs() > 1e-4).all(dim=0).numpy()
+    for path in (model.predict_graph, model.predict_segments):
+        preds, exits = path(x.numpy(), batch_size=64)
+        np.testing.assert_array_equal(exits[clear], ref.exit_index.numpy()[clear])
+        np.testing.assert_array_equal(preds[clear], ref.predictions.numpy()[clear])
+    assert set(exits.tolist()) == {0, 1, 2}
+
+
+def test_empty_input_gives_empty_output(trained):
+    model = deploy.load(trained["folder"])
+    for path in (model.predict, model.predict_graph, model.predict_segments):
+        preds, exits = path(np.zeros((0, 1, 28, 28), np.float32))
+        assert preds.shape == exits.shape == (0,)
+
+
 def test_manifest_records_policy_thresholds_and_checksums(trained):
     manifest = json.loads((trained["folder"] / "manifest.json").read_text())
     assert manifest["policy"] == "max_softmax" and manifest["thresholds"]["spread"] == [0.6, 0.8]
     assert [s["file"] for s in manifest["segments"]] == ["segment1.onnx", "segment2.onnx", "segment3.onnx"]
+    assert manifest["early_exit"]["file"] == "early_exit.onnx" and manifest["full_network"]["file"] == "full.onnx"
     assert len(manifest["class_names"]) == 10 and manifest["input_shape"] == [1, 28, 28]
 
 
@@ -74,6 +101,10 @@ def test_a_changed_graph_is_refused(trained, tmp_path):
         deploy.load(copy)
     (copy / "segment2.onnx").unlink()
     with pytest.raises(deploy.ExportError, match=r"sha256 missing"):
+        deploy.load(copy)
+    shutil.copy(trained["folder"] / "segment2.onnx", copy / "segment2.onnx")
+    (copy / "early_exit.onnx").write_bytes(b"not a graph")
+    with pytest.raises(deploy.ExportError, match=r"early_exit\.onnx does not match the manifest"):
         deploy.load(copy)
 
 

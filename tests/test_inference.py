@@ -306,6 +306,20 @@ def test_latency_protocol_records_hang_together(trained):
     assert {(c["dataset"], c["batch_size"]) for c in checks} == {("toy", 1)}  # 32 is not a target batch size
 
 
+def test_where_the_time_goes_is_consistent_with_its_own_times(trained):
+    """The ONNX Runtime breakdown: the time-predicted speed-up is the full network's time over the
+    exit-fraction-weighted cumulative segment times; the FLOPs-predicted one matches the latency records'."""
+    from cgt.bench import where_time_goes
+
+    (b,) = where_time_goes(trained["model"], trained["x"][:32], tau=0.9, batch_sizes=(32,), repeats=3)
+    cumulative = np.cumsum(b["segment_us"])
+    assert b["cumulative_time_share"] == pytest.approx((cumulative / b["full_us"]).tolist())
+    assert b["time_predicted_speedup"] == pytest.approx(b["full_us"] / np.dot(b["exit_fractions"], cumulative))
+    costs = trained["costs"]
+    assert b["flops_predicted_speedup"] == pytest.approx(costs.full_network / average_cost(b["exit_fractions"], costs))
+    assert b["cumulative_flops_share"] == pytest.approx(costs.relative.tolist()) and sum(b["exit_fractions"]) == pytest.approx(1)
+
+
 def test_target_objective_picks_the_cheapest_setting_reaching_a_shared_target(trained):
     """objective='target': validation accuracy ≥ the target, and no cheaper candidate reaches it; an
     unreachable target returns the most accurate setting and says it was not met."""
