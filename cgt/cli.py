@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|train|paper|results|export|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|split|train|paper|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
 the valid choices and exit status 2, a failed pipeline step with status 1.
@@ -10,8 +10,11 @@ import json
 import sys
 import time
 
+import numpy as np
+
 from .data import BUILTIN, DataVerificationError
 from .deploy import ExportError
+from .experiment import SPLITS
 from .methods import METHODS
 from .profiles import PROFILES
 
@@ -46,9 +49,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.method == ["all"] else args.method
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     options = _json_object("--options", args.options)
-    run_methods(args.dataset, args.profile, methods, seeds=args.seed, options={m: options for m in methods},
+    run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split,
+                options={m: options for m in methods},
                 model=_json_object("--model-options", args.model_options) or None, data_dir=args.data_dir,
                 device=args.device, train_overrides=overrides, force=args.force, progress=not args.quiet)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Write the (H, W) split map of a scene dataset, for evaluating any other method on exactly this split."""
+    from .data.splits import SPLIT_CODES
+    from .experiment import check_split, load_dataset
+    from .fileio import atomic_path
+
+    check_split(args.split, args.dataset)
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out!r} must name a .npz file")
+    data = load_dataset(args.dataset, args.profile, args.data_dir, args.split, split_seed=args.seed)
+    if "split_map" not in data.extras:
+        scenes = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
+        raise ValueError(f"{args.dataset!r} has no spatial layout, so no split map; datasets with one: {scenes}")
+    split_map = data.extras["split_map"]
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, split_map=split_map, codes=np.array(["unlabelled", *SPLIT_CODES]),
+                                dataset=args.dataset, split=args.split, seed=args.seed)
+    counts = ", ".join(f"{name} {int((split_map == code).sum())}" for name, code in SPLIT_CODES.items())
+    print(f"{args.out}: {args.dataset} {args.split} split, seed {args.seed}, {split_map.shape[0]}×{split_map.shape[1]} "
+          f"map (0 unlabelled, {', '.join(f'{c} {n}' for n, c in SPLIT_CODES.items())}); pixels: {counts}")
     return 0
 
 
@@ -105,11 +133,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="base URL replacing the canonical download location")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("split", help="write a scene's split map (.npz): 0 unlabelled, 1 train, 2 val, 3 test, 4 guard")
+    p.add_argument("--dataset", default="indian_pines", choices=list(BUILTIN))
+    p.add_argument("--split", default="spatial", choices=list(SPLITS))
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--profile", default="paper", choices=profiles, help="preparation settings (patch size) of this profile")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--split", default="random", choices=list(SPLITS),
+                   help="random (the paper's) | spatial (Indian Pines: disjoint regions, guard band; split seed = seed)")
     p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, "
                                                    "e.g. '{\"tau_train\": 0.8}'")
     p.add_argument("--epochs", type=int, default=None)
