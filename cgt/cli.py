@@ -97,7 +97,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
-    section = results_markdown(fig_dir, args.dataset or list(BUILTIN))
+    datasets = args.dataset or list(BUILTIN)
+    section = results_markdown(fig_dir, datasets, [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
     block = write_block(fig_dir, section)
     if PROFILES[args.profile].publishes and not args.stdout:
         update_readme(project_root() / "README.md", section)

@@ -2,7 +2,8 @@
 
     python -m cgt paper --profile smoke|quick|paper [--dataset fashion_mnist indian_pines] [--force]
 
-Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset, then 04_figures once.
+Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
+for the profile's `spatial` datasets (Indian Pines) — then 04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
 Training runs are cached by key (config, data checksum, code version), so a second run trains
 nothing and a killed pipeline resumes: finished runs are skipped, an interrupted one continues
@@ -34,14 +35,18 @@ class Step:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def variant(self) -> str:
+        """The dataset's display name, with the split when it is not the default one ('' for 04)."""
+        ds, split = self.parameters.get("dataset"), self.parameters.get("split")
+        return (display_name(ds) + (f"-{split}" if split else "")) if ds else ""
+
+    @property
     def label(self) -> str:
-        ds = self.parameters.get("dataset")
-        return f"{self.notebook}" + (f" [{display_name(ds)}]" if ds else "")
+        return f"{self.notebook}" + (f" [{self.variant}]" if self.variant else "")
 
     @property
     def output_name(self) -> str:
-        ds = self.parameters.get("dataset")
-        return f"{self.notebook}{'-' + display_name(ds) if ds else ''}.ipynb"
+        return f"{self.notebook}{'-' + self.variant if self.variant else ''}.ipynb"
 
 
 class PipelineError(RuntimeError):
@@ -56,9 +61,12 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
         resolve(d)
     # notebooks run with notebooks/ as cwd: a relative .npz path must not depend on it
     datasets = [str(Path(d).resolve()) if is_npz(d) else d for d in datasets]
-    steps = [Step(nb, {"profile": profile, "dataset": ds, **({"force": True} if force and nb != "00_data" else {})})
-             for ds in datasets for nb in PER_DATASET]
-    steps += [Step(nb, {"profile": profile, "datasets": datasets}) for nb in ONCE]
+    spatial = [ds for ds in get_profile(profile).spatial if ds in datasets]
+    variants = [(ds, {}) for ds in datasets] + [(ds, {"split": "spatial"}) for ds in spatial]
+    steps = [Step(nb, {"profile": profile, "dataset": ds, **split,
+                       **({"force": True} if force and nb != "00_data" else {})})
+             for ds, split in variants for nb in PER_DATASET]
+    steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial}) for nb in ONCE]
     return steps
 
 

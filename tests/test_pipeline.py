@@ -42,9 +42,12 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     runs, log, seconds = first_run
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
-                               for ds in ("fashion_mnist", "indian_pines")] + ["04_figures.ipynb"])
+                               for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial")]
+                              + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
-    for ds in ("fashion_mnist", "indian_pines"):
+    for table in ("split_comparison", "spatial_split_counts"):
+        assert (figures / f"table_indian_pines_{table}.md").exists()
+    for ds in ("fashion_mnist", "indian_pines", "indian_pines_spatial"):
         for stem in ("accuracy_vs_cost", "exit_distribution", "gate_weights", "per_exit_accuracy", "per_class_f1"):
             assert (figures / f"{stem}_{ds}.png").stat().st_size > 1000
             assert (figures / f"{stem}_{ds}.pdf").exists()
@@ -60,7 +63,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert (figures / "exit_depth_map_indian_pines.png").exists()
     assert (figures / "exit_examples_fashion_mnist.png").exists()
     # the smoke profile never writes into the committed figures/ folder
-    assert sum(trained_counts(log)) == 16, log  # 8 methods × 2 datasets × 1 seed, each trained once
+    assert sum(trained_counts(log)) == 24, log  # 8 methods × 3 (dataset, split) × 1 seed, each trained once
     print(f"smoke pipeline: {seconds:.0f} s")
 
 
@@ -95,6 +98,10 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
     (("train", "--dataset", "indian_pines", "--method", "deep_gate"), "invalid choice: 'deep_gate'"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", '{"tau": 1}'), "unknown option"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", "tau=1"), "must be a JSON object"),
+    (("train", "--dataset", "indian_pines", "--split", "diagonal"), "invalid choice: 'diagonal'"),
+    (("train", "--dataset", "fashion_mnist", "--split", "spatial"), "split='spatial' needs a dataset with a spatial"),
+    (("split", "--dataset", "fashion_mnist", "--out", "map.npz"), "split='spatial' needs a dataset with a spatial"),
+    (("split", "--dataset", "indian_pines", "--out", "map.txt"), "must name a .npz file"),
 ])
 def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
     """Invalid profile, dataset, method or option (`python -m cgt`, in-process): a clear error, exit
@@ -124,8 +131,10 @@ def test_pipeline_plan_validates_names():
     with pytest.raises(ValueError, match="valid choices"):
         plan("smoke", ["mnist"])
     steps = plan("smoke", ["indian_pines"])
-    assert [s.label for s in steps] == ["00_data [indian_pines]", "01_baselines [indian_pines]",
-                                        "02_hard_cgt [indian_pines]", "03_soft_cgt [indian_pines]", "04_figures"]
+    assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial")
+                                        for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + ["04_figures"]
+    assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
+    assert all("split" not in s.parameters for s in plan("smoke", ["fashion_mnist"]))
 
 
 def test_a_failing_notebook_is_named_with_its_cell_error_and_executed_copy(tmp_path, monkeypatch):

@@ -84,3 +84,22 @@ def test_fractions_are_checked_by_name():
         guarded_spatial_split(np.ones((9, 9), int), {"train": 1.2, "val": 0.1}, 0, 1)
     with pytest.raises(ValueError, match=r"sum to 1\.000; they must sum to < 1"):
         guarded_spatial_split(np.ones((9, 9), int), {"train": 0.5, "val": 0.5}, 0, 1)
+
+
+def test_split_command_writes_a_map_anyone_can_check(gt, tmp_path, capsys):
+    """`python -m cgt split` writes the (145, 145) map of the split the training uses; checked here by
+    the independent window count, not by the splitter."""
+    from cgt import cli
+
+    out = tmp_path / "split.npz"
+    assert cli.main(["split", "--dataset", "indian_pines", "--split", "spatial", "--seed", "1", "--profile", "smoke",
+                     "--out", str(out)]) == 0
+    assert "guard" in capsys.readouterr().out
+    with np.load(out) as f:
+        m, codes = f["split_map"], f["codes"].tolist()
+    assert m.shape == (145, 145) and codes == ["unlabelled", "train", "val", "test", "guard"]
+    np.testing.assert_array_equal(m, guarded_spatial_split(gt, FRACTIONS, 1, RADIUS))
+    assert pixels_in_window(m == TRAIN, RADIUS)[(m == VAL) | (m == TEST)].max() == 0
+    assert cli.main(["split", "--dataset", "indian_pines", "--split", "random", "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert (f["split_map"] == GUARD).sum() == 0 and ((f["split_map"] > 0) == (gt > 0)).all()

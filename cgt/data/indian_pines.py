@@ -162,6 +162,7 @@ def prepare(cfg: DataConfig, opts: IndianPinesOptions) -> PreparedArrays:
     return {"x": x, "y": labels, "class_names": CLASSES,
             "extras": {**{f"pixels_{s}": pixels[s] for s in SPLITS},
                        "image_shape": np.array([h, w]), "split_map": the_map.astype(np.uint8),
+                       "labelled_per_class": np.bincount(gt.ravel(), minlength=len(CLASSES) + 1)[1:],
                        "pca_explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
                        "missing_classes": np.array(str(missing))}}
 
