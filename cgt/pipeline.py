@@ -21,6 +21,7 @@ from typing import Any
 from .data import BUILTIN, display_name, resolve
 from .data.custom import is_npz
 from .fileio import read_json, write_json_atomic
+from .nbtools import quiet_kernel_manager
 from .paths import project_root, runs_dir
 from .provenance import device_description, git_state
 from .profiles import get_profile, profile_environment
@@ -88,7 +89,8 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             output = out_dir / step.output_name
             try:
                 pm.execute_notebook(str(src / f"{step.notebook}.ipynb"), str(output), parameters=step.parameters,
-                                    cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False)
+                                    cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False,
+                                    kernel_manager_class=quiet_kernel_manager())
             except pm.PapermillExecutionError as exc:
                 raise PipelineError(f"{step.label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                     f"  executed notebook (open it to see the traceback): {output}") from None

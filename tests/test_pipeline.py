@@ -33,7 +33,7 @@ def first_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     t0 = time.perf_counter()
     proc = cgt_cli("paper", "--profile", "smoke", runs_dir=runs)
-    return runs, proc.stdout, time.perf_counter() - t0
+    return runs, proc.stdout + proc.stderr, time.perf_counter() - t0
 
 
 @pytest.mark.slow
@@ -62,6 +62,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
             assert all(not Path(r).is_absolute() for r in sidecar["params"]["runs"])
     assert (figures / "exit_depth_map_indian_pines.png").exists()
     assert (figures / "exit_examples_fashion_mnist.png").exists()
+    assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
     assert sum(trained_counts(log)) == 24, log  # 8 methods × 3 (dataset, split) × 1 seed, each trained once
     print(f"smoke pipeline: {seconds:.0f} s")
