@@ -84,7 +84,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     from .pipeline import PipelineError, run_pipeline
 
     try:
-        run_pipeline(args.profile, args.dataset, force=args.force)
+        run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -166,7 +166,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
     p.add_argument("--profile", default="paper", choices=profiles)
     p.add_argument("--dataset", nargs="+", default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
-    p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
+    p.add_argument("--force", action="store_true", help="retrain every run and execute every notebook")
+    p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
+                   help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
     p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")

@@ -162,8 +162,13 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
         tp = metrics["operating_points"]
         print(f"{data.name} {method} seed {seed}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
               f"at tau 0.9 acc {tp['paper_tau']['test']['accuracy']:.4f} "
-              f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f}")
+              f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
     return EvaluatedRun(method, seed, run, metrics, costs)
+
+
+def _relative_run(run: TrainedRun) -> str:
+    """The run's folder relative to its profile's runs folder (how cgt.stepcache finds what a notebook read)."""
+    return "/".join(run.run_dir.parts[-3:])  # <dataset>/<method>/seed<k>-<key>
 
 
 COMMON_TARGET = "val_common_target"

@@ -5,9 +5,12 @@
 Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
 for the profile's `spatial` datasets (Indian Pines) — then 04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
-Training runs are cached by key (config, data checksum, code version), so a second run trains
-nothing and a killed pipeline resumes: finished runs are skipped, an interrupted one continues
-from its last checkpoint, and an artifact that no longer matches its recorded hash is redone.
+A step whose inputs are unchanged — notebook, parameters, package code, the runs it read, its
+outputs (cgt.stepcache) — is skipped, and the log says for each step why it ran or that it was
+skipped. Training runs are cached by key (config, data checksum, code version), so a step that runs
+again trains nothing new and a killed pipeline resumes: finished runs are skipped, an interrupted
+one continues from its last checkpoint, and an artifact that no longer matches its recorded hash is
+redone.
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from .data import BUILTIN, display_name, resolve
 from .data.custom import is_npz
 from .fileio import read_json, write_json_atomic
 from .nbtools import quiet_kernel_manager
-from .paths import project_root, runs_dir
+from .paths import figures_dir, project_root, runs_dir
 from .provenance import device_description, git_state
 from .profiles import get_profile, profile_environment
+from .stepcache import StepCache, runs_read
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
 ONCE = ["04_figures"]
@@ -72,23 +76,40 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
 
 
 def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = False,
-                 notebooks_dir: str | Path | None = None, log=print) -> list[Path]:
-    """Execute every step with papermill; returns the executed notebooks' paths."""
+                 notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None) -> list[Path]:
+    """Execute every step whose inputs changed (cgt.stepcache) with papermill; returns the executed
+    notebooks' paths. force: retrain every run and execute every step; force_steps: notebook names
+    (e.g. "04_figures") executed again even if unchanged."""
     import papermill as pm
 
+    unknown = sorted(set(force_steps or []) - set(PER_DATASET + ONCE))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {PER_DATASET + ONCE}")
     steps = plan(profile, datasets, force)
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    cache = StepCache(runs_dir(profile))
     t_start = time.perf_counter()
-    outputs, record = [], []
+    outputs, record, runs_so_far = [], [], []
     with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):
-            t0 = time.perf_counter()
-            log(f"[{i}/{len(steps)}] {step.label}: running ({_elapsed(t_start)} elapsed)")
+            t0, started = time.perf_counter(), time.time()
             output = out_dir / step.output_name
+            notebook = src / f"{step.notebook}.ipynb"
+            inputs = cache.inputs(notebook, step.parameters)
+            reason = ("--force" if force else "--force-step" if step.notebook in (force_steps or [])
+                      else cache.why_run(step.output_name, inputs, output))
+            if reason is None:
+                runs_so_far += cache.runs_of(step.output_name)
+                log(f"[{i}/{len(steps)}] {step.label}: skipped — notebook, parameters, code, the "
+                    f"{len(cache.runs_of(step.output_name))} run(s) it read and its outputs are unchanged")
+                outputs.append(output)
+                record.append({"step": step.label, "seconds": 0.0, "runs_trained": 0, "runs_cached": 0, "skipped": True})
+                continue
+            log(f"[{i}/{len(steps)}] {step.label}: running, because {reason} ({_elapsed(t_start)} elapsed)")
             try:
-                pm.execute_notebook(str(src / f"{step.notebook}.ipynb"), str(output), parameters=step.parameters,
+                pm.execute_notebook(str(notebook), str(output), parameters=step.parameters,
                                     cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False,
                                     kernel_manager_class=quiet_kernel_manager())
             except pm.PapermillExecutionError as exc:
@@ -98,9 +119,16 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             seconds = time.perf_counter() - t0
             log(f"[{i}/{len(steps)}] {step.label}: done in {seconds:.0f} s; "
                 + (f"{trained} run(s) trained, {cached} from cache" if trained or cached else "no training"))
+            if step.notebook in ONCE:  # reads every run the steps before it read; writes the figures folder
+                runs, written = runs_so_far, [p for p in figures_dir(profile).iterdir()
+                                              if p.is_file() and p.stat().st_mtime >= started]
+            else:
+                runs, written = runs_read(output), []
+            runs_so_far += runs
+            cache.record(step.output_name, inputs, runs, [output, *written])
             outputs.append(output)
             record.append({"step": step.label, "seconds": round(seconds, 1), "runs_trained": trained,
-                           "runs_cached": cached})
+                           "runs_cached": cached, "skipped": False})
     log(f"pipeline {profile}: {len(steps)} steps in {_elapsed(t_start)}")
     _append_timing(profile, record, time.perf_counter() - t_start)
     return outputs

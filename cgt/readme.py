@@ -49,7 +49,9 @@ def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    return (f"{len(t['steps'])} notebooks in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
+    skipped = sum(bool(s.get("skipped")) for s in t["steps"])
+    steps = f"{len(t['steps'])} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
+    return (f"{steps} in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
             f"`{commit}`, {t['device']}): {trained} training runs trained, {cached} taken from the run cache")
 
 
