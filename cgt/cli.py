@@ -119,7 +119,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
-    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples)
+    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples, force=args.force)
     return 0
 
 
@@ -189,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.9)
     p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
     p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
+    p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")
     p.set_defaults(func=cmd_bench)
     return top
 

@@ -36,9 +36,11 @@ def package_version(package_dir: Path | None = None) -> str:
 
 
 def run_state(run_dir: Path) -> str | None:
-    """Hash of a run's complete.json (its artifacts' hashes), None if the run is not finished."""
-    marker = run_dir / "complete.json"
-    return sha256_file(marker) if marker.exists() else None
+    """Hash of a run's complete.json (its artifacts' hashes); None if the run is unfinished or an
+    artifact no longer matches its recorded hash (the step must run again, and retrain it)."""
+    from .runs import is_complete
+
+    return sha256_file(run_dir / "complete.json") if is_complete(run_dir) else None
 
 
 def runs_read(executed: Path) -> list[str]:
