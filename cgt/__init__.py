@@ -31,6 +31,7 @@ The modules, in the order data flows through them (each concept lives in exactly
     deploy         a run exported to ONNX; early exit with ONNX Runtime
     bench          wall-clock speed-up of real early exit against its FLOPs prediction
     pipeline       the notebooks in order through papermill (`python -m cgt paper`)
+    stepcache      which pipeline steps can be skipped: their inputs and outputs are unchanged
     nbtools        keeping committed notebooks stripped and nbval-checkable
     cli            `python -m cgt data | train | paper | results | export | bench`
     paths, fileio  where things live; atomic writes and hashes

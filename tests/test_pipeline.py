@@ -79,6 +79,11 @@ def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run)
     assert sum(trained_counts(log)) == 1, log  # only the damaged run
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
     assert sum(trained_counts(log)) == 0, log
+    # nothing changed since: every step is skipped, and says so
+    assert log.count(": skipped") == 9 and ": running" not in log, log
+    log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--force-step", "04_figures",
+                  runs_dir=runs).stdout
+    assert log.count(": skipped") == 8 and "04_figures: running, because --force-step" in log, log
 
 
 @pytest.mark.slow
