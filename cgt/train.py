@@ -9,6 +9,7 @@ checkpointed).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,8 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
     folder = run_dir(identity, runs_root)
     if is_complete(folder) and not force:
         return load_run(folder, build)
+    if (folder / "complete.json").exists() and not force and progress and ctx.is_main:
+        print(f"{folder}: an artifact no longer matches the hash recorded when the run finished; training it again")
     if ctx.is_main:  # one writer: rank 0 (the only process without torchrun)
         _open_run_dir(folder, identity, force)
     distributed.barrier(ctx)
@@ -161,6 +164,9 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
         stats["epoch_time_s"] = time.perf_counter() - t0
         state.history.append(stats)
         state.epoch = epoch + 1
+        if label is not None and not _terminal():  # a log file gets one plain line per epoch, not a bar
+            print(f"{label}: loss {stats['loss']:.4f}, val acc per exit "
+                  f"{' / '.join(f'{a:.3f}' for a in stats['val_acc'])} ({stats['epoch_time_s']:.0f} s)", flush=True)
         if ctx.is_main:
             with atomic_path(folder / "checkpoint.pt") as tmp:
                 torch.save(state.checkpoint(identity), tmp)
@@ -238,8 +244,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     weight_sum = torch.zeros(num_exits, device=x.device)
     seen = torch.zeros((), device=x.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    for start in tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, disable=setup.progress_label is None,
-                      leave=False, mininterval=2):
+    for start in tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, leave=False, mininterval=2,
+                      disable=setup.progress_label is None or not _terminal()):
         idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
         xb, yb = x[idx], y[idx]
         with autocast:
@@ -272,6 +278,12 @@ def predict_logits(model: EarlyExitNet, x: torch.Tensor, batch_size: int = 2048,
     device = device or next(model.parameters()).device
     out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out, dim=1)
+
+
+def _terminal() -> bool:
+    """Whether progress goes to a terminal: only there do progress bars redraw in place (in a log file
+    or a notebook's output every update would add a line)."""
+    return sys.stdout.isatty()
 
 
 def _per_exit_accuracy(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
