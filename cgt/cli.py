@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|split|train|paper|results|export|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|split|train|paper|publish|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
 the valid choices and exit status 2, a failed pipeline step with status 1.
@@ -91,6 +91,14 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .pipeline import publish_notebooks
+
+    written = publish_notebooks(args.profile)
+    print(f"{len(written)} files written to {written[0].parent} (executed notebooks and their HTML exports)")
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from .paths import figures_dir, project_root, runs_dir
     from .readme import publish_timing, results_markdown, update_readme, write_block
@@ -170,6 +178,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
                    help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
     p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")
     p.add_argument("--profile", default="paper", choices=profiles)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .data import BUILTIN, display_name, resolve
 from .data.custom import is_npz
-from .fileio import read_json, write_json_atomic
+from .fileio import read_json, write_bytes_atomic, write_json_atomic
 from .nbtools import quiet_kernel_manager
 from .paths import figures_dir, project_root, runs_dir
 from .provenance import device_description, git_state
@@ -131,7 +131,37 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
                            "runs_cached": cached, "skipped": False})
     log(f"pipeline {profile}: {len(steps)} steps in {_elapsed(t_start)}")
     _append_timing(profile, record, time.perf_counter() - t_start)
+    if get_profile(profile).publishes:
+        published = publish_notebooks(profile)
+        log(f"executed notebooks with their outputs, and HTML exports, in {published[0].parent}")
     return outputs
+
+
+PUBLISHED_MAX_BYTES = 2_000_000
+
+
+def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path]:
+    """Copy the executed notebooks of `profile` (runs/<profile>/notebooks/) to `dest` (default: the
+    committed paper/ folder) with an HTML export of each, so they can be read on GitHub or in a
+    browser without running anything. A file over 2 MB is refused by name (lower the figures' dpi)."""
+    from nbconvert import HTMLExporter
+
+    src = runs_dir(profile) / "notebooks"
+    executed = sorted(src.glob("*.ipynb"))
+    if not executed:
+        raise FileNotFoundError(f"no executed notebooks in {src}: run `python -m cgt paper --profile {profile}` first")
+    dest = Path(dest or project_root() / "paper")
+    exporter, written = HTMLExporter(), []
+    for nb_path in executed:
+        html, _ = exporter.from_filename(str(nb_path))
+        for path, data in ((dest / nb_path.name, nb_path.read_bytes()),
+                           (dest / nb_path.with_suffix(".html").name, html.encode())):
+            if len(data) > PUBLISHED_MAX_BYTES:
+                raise PipelineError(f"{path.name} would be {len(data) / 1e6:.1f} MB, over the "
+                                    f"{PUBLISHED_MAX_BYTES / 1e6:.0f} MB limit for committed notebooks")
+            write_bytes_atomic(path, data)
+            written.append(path)
+    return written
 
 
 TIMINGS = "pipeline_timings.json"

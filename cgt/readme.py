@@ -288,8 +288,18 @@ def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()
     for ds in spatial:
         parts += spatial_section(fig_dir, ds)
     parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
-              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), ""]
+              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), "",
+              "### The executed notebooks", "", *notebook_links(fig_dir.parent / "paper"), ""]
     return "\n".join(parts)
+
+
+def notebook_links(folder: Path) -> list[str]:
+    """Links to the published executed notebooks (`python -m cgt publish`), each with its HTML export."""
+    notebooks = sorted(folder.glob("*.ipynb"))
+    if not notebooks:
+        return ["No executed notebooks are published (`python -m cgt publish --profile paper` writes them to `paper/`)."]
+    return ["Every notebook as the paper run executed it, outputs and figures included (nothing to run):", ""] + [
+        f"* [{p.stem}]({folder.name}/{p.name}) ([HTML]({folder.name}/{p.with_suffix('.html').name}))" for p in notebooks]
 
 
 def write_block(fig_dir: Path, section: str) -> Path:
