@@ -232,7 +232,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     Returns the epoch's statistics over the whole data (all processes)."""
     cfg, ctx, epoch = setup.cfg, setup.ctx, state.epoch
     num_exits = state.model.num_exits
-    detach_early_heads = STRATEGIES[setup.strategy].detach_early_heads
+    spec = STRATEGIES[setup.strategy]
+    detach_early_heads = spec.detach_early_heads
     progress_frac = epoch / max(1, cfg.epochs - 1)
     model.train()
     n = len(x)
@@ -249,11 +250,15 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
         idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
         xb, yb = x[idx], y[idx]
         with autocast:
-            logits = model(xb, detach_early_heads=detach_early_heads)  # (E, B, K)
+            logits = model(xb, detach_early_heads=detach_early_heads,
+                           gradient_equilibrium=spec.gradient_equilibrium)  # (E, B, K)
             w = exit_weights(logits, yb, setup.strategy, progress=progress_frac, **setup.options)  # (B, E)
             loss = weighted_exit_loss(logits.float(), yb, w, cfg.label_smoothing)
             if detach_early_heads:
                 loss = loss + early_head_fit_loss(logits.float(), yb, cfg.label_smoothing)
+            extra = spec.extra(logits.float(), yb, setup.options)
+            if extra is not None:
+                loss = loss + extra
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()

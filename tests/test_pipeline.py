@@ -64,7 +64,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert (figures / "exit_examples_fashion_mnist.png").exists()
     assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
-    assert sum(trained_counts(log)) == 24, log  # 8 methods × 3 (dataset, split) × 1 seed, each trained once
+    assert sum(trained_counts(log)) == 30, log  # 10 methods × 3 (dataset, split) × 1 seed, each trained once
     print(f"smoke pipeline: {seconds:.0f} s")
 
 
@@ -171,6 +171,6 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 9 and first["wall_time_s"] > 0
-    assert sum(s["runs_trained"] for s in first["steps"]) == 16
+    assert len(first["steps"]) == 13 and first["wall_time_s"] > 0
+    assert sum(s["runs_trained"] for s in first["steps"]) == 30
     assert {"commit", "dirty"} <= set(first["git"])
