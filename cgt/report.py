@@ -126,8 +126,10 @@ def comparisons(methods, strongest: str | None = None) -> list[tuple[str, str]]:
     return [(c, b) for c in CGT_METHODS for b in rivals if c in present and b in present]
 
 
-def _rival_label(base: str, strongest: str | None) -> str:
-    return f"{base} (strongest)" if base == strongest else base
+def _rival_kind(base: str, strongest: str | None) -> str:
+    """Why a baseline is compared: fixed-weight joint training (the paper's claim), the strongest baseline, or both."""
+    kinds = (["joint"] if base in JOINT_BASELINES else []) + (["strongest"] if base == strongest else [])
+    return ", ".join(kinds)
 
 
 def verdict_table(table: pd.DataFrame, point: str, margin: float = verdicts.MARGIN) -> pd.DataFrame:
@@ -139,7 +141,7 @@ def verdict_table(table: pd.DataFrame, point: str, margin: float = verdicts.MARG
     rows = []
     for cgt, base in comparisons(df["method"], strongest):
         d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
-        row = {"CGT": cgt, "vs": _rival_label(base, strongest), "n (seeds)": len(d_cost),
+        row = {"CGT": cgt, "vs": base, "rival": _rival_kind(base, strongest), "n (seeds)": len(d_cost),
                "Δ rel. cost [95% CI]": _interval(d_cost, 3) + f" ({verdicts.sign_pattern(d_cost, 'lower')} cheaper)"}
         for column, label in QUALITY.items():
             d = _paired(df, cgt, base, column, 100.0)
@@ -158,7 +160,7 @@ def matched_cost_table(table: pd.DataFrame, points: list[str], margin: float = v
         df = table[table["operating_point"] == point]
         strongest = strongest_baseline(df)
         for cgt, base in comparisons(df["method"], strongest):
-            row = {"CGT": cgt, "vs": _rival_label(base, strongest), "at": point}
+            row = {"CGT": cgt, "vs": base, "rival": _rival_kind(base, strongest), "at": point}
             d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
             row["n (seeds)"] = len(d_cost)
             row["Δ rel. cost (mean)"] = f"{d_cost.mean():+.3f}" if len(d_cost) else "—"

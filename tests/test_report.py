@@ -39,7 +39,8 @@ def table() -> pd.DataFrame:
 
 def test_verdict_table_categories_and_holm(table):
     df = verdict_table(table, "paper_tau").set_index("CGT")
-    assert list(df["vs"]) == ["joint_uniform (strongest)"] * 3 and set(df["n (seeds)"]) == {5}
+    assert list(df["vs"]) == ["joint_uniform"] * 3 and set(df["n (seeds)"]) == {5}
+    assert list(df["rival"]) == ["joint, strongest"] * 3  # the only baseline here
     assert df.loc["hard_cgt", "verdict (accuracy)"] == verdicts.SUPPORTED
     assert df.loc["soft_cgt", "verdict (accuracy)"] == verdicts.NON_INFERIOR
     assert df.loc["soft_cgt_linear", "verdict (accuracy)"] == verdicts.CONTRADICTED
@@ -78,7 +79,8 @@ def test_the_strongest_baseline_is_the_most_accurate_one_and_is_compared():
     df = pd.DataFrame(rows)
     assert strongest_baseline(df) == "self_distill"  # hard_cgt is not a baseline
     table = verdict_table(df, "paper_tau")
-    assert list(table["vs"]) == ["joint_uniform", "self_distill (strongest)"]
+    assert list(table["vs"]) == ["joint_uniform", "self_distill"]
+    assert list(table["rival"]) == ["joint", "strongest"]
     assert strongest_baseline(df[df["method"] == "hard_cgt"]) is None
 
 
