@@ -284,7 +284,9 @@ def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()
     benchmark artifacts next to them); `spatial`: datasets also shown on the spatial split."""
     parts = [timing_sentence(fig_dir, datasets), "", rule_paragraph(), "",
              f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
-             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}. The common operating point gives every method the same "
+             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}; each verdict table also compares them with the "
+             f"strongest baseline at its operating point (highest mean test accuracy among all baselines; column "
+             f"`rival`). The common operating point gives every method the same "
              f"validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
              f"0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
     for ds in datasets:
