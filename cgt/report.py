@@ -217,3 +217,22 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> None:
     for suffix, text in ((".csv", df.to_csv(index=False)), (".md", to_markdown(df))):
         with atomic_path(f"{stem}{suffix}") as tmp:
             Path(tmp).write_text(text)
+
+
+def calibration_table(runs) -> pd.DataFrame:
+    """Per method and exit, mean over seeds of cgt.calibration.exit_calibration on each run's cached
+    logits: the validation-fitted temperature, test ECE (%) before / after scaling, and the test AUROC
+    of (1 − confidence) for the exit's own mistakes before / after."""
+    from .calibration import exit_calibration
+
+    rows = [{"method": r.method, "seed": r.seed, **c} for r in runs for c in exit_calibration(r.run.logits)]
+    df = pd.DataFrame(rows)
+    grouped = df.groupby(["method", "exit"], sort=False)
+    out = grouped[["temperature", "ece", "ece_scaled", "failure_auroc", "failure_auroc_scaled"]].mean()
+    out[["ece", "ece_scaled"]] *= 100
+    out["n (seeds)"] = grouped["seed"].nunique()
+    out = out.rename(columns={"temperature": "T (val NLL)", "ece": "ECE %", "ece_scaled": "ECE % scaled",
+                              "failure_auroc": "failure AUROC", "failure_auroc_scaled": "failure AUROC scaled"})
+    out = out.round({"T (val NLL)": 2, "ECE %": 2, "ECE % scaled": 2, "failure AUROC": 3, "failure AUROC scaled": 3})
+    order = display_order(out.index.get_level_values("method"))
+    return out.reset_index().sort_values("method", key=lambda m: m.map(order.index), kind="stable")
