@@ -24,7 +24,7 @@ from .paths import figures_dir, runs_dir
 from .policy import PAPER_TAU
 from .provenance import project_relative, write_sidecar
 from .report import (calibration_table, cost_frame, format_pm, matched_cost_table, paper_comparison, per_class_f1,
-                     summarise, verdict_table, write_table)
+                     risk_control_table, summarise, verdict_table, write_table)
 
 GATE_METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
@@ -79,6 +79,7 @@ def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
     shown["verdicts_matched_cost"] = matched_cost_table(res.table, MATCHED_COST_POINTS)
     shown["per_class_f1"] = per_class_f1(res.table, res.class_names).reset_index()
     shown["calibration"] = calibration_table(res.records)
+    shown["risk_control"] = risk_control_table(res.records)
     model = res.records[0].run.model
     costs = cost_frame(res.records[0].costs).reset_index()
     costs["parameters"] = sum(p.numel() for p in model.parameters())

@@ -259,6 +259,10 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
     parts += ["Calibration per exit (from the cached logits): the temperature fitted on validation (NLL), test ECE "
               "before and after scaling, and the test AUROC of (1 − confidence) for the exit's own mistakes — what "
               "an exit decision relies on (mean over seeds):", "", _newer_table(fig_dir, ds, "calibration"), ""]
+    parts += ["Risk-controlled thresholds (one global τ chosen on validation with a guarantee on the loss \"early exit "
+              "wrong where the last exit is right\", which bounds the accuracy lost against the full network; CRC in "
+              "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",
+              _newer_table(fig_dir, ds, "risk_control"), ""]
     if ds.startswith("indian_pines"):
         parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
                   "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",

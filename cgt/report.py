@@ -236,3 +236,34 @@ def calibration_table(runs) -> pd.DataFrame:
     out = out.round({"T (val NLL)": 2, "ECE %": 2, "ECE % scaled": 2, "failure AUROC": 3, "failure AUROC scaled": 3})
     order = display_order(out.index.get_level_values("method"))
     return out.reset_index().sort_values("method", key=lambda m: m.map(order.index), kind="stable")
+
+
+def risk_control_table(runs) -> pd.DataFrame:
+    """The risk-controlled operating points (cgt.risk) per method: the guarantee, and over seeds (mean ±
+    sample SD) the controlled loss realised on test, the accuracy gap to the last exit and the cost."""
+    rows = []
+    for r in runs:
+        points = r.metrics["operating_points"]
+        last = points["last_exit"]["test"]["accuracy"]
+        for name, point in points.items():
+            if "risk" not in point:
+                continue
+            risk = point["risk"]
+            guarantee = (f"E[loss] ≤ {risk['eps']:g}" if risk["method"] == "crc"
+                         else f"P(loss ≤ {risk['eps']:g}) ≥ {1 - risk['delta']:g}")
+            rows.append({"method": r.method, "seed": r.seed, "point": name, "guarantee": guarantee,
+                         "τ": point["thresholds"][0], "test loss %": 100 * risk["test_loss"],
+                         "test accuracy gap, points": 100 * (last - point["test"]["accuracy"]),
+                         "rel. cost": point["test"]["avg_cost_relative"]})
+    if not rows:
+        return pd.DataFrame(columns=["method", "point", "guarantee"])
+    df = pd.DataFrame(rows)
+    grouped = df.groupby(["method", "point", "guarantee"], sort=False)
+    out = grouped[["τ"]].mean().round(4)
+    for column, decimals in (("test loss %", 2), ("test accuracy gap, points", 2), ("rel. cost", 3)):
+        mean, sd = grouped[column].mean(), grouped[column].std(ddof=1)
+        out[column] = [f"{m:.{decimals}f}" if np.isnan(v) else f"{m:.{decimals}f} ± {v:.{decimals}f}"
+                       for m, v in zip(mean, sd)]
+    out["n (seeds)"] = grouped["seed"].nunique()
+    order = display_order(df["method"])
+    return out.reset_index().sort_values("method", key=lambda m: m.map(order.index), kind="stable")

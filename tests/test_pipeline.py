@@ -53,7 +53,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
             assert (figures / f"{stem}_{ds}.pdf").exists()
             assert (figures / f"{stem}_{ds}.png.provenance.json").exists()
         for table in ("paper_tau", "val_common_target", "vs_paper", "verdicts_paper_tau", "verdicts_val_common_target",
-                      "verdicts_matched_cost", "per_class_f1", "costs", "calibration"):
+                      "verdicts_matched_cost", "per_class_f1", "costs", "calibration", "risk_control"):
             assert (figures / f"table_{ds}_{table}.md").exists()
             sidecar = json.loads((figures / f"table_{ds}_{table}.csv.provenance.json").read_text())
             assert {"git", "params", "packages", "data_checksums", "device"} <= set(sidecar)
