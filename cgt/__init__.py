@@ -18,6 +18,8 @@ The modules, in the order data flows through them (each concept lives in exactly
     thresholds     operating points fitted on validation logits; threshold sweeps
     metrics        classification and early-exit metrics
     evaluate       a finished run's metrics at every operating point (incl. matched cost, the budget curve)
+    risk           thresholds with a guarantee on the accuracy lost: conformal risk control, Learn then Test
+    calibration    per exit: validation-fitted temperature, ECE, how well confidence predicts mistakes
     verdicts       the one rule every comparison follows: paired t intervals, margins fixed in advance
     experiment     what a training notebook does in one call: methods × seeds, trained (cached) and evaluated
     report         tables over seeds, the paper's numbers beside ours, per-class F1, the verdict tables
