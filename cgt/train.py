@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import distributed
 from .data import PreparedData
 from .fileio import atomic_path, sha256_file, write_json_atomic
+from .interference import gradient_interference
 from .losses import STRATEGIES, early_head_fit_loss, exit_weights, resolve_lambdas, weighted_exit_loss
 from .models import EarlyExitNet
 from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity
@@ -52,11 +53,16 @@ class TrainConfig:
     """'fp32', or 'bf16' autocast (CUDA only; off for the paper profile so numbers stay comparable)."""
     eval_batch_size: int = 2048
     """Batch size for validation/test logits (no gradients, so larger is fine)."""
+    log_gradients_every: int = 0
+    """Every this many optimiser steps, measure gradient interference between the exits on the batch
+    (cgt.interference: E extra backward passes) into the history; 0: off (not under torchrun)."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if int(self.log_gradients_every) < 0:
+            raise ValueError(f"log_gradients_every={self.log_gradients_every} must be >= 0 (0: off)")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -245,8 +251,10 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     weight_sum = torch.zeros(num_exits, device=x.device)
     seen = torch.zeros((), device=x.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    for start in tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, leave=False, mininterval=2,
-                      disable=setup.progress_label is None or not _terminal()):
+    steps_per_epoch = -(-n // cfg.batch_size)
+    gradients = []  # gradient interference, every cfg.log_gradients_every steps (not under torchrun)
+    for step, start in enumerate(tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, leave=False,
+                                      mininterval=2, disable=setup.progress_label is None or not _terminal())):
         idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
         xb, yb = x[idx], y[idx]
         with autocast:
@@ -259,6 +267,10 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
             extra = spec.extra(logits.float(), yb, setup.options)
             if extra is not None:
                 loss = loss + extra
+        global_step = epoch * steps_per_epoch + step
+        if cfg.log_gradients_every and not ctx.enabled and global_step % cfg.log_gradients_every == 0:
+            gradients.append({"step": global_step, **gradient_interference(state.model, logits, yb, w,
+                                                                             cfg.label_smoothing)})
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -272,7 +284,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     n = seen.item()
     lam = resolve_lambdas(setup.options["lambdas"], num_exits, progress_frac)
     return {"loss": (loss_sum / n).item(), "train_acc": (correct / n).tolist(),
-            "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist()}
+            "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist(),
+            **({"gradients": gradients} if gradients else {})}
 
 
 @torch.no_grad()
