@@ -18,6 +18,7 @@ The modules, in the order data flows through them (each concept lives in exactly
     thresholds     operating points fitted on validation logits; threshold sweeps
     metrics        classification and early-exit metrics
     evaluate       a finished run's metrics at every operating point (incl. matched cost, the budget curve)
+    ablations      notebook 06: the grid of gate settings as data, its runs and tables
     interference   how the exits' gradients conflict on the shared blocks (logged during training on request)
     risk           thresholds with a guarantee on the accuracy lost: conformal risk control, Learn then Test
     calibration    per exit: validation-fitted temperature, ECE, how well confidence predicts mistakes

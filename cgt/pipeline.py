@@ -3,7 +3,8 @@
     python -m cgt paper --profile smoke|quick|paper [--dataset fashion_mnist indian_pines] [--force]
 
 Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
-for the profile's `spatial` datasets (Indian Pines) — then 04_figures once.
+for the profile's `spatial` datasets (Indian Pines) — then 06_ablations per built-in dataset, then
+04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
 A step whose inputs are unchanged — notebook, parameters, package code, the runs it read, its
 outputs (cgt.stepcache) — is skipped, and the log says for each step why it ran or that it was
@@ -31,6 +32,8 @@ from .profiles import get_profile, profile_environment
 from .stepcache import StepCache, runs_read
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
+ABLATIONS = ["06_ablations"]
+"""Per dataset, on its random split, after every dataset's training notebooks."""
 ONCE = ["04_figures"]
 
 
@@ -71,6 +74,7 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
     steps = [Step(nb, {"profile": profile, "dataset": ds, **split,
                        **({"force": True} if force and nb != "00_data" else {})})
              for ds, split in variants for nb in PER_DATASET]
+    steps += [Step(nb, {"profile": profile, "dataset": ds}) for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
     steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial}) for nb in ONCE]
     return steps
 
@@ -82,9 +86,10 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     (e.g. "04_figures") executed again even if unchanged."""
     import papermill as pm
 
-    unknown = sorted(set(force_steps or []) - set(PER_DATASET + ONCE))
+    valid = PER_DATASET + ABLATIONS + ONCE
+    unknown = sorted(set(force_steps or []) - set(valid))
     if unknown:
-        raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {PER_DATASET + ONCE}")
+        raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {valid}")
     steps = plan(profile, datasets, force)
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
