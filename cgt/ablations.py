@@ -11,6 +11,7 @@ overrides, and the inference threshold that matches its training (τ_infer = τ_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,3 +163,48 @@ def gate_vs_routing(results: dict[str, list[EvaluatedRun]], configs: list[Config
             row[f"exit {e + 1}: test routed %"] = round(100 * f, 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def interference_summary(histories: dict[str, list[dict]]) -> pd.DataFrame:
+    """Per method, over the second half of training's gradient records (cgt.interference): the mean cosine
+    between the first and the last exit's gradients on the shared blocks, the lowest mean cosine of any
+    pair, and each exit's mean share of the gradient norm."""
+    rows = []
+    for method, hist in histories.items():
+        records = [g for h in hist for g in h.get("gradients", [])]
+        late = records[len(records) // 2:]
+        if not late:
+            continue
+        num_exits = len(late[0]["norm_share"])
+        pair_means = {(a, b): np.nanmean([np.nan if g["cosine"][a][b] is None else g["cosine"][a][b] for g in late])
+                      for a in range(num_exits) for b in range(a + 1, num_exits)}
+        row = {"method": method, "records": len(late),
+               f"cos exits 1·{num_exits}": round(float(pair_means[(0, num_exits - 1)]), 3),
+               "lowest pair cos": round(float(min(pair_means.values())), 3)}
+        for e in range(num_exits):
+            row[f"exit {e + 1} norm share %"] = round(100 * float(np.mean([g["norm_share"][e] for g in late])), 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save(tables: dict[str, pd.DataFrame], figures: dict[str, Any], dataset: str, profile: str,
+         configs: list[Config], seeds: list[int]) -> list[Path]:
+    """Write the notebook's tables (table_<dataset>_ablation_<name>.csv/.md) and figures
+    (ablation_<name>_<dataset>.png/.pdf) to the profile's figures folder, each with a sidecar."""
+    from .paths import figures_dir
+    from .plots import save_figure
+    from .provenance import write_sidecar
+    from .report import write_table
+
+    out, written = figures_dir(profile), []
+    params = {"profile": profile, "dataset": dataset, "configs": [vars(c) for c in configs]}
+    for name, df in tables.items():
+        stem = out / f"table_{dataset}_ablation_{name}"
+        write_table(df, stem)
+        write_sidecar(f"{stem}.csv", params=params, seed=seeds)
+        written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
+    for name, fig in figures.items():
+        for path in save_figure(fig, out / f"ablation_{name}_{dataset}"):
+            write_sidecar(path, params=params, seed=seeds)
+            written.append(path)
+    return written
