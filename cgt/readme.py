@@ -294,6 +294,38 @@ def spatial_section(fig_dir: Path, ds: str) -> list[str]:
             *dataset_section(fig_dir, f"{ds}_spatial")]
 
 
+def ablation_section(fig_dir: Path, ds: str) -> list[str]:
+    """'When does CGT help?' for one dataset, from notebook 06's tables: which gate settings the paired
+    rule finds favourable or contradicted at each point, and what the gradient measurements show."""
+    head = [f"#### {ds}", ""]
+    if not (fig_dir / f"table_{ds}_ablation_verdicts.csv").exists():
+        return head + [_newer_table(fig_dir, ds, "ablation_verdicts"), ""]
+    md, df = _table(fig_dir, ds, "ablation_verdicts")
+    bullets = []
+    for column in [c for c in df.columns if c.startswith("verdict ")]:
+        counts = df[column].value_counts()
+        favourable = df.loc[df[column].isin([verdicts.SUPPORTED, verdicts.NON_INFERIOR, verdicts.MORE_ACCURATE]),
+                            "config"].tolist()
+        bullets.append(f"* {column[len('verdict '):]}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                       + (f" (favourable: {'; '.join(f'`{c}`' for c in favourable)})" if favourable else "") + ".")
+    parts = head + [f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
+                    "", *bullets, "", md, "",
+                    f"![ablation heatmap, {ds}]({fig_dir.name}/ablation_heatmap_{ds}.png)", ""]
+    if (fig_dir / f"table_{ds}_ablation_interference.csv").exists():
+        imd, idf = _table(fig_dir, ds, "ablation_interference")
+        cos = next(c for c in idf.columns if c.startswith("cos exits 1·"))
+        sentences = [f"`{r['method']}`: {cos} {r[cos]:+.3f}, lowest pair {r['lowest pair cos']:+.3f}, the last exit "
+                     f"holds {r[idf.columns[-1]]:.0f} % of the gradient norm" for _, r in idf.iterrows()]
+        conflict = [r["method"] for _, r in idf.iterrows() if r["lowest pair cos"] < 0]
+        parts += ["Gradient interference on the shared blocks, second half of training (one seed): "
+                  + "; ".join(sentences) + ". "
+                  + (f"Conflicting directions (a pair's mean cosine below 0) appear in {', '.join(f'`{m}`' for m in conflict)}."
+                     if conflict else "No pair of exits has a negative mean cosine in any method: the gradients "
+                                      "pull the shared blocks in broadly the same direction."), "", imd, "",
+                  f"![gradient interference, {ds}]({fig_dir.name}/ablation_interference_{ds}.png)", ""]
+    return parts
+
+
 def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()) -> str:
     """The README's results block, from the tables and figures 04_figures wrote (and the timing and
     benchmark artifacts next to them); `spatial`: datasets also shown on the spatial split."""
@@ -308,6 +340,12 @@ def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()
         parts += [f"### {ds}", "", *dataset_section(fig_dir, ds)]
     for ds in spatial:
         parts += spatial_section(fig_dir, ds)
+    parts += ["### When does CGT help? (notebook 06)", "",
+              "A grid of gate settings per dataset (`cgt/ablations.py`: τ_train, normalisation, ε_leak, sigmoid "
+              "scale, fixed λ), each at τ_infer = τ_train, at τ = 0.9 and at matched validation-fitted cost, "
+              "judged against `joint_uniform` with the same paired rule.", ""]
+    for ds in datasets:
+        parts += ablation_section(fig_dir, ds)
     parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
               "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), "",
               "### The executed notebooks", "", *notebook_links(fig_dir.parent / "paper"), ""]
