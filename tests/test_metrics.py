@@ -152,7 +152,14 @@ def test_evaluate_logits_operating_points():
     test, y_test = random_logits(1)
     m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
     points = m["operating_points"]
-    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50"]
+    # risk-controlled points only where 120 validation samples can certify them (LTT at ε = 1 % needs 230)
+    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50",
+                            "risk_crc_1", "risk_crc_2", "risk_crc_5", "risk_ltt_2", "risk_ltt_5"]
+    for name in ("risk_crc_1", "risk_crc_5", "risk_ltt_5"):
+        point = points[name]
+        assert len(set(point["thresholds"])) == 1 and 0 <= point["risk"]["test_loss"] <= 1
+        # the controlled loss never exceeds the accuracy drop's upper bound: early wrong where the last is right
+        assert point["risk"]["val_loss"] >= last["val"]["accuracy"] - point["val"]["accuracy"] - 1e-9
     last = points["last_exit"]
     for split, (lg, y) in (("val", (val, y_val)), ("test", (test, y_test))):
         assert last[split]["avg_cost_relative"] == 1.0 and last[split]["avg_cost_flops"] == COSTS.full_network
