@@ -152,6 +152,7 @@ def test_evaluate_logits_operating_points():
     test, y_test = random_logits(1)
     m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
     points = m["operating_points"]
+    last = points["last_exit"]
     # risk-controlled points only where 120 validation samples can certify them (LTT at ε = 1 % needs 230)
     assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50",
                             "risk_crc_1", "risk_crc_2", "risk_crc_5", "risk_ltt_2", "risk_ltt_5"]
