@@ -114,12 +114,13 @@ def _risk_controlled_points(splits: dict, at, cfg: EvalConfig) -> dict:
     from . import risk
 
     val_logits, y_val = splits["val"]
+    losses = risk.gap_losses(val_logits, y_val, risk.conservative_first(cfg.policy), cfg.policy)  # shared by all
     points = {}
     for method in risk.METHODS:
         for eps in cfg.risk_epsilons:
             if len(y_val) < risk.min_calibration_size(method, eps, cfg.risk_delta):
                 continue
-            lam = risk.risk_controlled_threshold(val_logits, y_val, method, eps, cfg.risk_delta, cfg.policy)
+            lam = risk.risk_controlled_threshold(val_logits, y_val, method, eps, cfg.risk_delta, cfg.policy, losses)
             guarantee = (f"E[loss] <= {eps}" if method == "crc" else f"P(risk <= {eps}) >= {1 - cfg.risk_delta:g}")
             point = at([lam] * (val_logits.shape[0] - 1), f"{method.upper()} on validation: {guarantee}, loss = early "
                                                           f"exit wrong where the last exit is right")

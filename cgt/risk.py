@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from .inference import exits_from_logits
-from .policy import check_policy, threshold_grid
+from .policy import check_policy, passes, scores, threshold_grid
 
 METHODS = ("crc", "ltt")
 EPSILONS = (0.01, 0.02, 0.05)
@@ -58,14 +57,24 @@ def _check_size(method: str, n: int, eps: float, delta: float) -> None:
                          + (f", delta={delta}" if method == "ltt" else "") + f": it needs at least {need}")
 
 
-def gap_losses(logits: torch.Tensor, y: torch.Tensor, grid: np.ndarray, policy: str = "max_softmax") -> np.ndarray:
-    """(n, len(grid)) 0/1 losses L_i(λ) for each global threshold λ of `grid` (ordered by the caller)."""
-    full_right = (logits[-1].argmax(-1) == y).numpy()
-    out = np.empty((len(y), len(grid)), np.float64)
-    for j, lam in enumerate(grid):
-        preds, _ = exits_from_logits(logits, float(lam), policy)
-        out[:, j] = (preds.numpy() != y.numpy()) & full_right
-    return out
+def gap_losses(logits: torch.Tensor, y: torch.Tensor, grid, policy: str = "max_softmax") -> np.ndarray:
+    """(n, len(grid)) 0/1 losses L_i(λ) for each global threshold λ of `grid` (ordered by the caller),
+    all thresholds at once: the scores are computed once and compared with every λ."""
+    check_policy(policy)
+    grid = torch.as_tensor(np.asarray(grid, dtype=np.float32))
+    score = scores(logits[:-1], policy)                                          # (E − 1, n)
+    accept = passes(score[None], grid[:, None, None], policy)                    # (G, E − 1, n)
+    accept = torch.cat([accept, torch.ones_like(accept[:, :1])], dim=1)           # the last exit takes the rest
+    exit_index = accept.int().argmax(dim=1)                                       # (G, n): first accepting exit
+    preds = _predictions_at(logits.argmax(-1), exit_index)
+    full_right = logits[-1].argmax(-1) == y
+    return ((preds != y[None]) & full_right[None]).T.numpy().astype(np.float64)
+
+
+def _predictions_at(exit_preds: torch.Tensor, exit_index: torch.Tensor) -> torch.Tensor:
+    """exit_preds (E, n), exit_index (G, n) → (G, n): each sample's prediction at its exit, per threshold."""
+    n = exit_preds.shape[1]
+    return exit_preds[exit_index, torch.arange(n)[None, :].expand_as(exit_index)]
 
 
 def conservative_first(policy: str, n: int = 100) -> np.ndarray:
@@ -113,14 +122,15 @@ def ltt_threshold(losses: np.ndarray, eps: float, delta: float = DELTA) -> int:
 
 
 def risk_controlled_threshold(logits: torch.Tensor, y: torch.Tensor, method: str, eps: float, delta: float = DELTA,
-                              policy: str = "max_softmax") -> float:
-    """The global threshold `method` picks on calibration logits (E, n, K) and labels (n,)."""
+                              policy: str = "max_softmax", losses: np.ndarray | None = None) -> float:
+    """The global threshold `method` picks on calibration logits (E, n, K) and labels (n,); `losses`: their
+    gap_losses on conservative_first(policy), when already computed (several methods and ε share them)."""
     check_levels(eps, delta)
     if method not in METHODS:
         raise ValueError(f"unknown risk-control method {method!r}; valid choices: {list(METHODS)}")
     _check_size(method, len(y), eps, delta)
     grid = conservative_first(policy)
-    losses = gap_losses(logits, y, grid, policy)
+    losses = gap_losses(logits, y, grid, policy) if losses is None else losses
     j = crc_threshold(losses, eps) if method == "crc" else ltt_threshold(losses, eps, delta)
     return float(grid[j])
 

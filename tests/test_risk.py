@@ -102,3 +102,18 @@ def test_the_threshold_from_logits_is_a_candidate(pool):
     assert tau in conservative_first("max_softmax").tolist()
     with pytest.raises(ValueError, match="needs at least 230"):
         risk_controlled_threshold(logits[:, :100], y[:100], "ltt", 0.01)
+
+
+def test_vectorised_losses_equal_the_exit_rule_threshold_by_threshold(pool):
+    """gap_losses (all thresholds at once) against cgt.inference.exits_from_logits, one threshold at a time."""
+    from cgt.inference import exits_from_logits
+
+    losses, logits, y = pool
+    grid = conservative_first("max_softmax")
+    full_right = logits[-1].argmax(-1) == y
+    for j in (0, 10, 50, len(grid) - 1):
+        preds, _ = exits_from_logits(logits, float(grid[j]))
+        np.testing.assert_array_equal(losses[:, j], ((preds != y) & full_right).numpy().astype(float))
+    entropy = gap_losses(logits, y, [0.3], "entropy")[:, 0]
+    preds, _ = exits_from_logits(logits, 0.3, "entropy")
+    np.testing.assert_array_equal(entropy, ((preds != y) & full_right).numpy().astype(float))
