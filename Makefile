@@ -41,7 +41,14 @@ quick: data
 smoke: data
 	$(PY) -m cgt paper --profile smoke
 
-lab: setup
+# JupyterLab's settings for this environment: no first-run "fetch Jupyter news?" prompt, no update check
+# (the lab runs offline against the project; change them in the lab's Settings editor if you like).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_SETTINGS): $(STAMP)
+	mkdir -p $(dir $@)
+	printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' > $@
+
+lab: setup $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-venv:

@@ -18,6 +18,10 @@ The modules, in the order data flows through them (each concept lives in exactly
     thresholds     operating points fitted on validation logits; threshold sweeps
     metrics        classification and early-exit metrics
     evaluate       a finished run's metrics at every operating point (incl. matched cost, the budget curve)
+    ablations      notebook 06: the grid of gate settings as data, its runs and tables
+    interference   how the exits' gradients conflict on the shared blocks (logged during training on request)
+    risk           thresholds with a guarantee on the accuracy lost: conformal risk control, Learn then Test
+    calibration    per exit: validation-fitted temperature, ECE, how well confidence predicts mistakes
     verdicts       the one rule every comparison follows: paired t intervals, margins fixed in advance
     experiment     what a training notebook does in one call: methods × seeds, trained (cached) and evaluated
     report         tables over seeds, the paper's numbers beside ours, per-class F1, the verdict tables
@@ -31,6 +35,7 @@ The modules, in the order data flows through them (each concept lives in exactly
     deploy         a run exported to ONNX; early exit with ONNX Runtime
     bench          wall-clock speed-up of real early exit against its FLOPs prediction
     pipeline       the notebooks in order through papermill (`python -m cgt paper`)
+    stepcache      which pipeline steps can be skipped: their inputs and outputs are unchanged
     nbtools        keeping committed notebooks stripped and nbval-checkable
     cli            `python -m cgt data | train | paper | results | export | bench`
     paths, fileio  where things live; atomic writes and hashes

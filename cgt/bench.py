@@ -22,6 +22,7 @@ per-block and per-head times at batch size 1) in the profile's figures folder.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ import torch
 from .cost import ExitCosts, average_cost, exit_costs
 from .data import BUILTIN
 from .experiment import load_dataset, load_finished
-from .fileio import write_json_atomic
+from .fileio import read_json, sha256_bytes, write_json_atomic
 from .inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from .paths import figures_dir
 from .policy import PAPER_TAU
@@ -200,8 +201,27 @@ def target_check(records: list[dict]) -> list[dict]:
     return out
 
 
+def inputs_key(profile: str, method: str, tau: float, datasets, repeats: int, single_samples: int) -> str:
+    """What a benchmark result depends on: the package code, the timed runs (their complete.json), the
+    settings and this machine. Equal keys: the recorded result stands and nothing is measured again."""
+    from .stepcache import package_version, run_state
+
+    runs = {ds: run_state(load_finished(ds, profile, [method], seeds=[0])[0].run.run_dir) for ds in datasets}
+    return sha256_bytes(json.dumps([package_version(), runs, method, tau, repeats, single_samples,
+                                    device_description("cpu")], sort_keys=True).encode())[:16]
+
+
 def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU, datasets=tuple(BUILTIN),
-        repeats: int = 30, single_samples: int = 200) -> list[dict]:
+        repeats: int = 30, single_samples: int = 200, force: bool = False) -> list[dict]:
+    """The protocol on each dataset's model; skipped (the recorded records returned) when bench.json
+    was measured with the same inputs (`inputs_key`), unless `force`."""
+    out = figures_dir(profile) / "bench.json"
+    key = inputs_key(profile, method, tau, datasets, repeats, single_samples)
+    sidecar = out.with_name(out.name + ".provenance.json")
+    if not force and out.exists() and sidecar.exists() and read_json(sidecar)["params"].get("inputs") == key:
+        print(f"{out}: measured with the same code, models, settings and machine (inputs {key}); not measured "
+              f"again (--force to measure anyway)")
+        return read_json(out)
     t_start = time.perf_counter()
     print(f"device: {device_description('cpu')}; policy max_softmax, tau = {tau}; method {method} ({profile} profile); "
           f"median [IQR] of {repeats} repeats after warm-up")
@@ -230,12 +250,11 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
         print(f"{t['dataset']} batch {t['batch_size']}: best {t['best_engine']} ({t['best_threads']} threads) reaches "
               f"{100 * t['best_ratio']:.0f} % of the FLOPs prediction (target {100 * t['target_ratio']:.0f} %): "
               f"{'met' if t['met'] else 'not met'}")
-    out = figures_dir(profile) / "bench.json"  # committed with the paper profile's figures
-    write_json_atomic(out, records)
+    write_json_atomic(out, records)  # committed with the paper profile's figures
     write_json_atomic(out.with_name("bench_components.json"), components)
     for path in (out, out.with_name("bench_components.json")):
         write_sidecar(path, params={"profile": profile, "method": method, "tau": tau, "repeats": repeats,
-                                    "single_samples": single_samples}, device="cpu", seed=0,
+                                    "single_samples": single_samples, "inputs": key}, device="cpu", seed=0,
                       wall_time_s=time.perf_counter() - t_start)
     print(f"written: {out}")
     return records

@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|train|paper|results|export|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|split|train|paper|publish|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
 the valid choices and exit status 2, a failed pipeline step with status 1.
@@ -10,8 +10,11 @@ import json
 import sys
 import time
 
+import numpy as np
+
 from .data import BUILTIN, DataVerificationError
 from .deploy import ExportError
+from .experiment import SPLITS
 from .methods import METHODS
 from .profiles import PROFILES
 
@@ -46,9 +49,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.method == ["all"] else args.method
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     options = _json_object("--options", args.options)
-    run_methods(args.dataset, args.profile, methods, seeds=args.seed, options={m: options for m in methods},
+    run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split,
+                options={m: options for m in methods},
                 model=_json_object("--model-options", args.model_options) or None, data_dir=args.data_dir,
                 device=args.device, train_overrides=overrides, force=args.force, progress=not args.quiet)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Write the (H, W) split map of a scene dataset, for evaluating any other method on exactly this split."""
+    from .data.splits import SPLIT_CODES
+    from .experiment import check_split, load_dataset
+    from .fileio import atomic_path
+
+    check_split(args.split, args.dataset)
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out!r} must name a .npz file")
+    data = load_dataset(args.dataset, args.profile, args.data_dir, args.split, split_seed=args.seed)
+    if "split_map" not in data.extras:
+        scenes = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
+        raise ValueError(f"{args.dataset!r} has no spatial layout, so no split map; datasets with one: {scenes}")
+    split_map = data.extras["split_map"]
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, split_map=split_map, codes=np.array(["unlabelled", *SPLIT_CODES]),
+                                dataset=args.dataset, split=args.split, seed=args.seed)
+    counts = ", ".join(f"{name} {int((split_map == code).sum())}" for name, code in SPLIT_CODES.items())
+    print(f"{args.out}: {args.dataset} {args.split} split, seed {args.seed}, {split_map.shape[0]}×{split_map.shape[1]} "
+          f"map (0 unlabelled, {', '.join(f'{c} {n}' for n, c in SPLIT_CODES.items())}); pixels: {counts}")
     return 0
 
 
@@ -56,10 +84,18 @@ def cmd_paper(args: argparse.Namespace) -> int:
     from .pipeline import PipelineError, run_pipeline
 
     try:
-        run_pipeline(args.profile, args.dataset, force=args.force)
+        run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .pipeline import publish_notebooks
+
+    written = publish_notebooks(args.profile)
+    print(f"{len(written)} files written to {written[0].parent} (executed notebooks and their HTML exports)")
     return 0
 
 
@@ -69,7 +105,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
-    section = results_markdown(fig_dir, args.dataset or list(BUILTIN))
+    datasets = args.dataset or list(BUILTIN)
+    section = results_markdown(fig_dir, datasets, [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
     block = write_block(fig_dir, section)
     if PROFILES[args.profile].publishes and not args.stdout:
         update_readme(project_root() / "README.md", section)
@@ -90,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
-    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples)
+    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples, force=args.force)
     return 0
 
 
@@ -105,11 +142,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", default=None, help="base URL replacing the canonical download location")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("split", help="write a scene's split map (.npz): 0 unlabelled, 1 train, 2 val, 3 test, 4 guard")
+    p.add_argument("--dataset", default="indian_pines", choices=list(BUILTIN))
+    p.add_argument("--split", default="spatial", choices=list(SPLITS))
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--profile", default="paper", choices=profiles, help="preparation settings (patch size) of this profile")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--split", default="random", choices=list(SPLITS),
+                   help="random (the paper's) | spatial (Indian Pines: disjoint regions, guard band; split seed = seed)")
     p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, "
                                                    "e.g. '{\"tau_train\": 0.8}'")
     p.add_argument("--epochs", type=int, default=None)
@@ -126,8 +174,14 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
     p.add_argument("--profile", default="paper", choices=profiles)
     p.add_argument("--dataset", nargs="+", default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
-    p.add_argument("--force", action="store_true", help="retrain every run even if a finished one exists")
+    p.add_argument("--force", action="store_true", help="retrain every run and execute every notebook")
+    p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
+                   help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
     p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")
     p.add_argument("--profile", default="paper", choices=profiles)
@@ -147,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.9)
     p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
     p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
+    p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")
     p.set_defaults(func=cmd_bench)
     return top
 

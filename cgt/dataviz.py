@@ -16,8 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .data import SPLITS, PreparedData
+from .data.splits import GUARD
 
 SPLIT_COLOURS = {"train": "#d62728", "val": "#ff9f1c", "test": "#1f4e9c"}
+GUARD_COLOUR = (0.15, 0.15, 0.15, 1)
 FALSE_COLOUR_BANDS = (50, 27, 17)
 """Bands (0-based, of the 200-band corrected cube) shown as R, G, B: near-infrared, red, green,
 the usual false-colour composite in which vegetation looks red."""
@@ -80,17 +82,21 @@ def indian_pines_overview(cube: np.ndarray, gt: np.ndarray, prepared: PreparedDa
     ax_gt.imshow(gt, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
     ax_gt.set_title("(b) ground truth (black: unlabelled)")
 
-    # (c) the labelled area in light grey, each split's pixels painted on top in its colour.
-    # Labelled pixels left grey belong to no split (only when a profile caps the sample counts).
+    # (c) the labelled area in light grey, each split's pixels painted on top in its colour, the guard
+    # band of a spatial split in black. Labelled pixels left grey belong to no split (only when a
+    # profile caps the sample counts).
     h, w = (int(v) for v in prepared.extras["image_shape"])
     overlay = np.ones((h * w, 4))
     overlay[gt.ravel() > 0] = (0.8, 0.8, 0.8, 1)
+    guard = np.flatnonzero(prepared.extras["split_map"].ravel() == GUARD) if "split_map" in prepared.extras else []
+    overlay[guard] = GUARD_COLOUR
     for s in SPLITS:
         overlay[prepared.extras[f"pixels_{s}"]] = (*to_rgb(SPLIT_COLOURS[s]), 1)
     ax_split.imshow(overlay.reshape(h, w, 4), interpolation="nearest")
     ax_split.set_title("(c) which split each labelled pixel is in")
     ax_split.legend(handles=[Patch(color=SPLIT_COLOURS[s], label=f"{s} ({len(prepared.extras[f'pixels_{s}'])})")
-                             for s in SPLITS] + [Patch(color=(0.8, 0.8, 0.8), label="labelled, in no split")],
+                             for s in SPLITS] + [Patch(color=GUARD_COLOUR, label=f"guard band ({len(guard)})"),
+                                                 Patch(color=(0.8, 0.8, 0.8), label="labelled, in no split")],
                     loc="upper right", fontsize=8)
     for ax in (ax_rgb, ax_gt, ax_split):
         ax.set_xticks([]), ax.set_yticks([])
@@ -130,3 +136,27 @@ def pca_variance(prepared: PreparedData) -> Figure:
     ax.legend(loc="center right")
     return fig
 
+
+
+def patch_leakage(prepared: PreparedData, patch_size: int) -> pd.DataFrame:
+    """Per evaluation split: how many of its pixels have a training pixel inside their own patch (and,
+    for test, a validation pixel), and the median number of training pixels a patch holds. The random
+    split leaks into nearly every patch; the spatial split's guard band makes it zero."""
+    h, w = (int(v) for v in prepared.extras["image_shape"])
+    radius = patch_size // 2
+
+    def in_window(split: str) -> np.ndarray:  # per pixel: pixels of `split` in its patch window
+        mask = np.zeros((h + 2 * radius, w + 2 * radius))
+        rows, cols = np.divmod(prepared.extras[f"pixels_{split}"], w)
+        mask[rows + radius, cols + radius] = 1
+        windows = np.lib.stride_tricks.sliding_window_view(mask, (patch_size, patch_size))
+        return windows.sum(axis=(2, 3))
+
+    near = {s: in_window(s).ravel() for s in ("train", "val")}
+    rows = {}
+    for s in ("val", "test"):
+        pixels = prepared.extras[f"pixels_{s}"]
+        rows[s] = {"pixels": len(pixels), "with a training pixel in the patch": int((near["train"][pixels] > 0).sum()),
+                   "median training pixels per patch": float(np.median(near["train"][pixels])) if len(pixels) else 0.0,
+                   "with a validation pixel in the patch": int((near["val"][pixels] > 0).sum()) if s == "test" else None}
+    return pd.DataFrame(rows).T

@@ -7,6 +7,9 @@ Operating points of every run (metrics.json):
                       own last exit (a per-method view: each method gets its own target);
   * val_budget_30 / _40 / _50 — per-exit τ fitted on validation: most accurate at ≤ 30 / 40 / 50 %
                       of the full network's cost (matched cost: every method gets the same budget).
+  * risk_crc_1 / _2 / _5, risk_ltt_1 / _2 / _5 — one global τ chosen on validation with a guarantee
+                      on the accuracy lost against the last exit (ε = 1, 2, 5 %; cgt.risk): CRC in
+                      expectation, LTT with probability ≥ 1 − δ (δ = 0.1).
 Plus the budget curve (val_budget at budgets 0.25 … 1.00, its test accuracy and macro-F1, and their
 mean over the budgets: the area under the validation-fitted accuracy–cost curve), and the global-τ
 sweep on validation and, with the same thresholds, on test.
@@ -45,6 +48,10 @@ class EvalConfig:
     """Matched-cost operating points: allowed average cost relative to the full network."""
     curve_budgets: tuple[float, ...] = tuple(np.round(np.arange(0.25, 1.0001, 0.05), 2).tolist())
     """Budgets of the validation-fitted accuracy–cost curve (its mean accuracy is the AUC)."""
+    risk_epsilons: tuple[float, ...] = (0.01, 0.02, 0.05)
+    """Tolerated risks of the risk-controlled points (cgt.risk): accuracy lost against the last exit."""
+    risk_delta: float = 0.1
+    """LTT: the guarantee holds with probability at least 1 − δ."""
 
 
 def budget_point_name(budget: float) -> str:
@@ -85,6 +92,7 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
         taus, met = pick(fitted, "budget", budget=budget)
         points[budget_point_name(budget)] = at(taus, f"fitted on validation: most accurate at relative cost <= {budget}"
                                                      + ("" if met else " (unreachable: all leave at exit 1)"))
+    points |= _risk_controlled_points(splits, at, cfg)
     sweep_val = sweep_global(val_logits, y_val, costs, cfg.policy)
     sweep_test = sweep_global(test_logits, y_test, costs, cfg.policy, grid=sweep_val.thresholds[:, 0])
     return {
@@ -97,6 +105,30 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
                   "test_accuracy": sweep_test.accuracy.tolist(), "test_relative_cost": sweep_test.relative_cost.tolist(),
                   "test_exit_fractions": sweep_test.exit_fractions.tolist()},
     }
+
+
+def _risk_controlled_points(splits: dict, at, cfg: EvalConfig) -> dict:
+    """One global threshold per (method, ε) of cgt.risk, with the validation split as the calibration
+    set; each point records the controlled loss (early exit wrong where the last exit is right) on
+    validation and test. A calibration set too small for a guarantee gives no point (nothing certified)."""
+    from . import risk
+
+    val_logits, y_val = splits["val"]
+    losses = risk.gap_losses(val_logits, y_val, risk.conservative_first(cfg.policy), cfg.policy)  # shared by all
+    points = {}
+    for method in risk.METHODS:
+        for eps in cfg.risk_epsilons:
+            if len(y_val) < risk.min_calibration_size(method, eps, cfg.risk_delta):
+                continue
+            lam = risk.risk_controlled_threshold(val_logits, y_val, method, eps, cfg.risk_delta, cfg.policy, losses)
+            guarantee = (f"E[loss] <= {eps}" if method == "crc" else f"P(risk <= {eps}) >= {1 - cfg.risk_delta:g}")
+            point = at([lam] * (val_logits.shape[0] - 1), f"{method.upper()} on validation: {guarantee}, loss = early "
+                                                          f"exit wrong where the last exit is right")
+            point["risk"] = {"method": method, "eps": eps, "delta": cfg.risk_delta if method == "ltt" else None,
+                             **{f"{s}_loss": float(risk.gap_losses(l, y, [lam], cfg.policy).mean())
+                                for s, (l, y) in splits.items()}}
+            points[risk.point_name(method, eps)] = point
+    return points
 
 
 def _budget_curve(fitted: Candidates, splits: dict, costs: ExitCosts, num_classes: int, cfg: EvalConfig) -> dict:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Union
 
 from . import distributed
 from .cost import ExitCosts, exit_costs
-from .data import PreparedData, load
+from .data import BUILTIN, PreparedData, load, resolve
 from .evaluate import EvalConfig, common_target_point, evaluate_run
 from .methods import JOINT_BASELINES, check_methods
 from .models import EarlyExitNet
@@ -40,8 +40,29 @@ class EvaluatedRun:
     costs: ExitCosts
 
 
-def load_dataset(dataset: str, profile: str, data_dir: str | None = None, **data_overrides: Any) -> PreparedData:
-    """The dataset as `profile` prepares it (from the preparation cache when it exists)."""
+SPLITS = ("random", "spatial")
+"""How a dataset's labelled samples are split: `random` (the dataset's own split — for Indian Pines the
+paper's stratified per-pixel one, drawn once with the profile's data seed), or `spatial` (Indian Pines:
+disjoint regions with a guard band, drawn anew for each training seed: split seed = training seed)."""
+
+
+def check_split(split: str, dataset: str) -> None:
+    """Refuse an unknown split, or `spatial` for a dataset without a spatial layout, before any work."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
+    if split == "spatial" and "split" not in resolve(dataset).option_names():
+        spatial = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
+        raise ValueError(f"split='spatial' needs a dataset with a spatial layout ({spatial}); {dataset!r} has "
+                         f"only its own split: use split='random'")
+
+
+def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split: str = "random",
+                 split_seed: int | None = None, **data_overrides: Any) -> PreparedData:
+    """The dataset as `profile` prepares it (from the preparation cache when it exists); with
+    split='spatial', the spatial split drawn with `split_seed` (default: the profile's data seed)."""
+    check_split(split, dataset)
+    if split == "spatial":
+        data_overrides = data_overrides | {"split": "spatial"} | ({} if split_seed is None else {"seed": split_seed})
     cfg = data_config(profile, dataset, str(data_dir or default_data_dir()), **data_overrides)
     cfg.cache_dir = str(prepared_dir())
     return load(cfg)
@@ -49,27 +70,35 @@ def load_dataset(dataset: str, profile: str, data_dir: str | None = None, **data
 
 @dataclass
 class _Plan:
-    data: PreparedData
+    data: dict[int, PreparedData]
+    """seed → the data that seed trains on (the same object for every seed, unless split='spatial')."""
     base_cfg: TrainConfig
-    build: Callable[[], EarlyExitNet]
+    model: ModelChoice
     seeds: list[int]
+
+    def build(self, seed: int) -> EarlyExitNet:
+        data = self.data[seed]
+        return self.model(data) if callable(self.model) else data.default_model(**(self.model or {}))
 
 
 def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | None,
           options: dict[str, dict[str, Any]] | None, model: ModelChoice, data_dir: str | None,
-          train_overrides: dict[str, Any] | None = None) -> _Plan:
+          train_overrides: dict[str, Any] | None = None, split: str = "random") -> _Plan:
     """Check every name and option, then load the data; fails before any training."""
     check_methods(methods, options)
+    check_split(split, dataset)
     seeds = get_profile(profile).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
-    data = load_dataset(dataset, profile, data_dir)
-    if callable(model):
-        build = lambda: model(data)  # noqa: E731
+    if split == "spatial":
+        data = {seed: load_dataset(dataset, profile, data_dir, split, split_seed=seed) for seed in seeds}
     else:
-        build = lambda: data.default_model(**(model or {}))  # noqa: E731
+        shared = load_dataset(dataset, profile, data_dir)
+        data = {seed: shared for seed in seeds}
+    plan = _Plan(data, base_cfg, model, seeds)
     # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
-    check_methods(methods, options, num_exits=build().num_exits)
-    return _Plan(data, base_cfg, build, seeds)
+    for seed in seeds[:1]:
+        check_methods(methods, options, num_exits=plan.build(seed).num_exits)
+    return plan
 
 
 def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
@@ -77,43 +106,46 @@ def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
 
 
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-                options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+                split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                 data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
+    split: "random" or "spatial" (see SPLITS); the run cache key includes it, through the data.
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).
     """
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
     out = []
     for method in methods:
         for seed in plan.seeds:
             t0 = time.perf_counter()
-            run = train_run(plan.data, method, _seed_config(plan, seed, device), runs_root=runs_dir(profile),
-                            options=(options or {}).get(method), model_fn=plan.build, progress=progress, force=force)
+            run = train_run(plan.data[seed], method, _seed_config(plan, seed, device), runs_root=runs_dir(profile),
+                            options=(options or {}).get(method), model_fn=lambda: plan.build(seed),
+                            progress=progress, force=force)
             if distributed.context().is_main:  # under torchrun, rank 0 alone evaluates and writes
-                out.append(_evaluate(plan.data, method, seed, run, eval_cfg, device, t0, progress))
+                out.append(_evaluate(plan.data[seed], method, seed, run, eval_cfg, device, t0, progress))
     return out
 
 
 def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-                  options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+                  split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig()) -> list[EvaluatedRun]:
     """The finished runs `run_methods` would produce, evaluated; trains nothing (a missing run is an error)."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, split=split)
     out = []
     for method in methods:
         for seed in plan.seeds:
             t0 = time.perf_counter()
-            identity = run_identity(plan.data, method, _seed_config(plan, seed, "cpu"), plan.build(),
+            identity = run_identity(plan.data[seed], method, _seed_config(plan, seed, "cpu"), plan.build(seed),
                                     (options or {}).get(method))
             path = run_dir(identity, runs_dir(profile))
             if not is_complete(path):
-                raise FileNotFoundError(f"no finished {method} run (seed {seed}) for {dataset} in profile {profile!r} "
-                                        f"under {runs_dir(profile)}: run notebooks 01-03 (or `python -m cgt paper "
-                                        f"--profile {profile}`) first")
-            out.append(_evaluate(plan.data, method, seed, load_run(path, plan.build), eval_cfg, "cpu", t0, False))
+                raise FileNotFoundError(f"no finished {method} run (seed {seed}, split {split!r}) for {dataset} in "
+                                        f"profile {profile!r} under {runs_dir(profile)}: run notebooks 01-03 (or "
+                                        f"`python -m cgt paper --profile {profile}`) first")
+            out.append(_evaluate(plan.data[seed], method, seed, load_run(path, lambda: plan.build(seed)), eval_cfg,
+                                 "cpu", t0, False))
     return out
 
 
@@ -130,8 +162,13 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
         tp = metrics["operating_points"]
         print(f"{data.name} {method} seed {seed}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
               f"at tau 0.9 acc {tp['paper_tau']['test']['accuracy']:.4f} "
-              f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f}")
+              f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
     return EvaluatedRun(method, seed, run, metrics, costs)
+
+
+def _relative_run(run: TrainedRun) -> str:
+    """The run's folder relative to its profile's runs folder (how cgt.stepcache finds what a notebook read)."""
+    return "/".join(run.run_dir.parts[-3:])  # <dataset>/<method>/seed<k>-<key>
 
 
 COMMON_TARGET = "val_common_target"

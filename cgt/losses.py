@@ -134,6 +134,22 @@ def no_gate(exit_logits: Tensor, targets: Tensor) -> Tensor:
     return exit_logits.new_ones(exit_logits.shape[1], exit_logits.shape[0])
 
 
+# ---------------------------------------------------------------- terms beside the weighted CE
+def self_distillation_loss(exit_logits: Tensor, targets: Tensor, temperature: float, distill_weight: float) -> Tensor:
+    """Self-distillation (Zhang et al., "Be Your Own Teacher", ICCV 2019): the last exit, detached,
+    teaches every earlier exit through softened probabilities,
+
+        distill_weight · mean_{e < E} T² · KL(softmax(z_E / T) ‖ softmax(z_e / T)),
+
+    KL averaged over the batch; T² keeps its gradients on the scale of the cross-entropy's."""
+    if exit_logits.shape[0] < 2:
+        return exit_logits.new_zeros(())
+    teacher = F.log_softmax(exit_logits[-1].detach() / temperature, dim=-1)
+    kl = [F.kl_div(F.log_softmax(student / temperature, dim=-1), teacher, log_target=True, reduction="batchmean")
+          for student in exit_logits[:-1]]
+    return distill_weight * temperature ** 2 * torch.stack(kl).mean()
+
+
 # ---------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class Strategy:
@@ -146,6 +162,19 @@ class Strategy:
     """Which options are passed to `gate`."""
     detach_early_heads: bool = False
     """True for last_exit: early heads learn on detached features (backbone = plain network)."""
+    gradient_equilibrium: bool = False
+    """True for grad_equilibrium: the network rescales gradients at each block's output
+    (cgt.models.EarlyExitNet.forward)."""
+    extra_loss: Callable[..., Tensor] | None = None
+    """A term added to the weighted cross-entropy: extra_loss(exit_logits, targets, **extra options)."""
+    extra_options: tuple[str, ...] = ()
+    """Which options are passed to `extra_loss`."""
+
+    def extra(self, exit_logits: Tensor, targets: Tensor, options: dict[str, Any]) -> Tensor | None:
+        """The extra term for these logits, or None when the strategy has none."""
+        if self.extra_loss is None:
+            return None
+        return self.extra_loss(exit_logits, targets, **{k: options[k] for k in self.extra_options})
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
@@ -161,6 +190,13 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              "entropy is below a threshold", branchy_gate,
              {"entropy_threshold": 0.3, "eps_leak": 0.0, "lambdas": "uniform", "normalize": True},
              gate_options=("entropy_threshold",)),
+    Strategy("grad_equilibrium", "fixed equal weights, and each block's output gradient rescaled so that no exit's "
+             "gradient dominates the shared blocks (gradient equilibrium, Li et al., ICCV 2019)", no_gate,
+             {"lambdas": "uniform", "normalize": True}, gradient_equilibrium=True),
+    Strategy("self_distill", "fixed equal weights plus the detached last exit teaching every earlier exit by "
+             "softened KL (self-distillation, Zhang et al., ICCV 2019)", no_gate,
+             {"lambdas": "uniform", "normalize": True, "temperature": 3.0, "distill_weight": 0.3},
+             extra_loss=self_distillation_loss, extra_options=("temperature", "distill_weight")),
     Strategy("hard_cgt", "HardCGT: a deeper exit learns a sample only if every earlier exit was wrong or "
              "unconfident (binary gate)", hard_cgt_gate,
              {"tau_train": 0.5, "eps_leak": 1e-3, "lambdas": "annealed", "normalize": True},
@@ -204,6 +240,10 @@ def resolve_options(strategy: str, num_exits: int | None, **options: Any) -> dic
         raise ValueError(f"residual={opts['residual']!r}; valid choices: {list(RESIDUALS)}")
     if "sigmoid_scale" in opts and float(opts["sigmoid_scale"]) <= 0:
         raise ValueError(f"sigmoid_scale={opts['sigmoid_scale']} must be > 0")
+    if "temperature" in opts and float(opts["temperature"]) <= 0:
+        raise ValueError(f"temperature={opts['temperature']} must be > 0")
+    if "distill_weight" in opts and float(opts["distill_weight"]) < 0:
+        raise ValueError(f"distill_weight={opts['distill_weight']} must be >= 0")
     if "normalize" in opts and not isinstance(opts["normalize"], bool):
         raise ValueError(f"normalize={opts['normalize']!r} must be True or False")
     return opts

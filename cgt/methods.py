@@ -28,6 +28,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("joint_depth", "joint_depth"),
     Method("joint_annealed", "joint_annealed"),
     Method("branchy_gate", "branchy_gate"),
+    Method("grad_equilibrium", "grad_equilibrium"),
+    Method("self_distill", "self_distill"),
     Method("hard_cgt", "hard_cgt", role="cgt"),
     Method("soft_cgt", "soft_cgt", role="cgt"),                                  # authors' sigmoid residual, k = 1
     Method("soft_cgt_linear", "soft_cgt", {"residual": "linear"}, role="cgt"),   # r = 1 − s, the plain residual

@@ -26,16 +26,40 @@ class EarlyExitNet(nn.Module):
     def num_exits(self) -> int:
         return len(self.blocks)
 
-    def forward(self, x: torch.Tensor, detach_early_heads: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, detach_early_heads: bool = False, gradient_equilibrium: bool = False) -> torch.Tensor:
         """(B, ...) → (E, B, K). With `detach_early_heads`, heads 1..E-1 see detached features:
-        they learn, but no gradient from them reaches the backbone (used by `last_exit`)."""
+        they learn, but no gradient from them reaches the backbone (used by `last_exit`).
+
+        With `gradient_equilibrium` (Li et al., ICCV 2019, as in their code): after block e (0-based)
+        of E, the gradient from head e is scaled by 1 / (E − e) and the gradient from the later
+        blocks by (E − e − 1) / (E − e); the forward values are unchanged."""
         logits = []
         h = x
         for e, (block, head) in enumerate(zip(self.blocks, self.heads)):
             h = block(h)
             early = e < self.num_exits - 1
+            if gradient_equilibrium:
+                h = scale_gradient(h, 1.0 / (self.num_exits - e))
             logits.append(head(h.detach() if (detach_early_heads and early) else h))
+            if gradient_equilibrium:
+                h = scale_gradient(h, float(self.num_exits - e - 1))
         return torch.stack(logits)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward pass; the gradient flowing back through it multiplied by `scale`."""
+    return _ScaleGradient.apply(x, scale)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3) -> list[nn.Module]:

@@ -54,12 +54,26 @@ def problems(nb: nbformat.NotebookNode) -> list[str]:
     return out
 
 
+def quiet_kernel_manager():
+    """The kernel manager class for running notebooks here: IPC transport (local Unix sockets, no TCP
+    ports), so no kernel logs "running over TCP without encryption" into the pipeline's output."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IpcKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return IpcKernelManager
+
+
 def execute(nb: nbformat.NotebookNode, folder: Path, timeout: int = 600) -> nbformat.NotebookNode:
     """Run every cell in a fresh python3 kernel, cwd = the notebook's folder, in the test profile."""
     from nbclient import NotebookClient
 
     with profile_environment(TEST_PROFILE):  # the kernel inherits this process's environment
-        NotebookClient(nb, kernel_name="python3", timeout=timeout,
+        NotebookClient(nb, kernel_name="python3", timeout=timeout, kernel_manager_class=quiet_kernel_manager(),
                        resources={"metadata": {"path": str(folder)}}).execute()
     return nb
 

@@ -23,8 +23,8 @@ from .methods import METHODS
 from .paths import figures_dir, runs_dir
 from .policy import PAPER_TAU
 from .provenance import project_relative, write_sidecar
-from .report import (cost_frame, format_pm, matched_cost_table, paper_comparison, per_class_f1, summarise, verdict_table,
-                     write_table)
+from .report import (calibration_table, cost_frame, format_pm, matched_cost_table, paper_comparison, per_class_f1,
+                     risk_control_table, summarise, verdict_table, write_table)
 
 GATE_METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
@@ -34,13 +34,14 @@ class DatasetResults:
     source: str
     """The dataset as given (a name or a .npz path)."""
     dataset: str
-    """Its display name (folders, file names)."""
+    """Its display name, `_spatial` appended on the spatial split (file names: table_<dataset>_...)."""
     records: list[EvaluatedRun]
     table: pd.DataFrame
     """metrics_table of every run, with the common-target point added."""
     class_names: list[str]
     seconds: float
     """Time spent loading and evaluating the runs (each sidecar adds the time to write its artifact)."""
+    split: str = "random"
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -53,21 +54,22 @@ SUMMARY_POINTS = (COMMON_TARGET, "paper_tau", "last_exit", *MATCHED_COST_POINTS[
 VERDICT_POINTS = ("paper_tau", COMMON_TARGET)
 
 
-def collect(profile: str, dataset: str, methods: list[str] | None = None) -> DatasetResults:
+def collect(profile: str, dataset: str, methods: list[str] | None = None, split: str = "random") -> DatasetResults:
     """Load every finished run of the profile (raises if one is missing: nothing is trained here) and
     add the common-target operating point (one validation-accuracy target per seed for all methods)."""
     t0 = time.perf_counter()
-    records = load_finished(dataset, profile, methods or list(METHODS))
+    records = load_finished(dataset, profile, methods or list(METHODS), split=split)
     add_common_target(records)
-    class_names = load_dataset(dataset, profile).class_names
-    return DatasetResults(dataset, display_name(dataset), records, metrics_table([r.metrics for r in records]),
-                          class_names, time.perf_counter() - t0)
+    class_names = load_dataset(dataset, profile, split=split).class_names
+    label = display_name(dataset) + ("_spatial" if split == "spatial" else "")
+    return DatasetResults(dataset, label, records, metrics_table([r.metrics for r in records]),
+                          class_names, time.perf_counter() - t0, split)
 
 
 def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
     """Every table of one dataset, as CSV + Markdown with a sidecar; returns them by name."""
     out_dir = figures_dir(profile)
-    hyperspectral = "average_accuracy" in res.table and res.dataset == "indian_pines"
+    hyperspectral = "average_accuracy" in res.table and res.source == "indian_pines"
     shown = {}
     for point in SUMMARY_POINTS:
         shown[point] = format_pm(summarise(res.table, point), hyperspectral=hyperspectral)
@@ -76,6 +78,8 @@ def write_tables(res: DatasetResults, profile: str) -> dict[str, pd.DataFrame]:
         shown[f"verdicts_{point}"] = verdict_table(res.table, point)
     shown["verdicts_matched_cost"] = matched_cost_table(res.table, MATCHED_COST_POINTS)
     shown["per_class_f1"] = per_class_f1(res.table, res.class_names).reset_index()
+    shown["calibration"] = calibration_table(res.records)
+    shown["risk_control"] = risk_control_table(res.records)
     model = res.records[0].run.model
     costs = cost_frame(res.records[0].costs).reset_index()
     costs["parameters"] = sum(p.numel() for p in model.parameters())
@@ -132,14 +136,14 @@ def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", t
     prepared data holds: pixel coordinates in a scene (Indian Pines) → class map and exit-depth map
     of the test pixels; images standardised by one pixel mean/std (Fashion-MNIST) → example images.
     None when the data has neither."""
-    data = load_dataset(res.source, profile)
+    rec = next(r for r in res.records if r.method == method and r.seed == min(x.seed for x in res.records))
+    data = load_dataset(res.source, profile, split=res.split, split_seed=rec.seed)
     if "pixels_test" in data.extras:
         name = "exit_depth_map"
     elif "pixel_mean" in data.extras:
         name = "exit_examples"
     else:
         return None
-    rec = next(r for r in res.records if r.method == method and r.seed == min(x.seed for x in res.records))
     out = early_exit_forward(rec.run.model, data.x["test"], tau, batch_size=512)
     if name == "exit_depth_map":
         fig = plots.pixel_maps(data.extras["image_shape"], data.extras["pixels_test"], out.predictions.numpy(),
@@ -152,6 +156,58 @@ def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", t
                                       data.class_names, rec.run.model.num_exits)
     save(res, profile, fig, name)
     return fig
+
+
+SPLIT_METRICS = {"accuracy": "OA", "average_accuracy": "AA", "kappa": "κ", "f1_macro": "macro-F1"}
+
+
+def split_comparison(random: DatasetResults, spatial: DatasetResults, profile: str,
+                     point: str = "paper_tau") -> pd.DataFrame:
+    """Per method, OA, AA, κ and macro-F1 (%, mean ± sample SD over seeds, at `point`) on the random and
+    the spatial split side by side, and the drop (random − spatial, points of the means); written as
+    table_<dataset>_split_comparison."""
+    rows = []
+    for method in dict.fromkeys(random.table["method"]):
+        row = {"method": method}
+        for key, name in SPLIT_METRICS.items():
+            means = {}
+            for label, res in (("random", random), ("spatial", spatial)):
+                values = 100 * res.table.loc[(res.table["method"] == method) & (res.table["operating_point"] == point),
+                                             key].to_numpy(float)
+                means[label] = values.mean() if len(values) else float("nan")
+                sd = values.std(ddof=1) if len(values) > 1 else float("nan")
+                row[f"{name} {label}"] = f"{means[label]:.1f} ± {sd:.1f}" if len(values) > 1 else f"{means[label]:.1f}"
+            row[f"{name} drop"] = round(means["random"] - means["spatial"], 1)
+        row["n (seeds)"] = f"{len(random.seeds)} / {len(spatial.seeds)}"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    combined = DatasetResults(random.source, random.dataset, random.records + spatial.records, random.table,
+                              random.class_names, random.seconds + spatial.seconds, files=random.files)
+    _write(combined, profile, df, figures_dir(profile) / f"table_{random.dataset}_split_comparison")
+    return df
+
+
+def split_counts(res: DatasetResults, profile: str) -> pd.DataFrame:
+    """Per seed of a spatial-split result: pixels in train / val / test / guard band, and the classes
+    the split left out of validation or test (with their labelled-pixel counts); written as
+    table_<dataset>_split_counts."""
+    from .data.splits import GUARD
+
+    rows = []
+    for seed in res.seeds:
+        data = load_dataset(res.source, profile, split=res.split, split_seed=seed)
+        split_map = data.extras["split_map"]
+        totals = {s: int(data.y[s].bincount(minlength=data.num_classes).sum()) for s in ("train", "val", "test")}
+        row = {"seed": seed, **totals, "guard band": int((split_map == GUARD).sum())}
+        for s in ("val", "test"):
+            absent = (data.y[s].bincount(minlength=data.num_classes) == 0).nonzero().flatten().tolist()
+            labelled = data.extras["labelled_per_class"]
+            row[f"classes missing from {s}"] = ", ".join(f"{data.class_names[c]} ({int(labelled[c])} px)"
+                                                         for c in absent) or "none"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    _write(res, profile, df, figures_dir(profile) / f"table_{res.dataset}_split_counts")
+    return df
 
 
 def close(figs) -> None:

@@ -2,11 +2,16 @@
 
     python -m cgt paper --profile smoke|quick|paper [--dataset fashion_mnist indian_pines] [--force]
 
-Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset, then 04_figures once.
+Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
+for the profile's `spatial` datasets (Indian Pines) — then 06_ablations per built-in dataset, then
+04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
-Training runs are cached by key (config, data checksum, code version), so a second run trains
-nothing and a killed pipeline resumes: finished runs are skipped, an interrupted one continues
-from its last checkpoint, and an artifact that no longer matches its recorded hash is redone.
+A step whose inputs are unchanged — notebook, parameters, package code, the runs it read, its
+outputs (cgt.stepcache) — is skipped, and the log says for each step why it ran or that it was
+skipped. Training runs are cached by key (config, data checksum, code version), so a step that runs
+again trains nothing new and a killed pipeline resumes: finished runs are skipped, an interrupted
+one continues from its last checkpoint, and an artifact that no longer matches its recorded hash is
+redone.
 """
 from __future__ import annotations
 
@@ -19,12 +24,16 @@ from typing import Any
 
 from .data import BUILTIN, display_name, resolve
 from .data.custom import is_npz
-from .fileio import read_json, write_json_atomic
-from .paths import project_root, runs_dir
+from .fileio import read_json, write_bytes_atomic, write_json_atomic
+from .nbtools import quiet_kernel_manager
+from .paths import figures_dir, project_root, runs_dir
 from .provenance import device_description, git_state
 from .profiles import get_profile, profile_environment
+from .stepcache import StepCache, runs_read
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
+ABLATIONS = ["06_ablations"]
+"""Per dataset, on its random split, after every dataset's training notebooks."""
 ONCE = ["04_figures"]
 
 
@@ -34,14 +43,18 @@ class Step:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def variant(self) -> str:
+        """The dataset's display name, with the split when it is not the default one ('' for 04)."""
+        ds, split = self.parameters.get("dataset"), self.parameters.get("split")
+        return (display_name(ds) + (f"-{split}" if split else "")) if ds else ""
+
+    @property
     def label(self) -> str:
-        ds = self.parameters.get("dataset")
-        return f"{self.notebook}" + (f" [{display_name(ds)}]" if ds else "")
+        return f"{self.notebook}" + (f" [{self.variant}]" if self.variant else "")
 
     @property
     def output_name(self) -> str:
-        ds = self.parameters.get("dataset")
-        return f"{self.notebook}{'-' + display_name(ds) if ds else ''}.ipynb"
+        return f"{self.notebook}{'-' + self.variant if self.variant else ''}.ipynb"
 
 
 class PipelineError(RuntimeError):
@@ -56,31 +69,54 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
         resolve(d)
     # notebooks run with notebooks/ as cwd: a relative .npz path must not depend on it
     datasets = [str(Path(d).resolve()) if is_npz(d) else d for d in datasets]
-    steps = [Step(nb, {"profile": profile, "dataset": ds, **({"force": True} if force and nb != "00_data" else {})})
-             for ds in datasets for nb in PER_DATASET]
-    steps += [Step(nb, {"profile": profile, "datasets": datasets}) for nb in ONCE]
+    spatial = [ds for ds in get_profile(profile).spatial if ds in datasets]
+    variants = [(ds, {}) for ds in datasets] + [(ds, {"split": "spatial"}) for ds in spatial]
+    steps = [Step(nb, {"profile": profile, "dataset": ds, **split,
+                       **({"force": True} if force and nb != "00_data" else {})})
+             for ds, split in variants for nb in PER_DATASET]
+    steps += [Step(nb, {"profile": profile, "dataset": ds}) for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
+    steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial}) for nb in ONCE]
     return steps
 
 
 def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = False,
-                 notebooks_dir: str | Path | None = None, log=print) -> list[Path]:
-    """Execute every step with papermill; returns the executed notebooks' paths."""
+                 notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None) -> list[Path]:
+    """Execute every step whose inputs changed (cgt.stepcache) with papermill; returns the executed
+    notebooks' paths. force: retrain every run and execute every step; force_steps: notebook names
+    (e.g. "04_figures") executed again even if unchanged."""
     import papermill as pm
 
+    valid = PER_DATASET + ABLATIONS + ONCE
+    unknown = sorted(set(force_steps or []) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {valid}")
     steps = plan(profile, datasets, force)
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    cache = StepCache(runs_dir(profile))
     t_start = time.perf_counter()
-    outputs, record = [], []
+    outputs, record, runs_so_far = [], [], []
     with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):
-            t0 = time.perf_counter()
-            log(f"[{i}/{len(steps)}] {step.label}: running ({_elapsed(t_start)} elapsed)")
+            t0, started = time.perf_counter(), time.time()
             output = out_dir / step.output_name
+            notebook = src / f"{step.notebook}.ipynb"
+            inputs = cache.inputs(notebook, step.parameters)
+            reason = ("--force" if force else "--force-step" if step.notebook in (force_steps or [])
+                      else cache.why_run(step.output_name, inputs, output))
+            if reason is None:
+                runs_so_far += cache.runs_of(step.output_name)
+                log(f"[{i}/{len(steps)}] {step.label}: skipped — notebook, parameters, code, the "
+                    f"{len(cache.runs_of(step.output_name))} run(s) it read and its outputs are unchanged")
+                outputs.append(output)
+                record.append({"step": step.label, "seconds": 0.0, "runs_trained": 0, "runs_cached": 0, "skipped": True})
+                continue
+            log(f"[{i}/{len(steps)}] {step.label}: running, because {reason} ({_elapsed(t_start)} elapsed)")
             try:
-                pm.execute_notebook(str(src / f"{step.notebook}.ipynb"), str(output), parameters=step.parameters,
-                                    cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False)
+                pm.execute_notebook(str(notebook), str(output), parameters=step.parameters,
+                                    cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False,
+                                    kernel_manager_class=quiet_kernel_manager())
             except pm.PapermillExecutionError as exc:
                 raise PipelineError(f"{step.label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                     f"  executed notebook (open it to see the traceback): {output}") from None
@@ -88,12 +124,49 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             seconds = time.perf_counter() - t0
             log(f"[{i}/{len(steps)}] {step.label}: done in {seconds:.0f} s; "
                 + (f"{trained} run(s) trained, {cached} from cache" if trained or cached else "no training"))
+            if step.notebook in ONCE:  # reads every run the steps before it read; writes the figures folder
+                runs, written = runs_so_far, [p for p in figures_dir(profile).iterdir()
+                                              if p.is_file() and p.stat().st_mtime >= started]
+            else:
+                runs, written = runs_read(output), []
+            runs_so_far += runs
+            cache.record(step.output_name, inputs, runs, [output, *written])
             outputs.append(output)
             record.append({"step": step.label, "seconds": round(seconds, 1), "runs_trained": trained,
-                           "runs_cached": cached})
+                           "runs_cached": cached, "skipped": False})
     log(f"pipeline {profile}: {len(steps)} steps in {_elapsed(t_start)}")
     _append_timing(profile, record, time.perf_counter() - t_start)
+    if get_profile(profile).publishes:
+        published = publish_notebooks(profile)
+        log(f"executed notebooks with their outputs, and HTML exports, in {published[0].parent}")
     return outputs
+
+
+PUBLISHED_MAX_BYTES = 2_000_000
+
+
+def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path]:
+    """Copy the executed notebooks of `profile` (runs/<profile>/notebooks/) to `dest` (default: the
+    committed paper/ folder) with an HTML export of each, so they can be read on GitHub or in a
+    browser without running anything. A file over 2 MB is refused by name (lower the figures' dpi)."""
+    from nbconvert import HTMLExporter
+
+    src = runs_dir(profile) / "notebooks"
+    executed = sorted(src.glob("*.ipynb"))
+    if not executed:
+        raise FileNotFoundError(f"no executed notebooks in {src}: run `python -m cgt paper --profile {profile}` first")
+    dest = Path(dest or project_root() / "paper")
+    exporter, written = HTMLExporter(), []
+    for nb_path in executed:
+        html, _ = exporter.from_filename(str(nb_path))
+        for path, data in ((dest / nb_path.name, nb_path.read_bytes()),
+                           (dest / nb_path.with_suffix(".html").name, html.encode())):
+            if len(data) > PUBLISHED_MAX_BYTES:
+                raise PipelineError(f"{path.name} would be {len(data) / 1e6:.1f} MB, over the "
+                                    f"{PUBLISHED_MAX_BYTES / 1e6:.0f} MB limit for committed notebooks")
+            write_bytes_atomic(path, data)
+            written.append(path)
+    return written
 
 
 TIMINGS = "pipeline_timings.json"

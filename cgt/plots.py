@@ -198,6 +198,59 @@ def per_class_f1(f1: pd.DataFrame):
     return fig
 
 
+def gradient_interference(histories: Mapping[str, list[dict]]):
+    """Per method (one seed): over training steps, the cosine between each pair of exits' gradients on
+    the shared blocks (left) and each exit's share of their total norm (right); from the `gradients`
+    records of histories trained with log_gradients_every (cgt.interference)."""
+    pairs, shares = [], []
+    for method, hist in histories.items():
+        for g in (g for h in hist for g in h.get("gradients", [])):
+            num_exits = len(g["norm_share"])
+            pairs += [{"method": method, "step": g["step"], "pair": f"exits {a + 1}·{b + 1}", "cosine": g["cosine"][a][b]}
+                      for a in range(num_exits) for b in range(a + 1, num_exits) if g["cosine"][a][b] is not None]
+            shares += [{"method": method, "step": g["step"], "exit": f"exit {e + 1}", "share": v}
+                       for e, v in enumerate(g["norm_share"])]
+    if not pairs:
+        raise ValueError("no gradient records in these histories: train with log_gradients_every > 0")
+    pairs, shares = pd.DataFrame(pairs), pd.DataFrame(shares)
+    methods = _ordered(pairs["method"])
+    fig, axes = plt.subplots(2, len(methods), figsize=(3.6 * len(methods), 5.6), sharex="col", squeeze=False)
+    for col, method in enumerate(methods):
+        top, bottom = axes[0][col], axes[1][col]
+        sns.lineplot(data=pairs[pairs["method"] == method], x="step", y="cosine", hue="pair", ax=top,
+                     legend=(col == len(methods) - 1))
+        top.axhline(0, color="grey", lw=0.8)
+        top.set_title(method)
+        sns.lineplot(data=shares[shares["method"] == method], x="step", y="share", hue="exit", ax=bottom,
+                     legend=(col == len(methods) - 1))
+        bottom.set_ylim(0, 1)
+    for ax in axes[:, -1]:
+        if ax.get_legend():
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    axes[0][0].set_ylabel("cosine of exit gradients")
+    axes[1][0].set_ylabel("share of gradient norm")
+    fig.tight_layout()
+    return fig
+
+
+def config_heatmap(means: pd.DataFrame):
+    """Configuration × metric (means over seeds); colour = rank within the column (bright: better —
+    higher accuracy, lower cost), so each metric's best and worst stand out whatever its unit."""
+    ranks = means.rank(pct=True)
+    for column in ranks:
+        if "cost" in column:
+            ranks[column] = 1 - ranks[column]
+    fig, ax = plt.subplots(figsize=(1.1 * means.shape[1] + 3, 0.42 * means.shape[0] + 1.5))
+    sns.heatmap(ranks, annot=means.round(2), fmt="", cmap="viridis", cbar=False, ax=ax)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.tick_params(axis="x", rotation=40)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write the figure as PNG and PDF atomically; returns the paths."""
     paths = []

@@ -34,6 +34,9 @@ class Profile:
     """TrainConfig overrides for datasets of your own (not in `train`)."""
     publishes: bool = False
     """Whether its figures and tables go to the committed figures/ folder (only the full reproduction)."""
+    spatial: list[str] = field(default_factory=list)
+    """Datasets the pipeline also runs on the spatial split (split seed = training seed), beside the
+    paper's random one."""
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -41,15 +44,15 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             data={"fashion_mnist": {"max_train": 1500, "max_eval": 500},
                   "indian_pines": {"max_train": 600, "max_eval": 600}},
             train={"fashion_mnist": {"epochs": 1}, "indian_pines": {"epochs": 2}},
-            other_data={"max_train": 1000, "max_eval": 300}, other_train={"epochs": 2}),
+            other_data={"max_train": 1000, "max_eval": 300}, other_train={"epochs": 2}, spatial=["indian_pines"]),
     Profile("quick", seeds=[0],
             data={"fashion_mnist": {"max_train": 15000, "max_eval": 3000}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 3}, "indian_pines": {"epochs": 15}},
-            other_train={"epochs": 15}),
+            other_train={"epochs": 15}, spatial=["indian_pines"]),
     Profile("paper", seeds=[0, 1, 2, 3, 4],
             data={"fashion_mnist": {}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
-            other_train={"epochs": 30}, publishes=True),
+            other_train={"epochs": 30}, publishes=True, spatial=["indian_pines"]),
 ]}
 
 

@@ -15,6 +15,10 @@ from .paths import project_root
 PACKAGES = ("cgt", "torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "seaborn", "papermill")
 
 
+OUTPUTS = ("figures", "paper", "README.md")
+"""What `make paper` writes into the checkout (committed results, not source)."""
+
+
 def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the project checkout (None when not a git checkout)."""
     def git(*args: str) -> str | None:
@@ -24,7 +28,9 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # The pipeline's own outputs do not make the checkout dirty: a run rewriting figures/ would
+    # otherwise mark every artifact after its first as "with uncommitted changes".
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

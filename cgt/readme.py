@@ -45,11 +45,21 @@ def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
     return md.read_text(), pd.read_csv(csv)
 
 
+def _newer_table(fig_dir: Path, ds: str, name: str) -> str:
+    """A table that pipeline runs older than it do not write: its Markdown, or a note saying so."""
+    if not (fig_dir / f"table_{ds}_{name}.md").exists():
+        return (f"*Not in these figures: `table_{ds}_{name}` is written by pipeline runs newer than the one that "
+                f"wrote them; the next `make paper` adds it.*")
+    return _table(fig_dir, ds, name)[0]
+
+
 def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    return (f"{len(t['steps'])} notebooks in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
+    skipped = sum(bool(s.get("skipped")) for s in t["steps"])
+    steps = f"{len(t['steps'])} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
+    return (f"{steps} in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
             f"`{commit}`, {t['device']}): {trained} training runs trained, {cached} taken from the run cache")
 
 
@@ -225,41 +235,130 @@ def where_time_goes_sentences(records: list[dict], components: dict) -> list[str
     return out
 
 
-def results_markdown(fig_dir: Path, datasets: list[str]) -> str:
-    """The README's results block, from the tables and figures 04_figures wrote (and the timing and
-    benchmark artifacts next to them)."""
+def dataset_section(fig_dir: Path, ds: str) -> list[str]:
+    """One dataset's (or split's) part of the results block: readings, tables, verdicts, figures."""
     rel = fig_dir.name
+    parts = [*reading(fig_dir, ds), "",
+             "FLOPs per sample at each exit (cumulative: every block and head passed), and the network's "
+             "parameter count:", "", _table(fig_dir, ds, "costs")[0], "",
+             f"![accuracy vs cost, {ds}]({rel}/accuracy_vs_cost_{ds}.png)", "",
+             "At the common validation-fitted operating point (test split; mean ± sample SD over seeds):", "",
+             _table(fig_dir, ds, "val_common_target")[0], "",
+             "At the paper's fixed τ = 0.9 (test split; mean ± sample SD over seeds):", "",
+             _table(fig_dir, ds, "paper_tau")[0], ""]
+    for point, words in POINT_WORDS.items():
+        md, df = _table(fig_dir, ds, f"verdicts_{point}")
+        parts += [f"The claim {words} (exploratory; {len(df)} comparisons, Holm-adjusted p over "
+                  f"{2 * len(df)} tests):", "", md, ""]
+    md, df = _table(fig_dir, ds, "verdicts_matched_cost")
+    parts += [f"At matched cost — validation-fitted points at fixed budgets, and `auc`, the mean test accuracy "
+              f"of the validation-fitted accuracy–cost curve over budgets 0.25–1.00 (exploratory; {len(df)} "
+              f"comparisons):", "", md, "",
+              "Beside the numbers the paper reports (dataset not stated in the paper's sources; ours = mean over "
+              "seeds at τ = 0.9, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
+    parts += ["Calibration per exit (from the cached logits): the temperature fitted on validation (NLL), test ECE "
+              "before and after scaling, and the test AUROC of (1 − confidence) for the exit's own mistakes — what "
+              "an exit decision relies on (mean over seeds):", "", _newer_table(fig_dir, ds, "calibration"), ""]
+    parts += ["Risk-controlled thresholds (one global τ chosen on validation with a guarantee on the loss \"early exit "
+              "wrong where the last exit is right\", which bounds the accuracy lost against the full network; CRC in "
+              "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",
+              _newer_table(fig_dir, ds, "risk_control"), ""]
+    if ds.startswith("indian_pines"):
+        parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
+                  "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
+                  f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
+    return parts
+
+
+def spatial_section(fig_dir: Path, ds: str) -> list[str]:
+    """The dataset on the spatial split: what it is, the drop from the random split, what it left out,
+    then the same tables and verdicts as on the random split."""
+    if not (fig_dir / f"table_{ds}_split_comparison.csv").exists():
+        return [f"### {ds}, spatial split (no patch leakage)", "",
+                f"Not in these figures: they were written by a pipeline run that predates the spatial split "
+                f"(`figures/table_{ds}_split_comparison.csv` is missing). The next `make paper` adds it.", ""]
+    md, df = _table(fig_dir, ds, "split_comparison")
+    counts_md, counts = _table(fig_dir, f"{ds}_spatial", "split_counts")
+    drops = {name: df[f"{name} drop"] for name in ("OA", "macro-F1")}
+    return [f"### {ds}, spatial split (no patch leakage)", "",
+            f"The paper's random pixel split puts training pixels inside nearly every test patch. On the spatial "
+            f"split (`split=\"spatial\"`: each class cut into disjoint regions, a guard band of the patch radius "
+            f"between training and evaluation pixels; split seed = training seed, {len(counts)} seeds) no "
+            f"evaluation patch contains a training pixel. Without the leak, OA falls by "
+            f"{drops['OA'].min():.1f}–{drops['OA'].max():.1f} points and macro-F1 by "
+            f"{drops['macro-F1'].min():.1f}–{drops['macro-F1'].max():.1f} points across the methods (τ = 0.9; "
+            f"OA, AA, κ, macro-F1 in %, mean ± sample SD over seeds):", "", md, "",
+            "Pixels per split, and the classes each seed's split could not place in validation or test (their "
+            "fields are too small to hold a training part, a guard band and an evaluation part; a class absent "
+            "from test but predicted there counts with F1 = 0 in the macro average):", "", counts_md, "",
+            *dataset_section(fig_dir, f"{ds}_spatial")]
+
+
+def ablation_section(fig_dir: Path, ds: str) -> list[str]:
+    """'When does CGT help?' for one dataset, from notebook 06's tables: which gate settings the paired
+    rule finds favourable or contradicted at each point, and what the gradient measurements show."""
+    head = [f"#### {ds}", ""]
+    if not (fig_dir / f"table_{ds}_ablation_verdicts.csv").exists():
+        return head + [_newer_table(fig_dir, ds, "ablation_verdicts"), ""]
+    md, df = _table(fig_dir, ds, "ablation_verdicts")
+    bullets = []
+    for column in [c for c in df.columns if c.startswith("verdict ")]:
+        counts = df[column].value_counts()
+        favourable = df.loc[df[column].isin([verdicts.SUPPORTED, verdicts.NON_INFERIOR, verdicts.MORE_ACCURATE]),
+                            "config"].tolist()
+        bullets.append(f"* {column[len('verdict '):]}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                       + (f" (favourable: {'; '.join(f'`{c}`' for c in favourable)})" if favourable else "") + ".")
+    parts = head + [f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
+                    "", *bullets, "", md, "",
+                    f"![ablation heatmap, {ds}]({fig_dir.name}/ablation_heatmap_{ds}.png)", ""]
+    if (fig_dir / f"table_{ds}_ablation_interference.csv").exists():
+        imd, idf = _table(fig_dir, ds, "ablation_interference")
+        cos = next(c for c in idf.columns if c.startswith("cos exits 1·"))
+        sentences = [f"`{r['method']}`: {cos} {r[cos]:+.3f}, lowest pair {r['lowest pair cos']:+.3f}, the last exit "
+                     f"holds {r[idf.columns[-1]]:.0f} % of the gradient norm" for _, r in idf.iterrows()]
+        conflict = [r["method"] for _, r in idf.iterrows() if r["lowest pair cos"] < 0]
+        parts += ["Gradient interference on the shared blocks, second half of training (one seed): "
+                  + "; ".join(sentences) + ". "
+                  + (f"Conflicting directions (a pair's mean cosine below 0) appear in {', '.join(f'`{m}`' for m in conflict)}."
+                     if conflict else "No pair of exits has a negative mean cosine in any method: the gradients "
+                                      "pull the shared blocks in broadly the same direction."), "", imd, "",
+                  f"![gradient interference, {ds}]({fig_dir.name}/ablation_interference_{ds}.png)", ""]
+    return parts
+
+
+def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()) -> str:
+    """The README's results block, from the tables and figures 04_figures wrote (and the timing and
+    benchmark artifacts next to them); `spatial`: datasets also shown on the spatial split."""
     parts = [timing_sentence(fig_dir, datasets), "", rule_paragraph(), "",
              f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
-             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}. The common operating point gives every method the same "
+             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}; each verdict table also compares them with the "
+             f"strongest baseline at its operating point (highest mean test accuracy among all baselines; column "
+             f"`rival`). The common operating point gives every method the same "
              f"validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
              f"0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
     for ds in datasets:
-        parts += [f"### {ds}", "", *reading(fig_dir, ds), "",
-                  "FLOPs per sample at each exit (cumulative: every block and head passed), and the network's "
-                  "parameter count:", "", _table(fig_dir, ds, "costs")[0], "",
-                  f"![accuracy vs cost, {ds}]({rel}/accuracy_vs_cost_{ds}.png)", "",
-                  "At the common validation-fitted operating point (test split; mean ± sample SD over seeds):", "",
-                  _table(fig_dir, ds, "val_common_target")[0], "",
-                  "At the paper's fixed τ = 0.9 (test split; mean ± sample SD over seeds):", "",
-                  _table(fig_dir, ds, "paper_tau")[0], ""]
-        for point, words in POINT_WORDS.items():
-            md, df = _table(fig_dir, ds, f"verdicts_{point}")
-            parts += [f"The claim {words} (exploratory; {len(df)} comparisons, Holm-adjusted p over "
-                      f"{2 * len(df)} tests):", "", md, ""]
-        md, df = _table(fig_dir, ds, "verdicts_matched_cost")
-        parts += [f"At matched cost — validation-fitted points at fixed budgets, and `auc`, the mean test accuracy "
-                  f"of the validation-fitted accuracy–cost curve over budgets 0.25–1.00 (exploratory; {len(df)} "
-                  f"comparisons):", "", md, "",
-                  "Beside the numbers the paper reports (dataset not stated in the paper's sources; ours = mean over "
-                  "seeds at τ = 0.9, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
-        if ds == "indian_pines":
-            parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
-                      "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
-                      f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
+        parts += [f"### {ds}", "", *dataset_section(fig_dir, ds)]
+    for ds in spatial:
+        parts += spatial_section(fig_dir, ds)
+    parts += ["### When does CGT help? (notebook 06)", "",
+              "A grid of gate settings per dataset (`cgt/ablations.py`: τ_train, normalisation, ε_leak, sigmoid "
+              "scale, fixed λ), each at τ_infer = τ_train, at τ = 0.9 and at matched validation-fitted cost, "
+              "judged against `joint_uniform` with the same paired rule.", ""]
+    for ds in datasets:
+        parts += ablation_section(fig_dir, ds)
     parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
-              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), ""]
+              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), "",
+              "### The executed notebooks", "", *notebook_links(fig_dir.parent / "paper"), ""]
     return "\n".join(parts)
+
+
+def notebook_links(folder: Path) -> list[str]:
+    """Links to the published executed notebooks (`python -m cgt publish`), each with its HTML export."""
+    notebooks = sorted(folder.glob("*.ipynb"))
+    if not notebooks:
+        return ["No executed notebooks are published (`python -m cgt publish --profile paper` writes them to `paper/`)."]
+    return ["Every notebook as the paper run executed it, outputs and figures included (nothing to run):", ""] + [
+        f"* [{p.stem}]({folder.name}/{p.name}) ([HTML]({folder.name}/{p.with_suffix('.html').name}))" for p in notebooks]
 
 
 def write_block(fig_dir: Path, section: str) -> Path:

@@ -9,6 +9,7 @@ checkpointed).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from . import distributed
 from .data import PreparedData
 from .fileio import atomic_path, sha256_file, write_json_atomic
+from .interference import gradient_interference
 from .losses import STRATEGIES, early_head_fit_loss, exit_weights, resolve_lambdas, weighted_exit_loss
 from .models import EarlyExitNet
 from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity
@@ -51,11 +53,16 @@ class TrainConfig:
     """'fp32', or 'bf16' autocast (CUDA only; off for the paper profile so numbers stay comparable)."""
     eval_batch_size: int = 2048
     """Batch size for validation/test logits (no gradients, so larger is fine)."""
+    log_gradients_every: int = 0
+    """Every this many optimiser steps, measure gradient interference between the exits on the batch
+    (cgt.interference: E extra backward passes) into the history; 0: off (not under torchrun)."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if int(self.log_gradients_every) < 0:
+            raise ValueError(f"log_gradients_every={self.log_gradients_every} must be >= 0 (0: off)")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -139,6 +146,8 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
     folder = run_dir(identity, runs_root)
     if is_complete(folder) and not force:
         return load_run(folder, build)
+    if (folder / "complete.json").exists() and not force and progress and ctx.is_main:
+        print(f"{folder}: an artifact no longer matches the hash recorded when the run finished; training it again")
     if ctx.is_main:  # one writer: rank 0 (the only process without torchrun)
         _open_run_dir(folder, identity, force)
     distributed.barrier(ctx)
@@ -161,6 +170,9 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
         stats["epoch_time_s"] = time.perf_counter() - t0
         state.history.append(stats)
         state.epoch = epoch + 1
+        if label is not None and not _terminal():  # a log file gets one plain line per epoch, not a bar
+            print(f"{label}: loss {stats['loss']:.4f}, val acc per exit "
+                  f"{' / '.join(f'{a:.3f}' for a in stats['val_acc'])} ({stats['epoch_time_s']:.0f} s)", flush=True)
         if ctx.is_main:
             with atomic_path(folder / "checkpoint.pt") as tmp:
                 torch.save(state.checkpoint(identity), tmp)
@@ -226,7 +238,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     Returns the epoch's statistics over the whole data (all processes)."""
     cfg, ctx, epoch = setup.cfg, setup.ctx, state.epoch
     num_exits = state.model.num_exits
-    detach_early_heads = STRATEGIES[setup.strategy].detach_early_heads
+    spec = STRATEGIES[setup.strategy]
+    detach_early_heads = spec.detach_early_heads
     progress_frac = epoch / max(1, cfg.epochs - 1)
     model.train()
     n = len(x)
@@ -238,16 +251,26 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     weight_sum = torch.zeros(num_exits, device=x.device)
     seen = torch.zeros((), device=x.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    for start in tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, disable=setup.progress_label is None,
-                      leave=False, mininterval=2):
+    steps_per_epoch = -(-n // cfg.batch_size)
+    gradients = []  # gradient interference, every cfg.log_gradients_every steps (not under torchrun)
+    for step, start in enumerate(tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, leave=False,
+                                      mininterval=2, disable=setup.progress_label is None or not _terminal())):
         idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
         xb, yb = x[idx], y[idx]
         with autocast:
-            logits = model(xb, detach_early_heads=detach_early_heads)  # (E, B, K)
+            logits = model(xb, detach_early_heads=detach_early_heads,
+                           gradient_equilibrium=spec.gradient_equilibrium)  # (E, B, K)
             w = exit_weights(logits, yb, setup.strategy, progress=progress_frac, **setup.options)  # (B, E)
             loss = weighted_exit_loss(logits.float(), yb, w, cfg.label_smoothing)
             if detach_early_heads:
                 loss = loss + early_head_fit_loss(logits.float(), yb, cfg.label_smoothing)
+            extra = spec.extra(logits.float(), yb, setup.options)
+            if extra is not None:
+                loss = loss + extra
+        global_step = epoch * steps_per_epoch + step
+        if cfg.log_gradients_every and not ctx.enabled and global_step % cfg.log_gradients_every == 0:
+            gradients.append({"step": global_step, **gradient_interference(state.model, logits, yb, w,
+                                                                             cfg.label_smoothing)})
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -261,7 +284,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     n = seen.item()
     lam = resolve_lambdas(setup.options["lambdas"], num_exits, progress_frac)
     return {"loss": (loss_sum / n).item(), "train_acc": (correct / n).tolist(),
-            "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist()}
+            "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist(),
+            **({"gradients": gradients} if gradients else {})}
 
 
 @torch.no_grad()
@@ -272,6 +296,12 @@ def predict_logits(model: EarlyExitNet, x: torch.Tensor, batch_size: int = 2048,
     device = device or next(model.parameters()).device
     out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out, dim=1)
+
+
+def _terminal() -> bool:
+    """Whether progress goes to a terminal: only there do progress bars redraw in place (in a log file
+    or a notebook's output every update would add a line)."""
+    return sys.stdout.isatty()
 
 
 def _per_exit_accuracy(logits: torch.Tensor, y: torch.Tensor) -> list[float]:

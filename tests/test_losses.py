@@ -195,6 +195,58 @@ def test_last_exit_by_hand():
     assert_weights(exit_weights(hand_logits(), Y, "last_exit"), torch.tensor([[0.0, 0.0, 1.0]] * 3))
 
 
+@covers("grad_equilibrium")
+def test_grad_equilibrium_weights_and_rescaled_gradients_by_hand():
+    """grad_equilibrium: weights as joint_uniform (1/3 each); in the network, block e's output gradient
+    is (1 / (E − e))·(head e's) + ((E − e − 1) / (E − e))·(the later blocks'). Scalar blocks
+    h1 = a·x, h2 = b·h1, h3 = c·h2, identity heads, loss y1 + y2 + y3, a, b, c = 2, 3, 5, x = 1:
+      plain:       ∂L/∂h3 = 1, ∂L/∂h2 = 1 + c = 6,           ∂L/∂h1 = 1 + b·6 = 19
+      equilibrium: ∂L/∂h3 = 1, ∂L/∂h2 = ½·1 + ½·(c·1) = 3,   ∂L/∂h1 = ⅓·1 + ⅔·(b·3) = 19/3
+    and ∂L/∂a = x·∂L/∂h1."""
+    assert_weights(exit_weights(hand_logits(), Y, "grad_equilibrium"), torch.full((3, 3), 1 / 3))
+
+    class Scale(nn.Module):
+        def __init__(self, value: float):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([value]))
+
+        def forward(self, h):
+            return h * self.w
+
+    for equilibrium, expected in ((False, 19.0), (True, 19 / 3)):
+        net = EarlyExitNet([Scale(2.0), Scale(3.0), Scale(5.0)], [nn.Identity()] * 3)
+        net(torch.ones(1, 1), gradient_equilibrium=equilibrium).sum().backward()
+        assert net.blocks[0].w.grad.item() == pytest.approx(expected)
+        # forward values never change: h1, h2, h3 = 2, 6, 30
+        torch.testing.assert_close(net(torch.ones(1, 1), gradient_equilibrium=equilibrium).flatten(),
+                                   torch.tensor([2.0, 6.0, 30.0]))
+    assert STRATEGIES["grad_equilibrium"].gradient_equilibrium
+
+
+@covers("self_distill")
+def test_self_distillation_by_hand():
+    """self_distill: weights as joint_uniform, plus distill_weight · mean_e T²·KL(p_3^T ‖ p_e^T) with the
+    last exit as teacher. With T = 1: the teacher (exit 3) is uniform, so KL(u ‖ p) = Σ_k ⅓ ln(⅓ / p_k);
+    for exit 1 sample 0, p = [0.8, 0.1, 0.1] → ⅓(ln(1/2.4) + 2 ln(10/3)). Averaged over the batch and
+    the two early exits, times distill_weight 0.5."""
+    from cgt.losses import self_distillation_loss
+
+    assert_weights(exit_weights(hand_logits(), Y, "self_distill"), torch.full((3, 3), 1 / 3))
+    probs = {1: [[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [2 / 7, 2 / 7, 3 / 7]],
+             2: [[0.6, 0.2, 0.2], [1 / 11, 9 / 11, 1 / 11], [9 / 11, 1 / 11, 1 / 11]]}
+    kl = {e: sum(sum(math.log((1 / 3) / p) / 3 for p in row) for row in rows_) / 3 for e, rows_ in probs.items()}
+    expected = 0.5 * (kl[1] + kl[2]) / 2
+    got = self_distillation_loss(hand_logits(), Y, temperature=1.0, distill_weight=0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # the temperature softens both sides and the loss is scaled by T²; the teacher gets no gradient
+    logits = hand_logits().requires_grad_(True)
+    self_distillation_loss(logits, Y, temperature=3.0, distill_weight=1.0).backward()
+    assert logits.grad[-1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    spec = STRATEGIES["self_distill"]
+    assert spec.extra(hand_logits(), Y, resolve_options("self_distill", 3, temperature=1.0, distill_weight=0.5)
+                      ).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_every_strategy_has_a_hand_computed_test():
     """The hand-computed tests above cover every registered strategy (a new one needs its own)."""
     assert COVERED == set(STRATEGIES)
@@ -336,6 +388,9 @@ def test_weighted_exit_loss_does_not_train_the_weights():
     ("soft_cgt", {"sigmoid_scale": -2.0}, r"sigmoid_scale=-2.0 must be > 0"),
     ("hard_cgt", {"lambdas": "foo"}, r"lambdas='foo': valid choices are 'annealed'"),
     ("hard_cgt", {"normalize": 1}, r"normalize=1 must be True or False"),
+    ("self_distill", {"temperature": 0.0}, r"temperature=0.0 must be > 0"),
+    ("self_distill", {"distill_weight": -0.1}, r"distill_weight=-0.1 must be >= 0"),
+    ("grad_equilibrium", {"temperature": 2.0}, r"unknown option.*'temperature'.*valid options"),
 ])
 def test_bad_options_raise_naming_the_problem(strategy, options, match):
     """Every bad strategy name or option raises ValueError naming it (and the valid choices)."""

@@ -152,7 +152,15 @@ def test_evaluate_logits_operating_points():
     test, y_test = random_logits(1)
     m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
     points = m["operating_points"]
-    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50"]
+    last = points["last_exit"]
+    # risk-controlled points only where 120 validation samples can certify them (LTT at ε = 1 % needs 230)
+    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50",
+                            "risk_crc_1", "risk_crc_2", "risk_crc_5", "risk_ltt_2", "risk_ltt_5"]
+    for name in ("risk_crc_1", "risk_crc_5", "risk_ltt_5"):
+        point = points[name]
+        assert len(set(point["thresholds"])) == 1 and 0 <= point["risk"]["test_loss"] <= 1
+        # the controlled loss never exceeds the accuracy drop's upper bound: early wrong where the last is right
+        assert point["risk"]["val_loss"] >= last["val"]["accuracy"] - point["val"]["accuracy"] - 1e-9
     last = points["last_exit"]
     for split, (lg, y) in (("val", (val, y_val)), ("test", (test, y_test))):
         assert last[split]["avg_cost_relative"] == 1.0 and last[split]["avg_cost_flops"] == COSTS.full_network
@@ -193,7 +201,7 @@ def test_metrics_table_one_row_per_operating_point():
         m["run"] = {"dataset": "toy", "method": method, "seed": seed}
         runs.append(m)
     table = metrics_table(runs)
-    assert len(table) == 14
+    assert len(table) == 2 * (6 + 5 + 1)  # 6 points, 5 risk-controlled points (120 validation samples), auc
     assert list(table["operating_point"][:4]) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30"]
     auc = table[(table.method == "hard_cgt") & (table.operating_point == "auc")].iloc[0]
     assert auc["accuracy"] == runs[1]["budget_curve"]["auc_accuracy"]
@@ -201,7 +209,7 @@ def test_metrics_table_one_row_per_operating_point():
     row = table[(table.method == "hard_cgt") & (table.operating_point == "last_exit")].iloc[0]
     assert row["avg_cost_relative"] == 1.0 and row["exit3_pct"] == 100.0
     assert {"f1_macro", "kappa", "exit1_pct", "exit1_acc", "oracle_accuracy"} <= set(table.columns)
-    assert len(metrics_table(runs, split="val")) == 12
+    assert len(metrics_table(runs, split="val")) == 2 * (6 + 5)
 
 
 def test_common_target_is_shared_by_every_method_of_a_seed():

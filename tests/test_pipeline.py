@@ -33,7 +33,7 @@ def first_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     t0 = time.perf_counter()
     proc = cgt_cli("paper", "--profile", "smoke", runs_dir=runs)
-    return runs, proc.stdout, time.perf_counter() - t0
+    return runs, proc.stdout + proc.stderr, time.perf_counter() - t0
 
 
 @pytest.mark.slow
@@ -42,15 +42,18 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     runs, log, seconds = first_run
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
-                               for ds in ("fashion_mnist", "indian_pines")] + ["04_figures.ipynb"])
+                               for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial")]
+                              + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
-    for ds in ("fashion_mnist", "indian_pines"):
+    for table in ("split_comparison", "spatial_split_counts"):
+        assert (figures / f"table_indian_pines_{table}.md").exists()
+    for ds in ("fashion_mnist", "indian_pines", "indian_pines_spatial"):
         for stem in ("accuracy_vs_cost", "exit_distribution", "gate_weights", "per_exit_accuracy", "per_class_f1"):
             assert (figures / f"{stem}_{ds}.png").stat().st_size > 1000
             assert (figures / f"{stem}_{ds}.pdf").exists()
             assert (figures / f"{stem}_{ds}.png.provenance.json").exists()
         for table in ("paper_tau", "val_common_target", "vs_paper", "verdicts_paper_tau", "verdicts_val_common_target",
-                      "verdicts_matched_cost", "per_class_f1", "costs"):
+                      "verdicts_matched_cost", "per_class_f1", "costs", "calibration", "risk_control"):
             assert (figures / f"table_{ds}_{table}.md").exists()
             sidecar = json.loads((figures / f"table_{ds}_{table}.csv.provenance.json").read_text())
             assert {"git", "params", "packages", "data_checksums", "device"} <= set(sidecar)
@@ -59,8 +62,9 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
             assert all(not Path(r).is_absolute() for r in sidecar["params"]["runs"])
     assert (figures / "exit_depth_map_indian_pines.png").exists()
     assert (figures / "exit_examples_fashion_mnist.png").exists()
+    assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
-    assert sum(trained_counts(log)) == 16, log  # 8 methods × 2 datasets × 1 seed, each trained once
+    assert sum(trained_counts(log)) == 30, log  # 10 methods × 3 (dataset, split) × 1 seed, each trained once
     print(f"smoke pipeline: {seconds:.0f} s")
 
 
@@ -75,6 +79,11 @@ def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run)
     assert sum(trained_counts(log)) == 1, log  # only the damaged run
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
     assert sum(trained_counts(log)) == 0, log
+    # nothing changed since: every step is skipped, and says so
+    assert log.count(": skipped") == 9 and ": running" not in log, log
+    log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--force-step", "04_figures",
+                  runs_dir=runs).stdout
+    assert log.count(": skipped") == 8 and "04_figures: running, because --force-step" in log, log
 
 
 @pytest.mark.slow
@@ -95,6 +104,10 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
     (("train", "--dataset", "indian_pines", "--method", "deep_gate"), "invalid choice: 'deep_gate'"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", '{"tau": 1}'), "unknown option"),
     (("train", "--dataset", "indian_pines", "--method", "hard_cgt", "--options", "tau=1"), "must be a JSON object"),
+    (("train", "--dataset", "indian_pines", "--split", "diagonal"), "invalid choice: 'diagonal'"),
+    (("train", "--dataset", "fashion_mnist", "--split", "spatial"), "split='spatial' needs a dataset with a spatial"),
+    (("split", "--dataset", "fashion_mnist", "--out", "map.npz"), "split='spatial' needs a dataset with a spatial"),
+    (("split", "--dataset", "indian_pines", "--out", "map.txt"), "must name a .npz file"),
 ])
 def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
     """Invalid profile, dataset, method or option (`python -m cgt`, in-process): a clear error, exit
@@ -124,8 +137,10 @@ def test_pipeline_plan_validates_names():
     with pytest.raises(ValueError, match="valid choices"):
         plan("smoke", ["mnist"])
     steps = plan("smoke", ["indian_pines"])
-    assert [s.label for s in steps] == ["00_data [indian_pines]", "01_baselines [indian_pines]",
-                                        "02_hard_cgt [indian_pines]", "03_soft_cgt [indian_pines]", "04_figures"]
+    assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial")
+                                        for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + ["04_figures"]
+    assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
+    assert all("split" not in s.parameters for s in plan("smoke", ["fashion_mnist"]))
 
 
 def test_a_failing_notebook_is_named_with_its_cell_error_and_executed_copy(tmp_path, monkeypatch):
@@ -156,6 +171,6 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 9 and first["wall_time_s"] > 0
-    assert sum(s["runs_trained"] for s in first["steps"]) == 16
+    assert len(first["steps"]) == 13 and first["wall_time_s"] > 0
+    assert sum(s["runs_trained"] for s in first["steps"]) == 30
     assert {"commit", "dirty"} <= set(first["git"])

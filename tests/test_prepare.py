@@ -17,7 +17,7 @@ from cgt.data import BUILTIN, DataConfig, indian_pines, load, prepared
 from cgt.data.base import COMMON_FIELDS
 from cgt.data.indian_pines import IndianPinesOptions, extract_patches, fit_spectral_pca, load_raw
 from cgt.data.prepared import cache_path
-from cgt.data.splits import missing_classes, spatial_block_split, stratified_split, stratified_subsample
+from cgt.data.splits import guarded_spatial_split, missing_classes, stratified_split, stratified_subsample
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.2, "val": 0.1}
@@ -127,29 +127,6 @@ def test_stratified_split_rejects_a_class_too_small():
     labels = np.array([0] * 50 + [7] * 2 + [3] * 50)
     with pytest.raises(ValueError, match=r"class 7 has only 2 samples"):
         stratified_split(labels, FRACTIONS, seed=0)
-
-
-def test_spatial_block_split_keeps_blocks_apart(ip_raw):
-    """spatial_block_split partitions the labelled pixels; no block holds pixels of two splits."""
-    gt = ip_raw[1]
-    block = 12
-    pixels = spatial_block_split(gt, FRACTIONS, seed=0, block=block)
-    labelled = np.flatnonzero(gt.ravel() > 0)
-    assert_partition(pixels, labelled)
-    rows, cols = np.divmod(np.arange(gt.size), gt.shape[1])
-    block_id = (rows // block) * 1000 + cols // block
-    blocks = {s: set(block_id[p].tolist()) for s, p in pixels.items()}
-    assert not blocks["train"] & blocks["val"]
-    assert not blocks["train"] & blocks["test"]
-    assert not blocks["val"] & blocks["test"]
-    # Blocks are dealt until each split reaches its share: it overshoots by less than one block.
-    filled = 0.0
-    for s, f in FRACTIONS.items():
-        filled += f * len(labelled)
-        dealt = sum(len(pixels[k]) for k in list(FRACTIONS)[: list(FRACTIONS).index(s) + 1])
-        assert 0 <= dealt - filled < block * block
-    again = spatial_block_split(gt, FRACTIONS, seed=0, block=block)
-    assert all(np.array_equal(pixels[s], again[s]) for s in pixels)
 
 
 def test_missing_classes_reports_absent_classes():
@@ -315,20 +292,15 @@ def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_
 
 
 def test_spatial_split_option_reports_missing_classes(raw_dir, tmp_path):
-    """split='spatial' gives block-disjoint splits and extras list exactly the classes each split lacks."""
-    cfg = ip_config(raw_dir, tmp_path, split="spatial", block_size=12)
-    d = load(cfg)
-    w = int(d.extras["image_shape"][1])
-    blocks = {}
-    for s in ("train", "val", "test"):
-        rows, cols = np.divmod(d.extras[f"pixels_{s}"], w)
-        blocks[s] = set(zip((rows // 12).tolist(), (cols // 12).tolist()))
-    assert not blocks["train"] & blocks["val"] and not blocks["train"] & blocks["test"]
-    assert not blocks["val"] & blocks["test"]
+    """split='spatial': extras hold the split map, and list exactly the classes each split lacks."""
+    d = load(ip_config(raw_dir, tmp_path, split="spatial"))
+    split_map = d.extras["split_map"]
+    for code, s in enumerate(("train", "val", "test"), start=1):
+        np.testing.assert_array_equal(np.flatnonzero(split_map.ravel() == code), d.extras[f"pixels_{s}"])
     reported = ast.literal_eval(str(d.extras["missing_classes"]))
     expected = {s: sorted(set(range(16)) - set(np.unique(d.y[s].numpy()).tolist())) for s in d.y}
     assert reported == {s: v for s, v in expected.items() if v}
-    assert reported, "with 12-px blocks and seed 0 some rare class is missing from a split"
+    assert "train" not in reported  # every class trains
 
 
 # ---------------------------------------------------------------- 6. invalid arguments
@@ -337,7 +309,7 @@ def test_spatial_split_option_reports_missing_classes(raw_dir, tmp_path):
     ({"dataset": "indian_pines", "patch_size": 4}, r"patch_size=4 must be a positive odd number"),
     ({"dataset": "indian_pines", "pca_components": 201}, r"pca_components=201 must be between 1 and the 200 bands"),
     ({"dataset": "indian_pines", "patch": 5}, r"unknown data option\(s\) \['patch'\] for dataset 'indian_pines'; "
-                                             r"its options are \['train_fraction', 'split', 'block_size'"),
+                                             r"its options are \['train_fraction', 'split', 'pca_components'"),
     ({"dataset": "indian_pines", "train_fraction": 0.7, "val_fraction": 0.3},
      r"sum to 1\.000; they must sum to < 1"),
     ({"dataset": "indian_pines", "train_fraction": 0.8, "val_fraction": 0.5}, r"they must sum to < 1"),
@@ -362,5 +334,5 @@ def test_split_functions_validate_fractions():
         stratified_split(labels, {"train": 0.6, "val": 0.5}, seed=0)
     with pytest.raises(ValueError, match=r"train=1\.5 must be in \(0, 1\)"):
         stratified_split(labels, {"train": 1.5}, seed=0)
-    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
-        spatial_block_split(np.ones((10, 10), int), {"train": 0.0}, seed=0, block=2)
+    with pytest.raises(ValueError, match=r"train=0\.0 must be in \(0, 1\)"):
+        guarded_spatial_split(np.ones((10, 10), int), {"train": 0.0, "val": 0.1}, seed=0, radius=1)

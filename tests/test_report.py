@@ -40,6 +40,7 @@ def table() -> pd.DataFrame:
 def test_verdict_table_categories_and_holm(table):
     df = verdict_table(table, "paper_tau").set_index("CGT")
     assert list(df["vs"]) == ["joint_uniform"] * 3 and set(df["n (seeds)"]) == {5}
+    assert list(df["rival"]) == ["joint, strongest"] * 3  # the only baseline here
     assert df.loc["hard_cgt", "verdict (accuracy)"] == verdicts.SUPPORTED
     assert df.loc["soft_cgt", "verdict (accuracy)"] == verdicts.NON_INFERIOR
     assert df.loc["soft_cgt_linear", "verdict (accuracy)"] == verdicts.CONTRADICTED
@@ -60,6 +61,27 @@ def test_matched_cost_table_uses_quality_alone(table):
 
 def test_comparisons_are_cgt_against_joint_baselines_present():
     assert comparisons(["hard_cgt", "joint_uniform", "last_exit"]) == [("hard_cgt", "joint_uniform")]
+    # the strongest baseline joins when it is not a joint one already
+    assert comparisons(["hard_cgt", "joint_uniform", "self_distill"], strongest="self_distill") == [
+        ("hard_cgt", "joint_uniform"), ("hard_cgt", "self_distill")]
+    assert comparisons(["hard_cgt", "joint_uniform"], strongest="joint_uniform") == [("hard_cgt", "joint_uniform")]
+
+
+def test_the_strongest_baseline_is_the_most_accurate_one_and_is_compared():
+    import pandas as pd
+
+    from cgt.report import strongest_baseline
+
+    rows = [{"method": m, "seed": s, "operating_point": "paper_tau", "accuracy": acc + 0.001 * s,
+             "f1_macro": acc, "avg_cost_relative": 0.5} for m, acc in
+            (("joint_uniform", 0.90), ("self_distill", 0.93), ("hard_cgt", 0.95), ("last_exit", 0.91))
+            for s in range(3)]
+    df = pd.DataFrame(rows)
+    assert strongest_baseline(df) == "self_distill"  # hard_cgt is not a baseline
+    table = verdict_table(df, "paper_tau")
+    assert list(table["vs"]) == ["joint_uniform", "self_distill"]
+    assert list(table["rival"]) == ["joint", "strongest"]
+    assert strongest_baseline(df[df["method"] == "hard_cgt"]) is None
 
 
 def test_summary_uses_the_sample_sd(table):

@@ -126,6 +126,50 @@ def test_history_records_every_epoch(ip_data, tmp_path):
     assert run.history[-1]["lambdas"] == pytest.approx([0.2, 0.6, 1.0])
 
 
+def test_gradient_interference_is_logged_without_changing_training(ip_data, tmp_path):
+    """log_gradients_every = 3: history holds, every 3 steps, an E×E cosine matrix (1 on the diagonal)
+    and norm shares summing to 1; the weights and logits are bit-identical to a run without logging."""
+    import dataclasses
+
+    plain = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path / "a", progress=False)
+    logged = train_run(ip_data, "joint_uniform", dataclasses.replace(CFG, log_gradients_every=3),
+                       runs_root=tmp_path / "b", progress=False)
+    assert state_equal(plain.model.state_dict(), logged.model.state_dict())
+    assert torch.equal(plain.logits["test"], logged.logits["test"])
+    steps_per_epoch = -(-300 // CFG.batch_size)
+    records = [g for h in logged.history for g in h["gradients"]]
+    assert [g["step"] for g in records] == list(range(0, CFG.epochs * steps_per_epoch, 3))
+    for g in records:
+        assert [g["cosine"][e][e] for e in range(3)] == pytest.approx([1.0] * 3)
+        assert sum(g["norm_share"]) == pytest.approx(1.0) and all(-1 <= c <= 1 + 1e-6 for row in g["cosine"] for c in row)
+    assert "gradients" not in plain.history[0]
+
+
+def test_gradient_interference_matches_separate_backward_passes():
+    """Each exit's gradient on the shared blocks, computed by its own backward pass, gives the same cosines
+    and shares; an exit with zero weight has no direction (None) and no share."""
+    from cgt.interference import gradient_interference
+    from cgt.models import generic_mlp
+
+    torch.manual_seed(0)
+    net = generic_mlp((6,), 3, width=8, depth=3)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    w = torch.full((16, 3), 1 / 3)
+    got = gradient_interference(net, net(x), y, w)
+    shared = [p for block in net.blocks[:-1] for p in block.parameters()]
+    flat = []
+    for e in range(3):
+        net.zero_grad()
+        (F.cross_entropy(net(x)[e], y) / 3).backward()
+        flat.append(torch.cat([p.grad.flatten() for p in shared]))
+    g = torch.stack(flat)
+    assert got["cosine"][0][1] == pytest.approx(float(F.cosine_similarity(g[0], g[1], dim=0)), rel=1e-4)
+    assert got["norm_share"] == pytest.approx((g.norm(dim=1) / g.norm(dim=1).sum()).tolist(), rel=1e-4)
+    w[:, 1] = 0
+    zeroed = gradient_interference(net, net(x), y, w)
+    assert zeroed["cosine"][1][0] is None and zeroed["norm_share"][1] == 0
+
+
 def test_hard_cgt_gate_moves_weight_off_the_last_exit(ip_data, tmp_path):
     """With equal λ, joint_uniform weighs every exit 1/3 but HardCGT gives exit 3 clearly less than exit 1."""
     uniform = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)

@@ -95,9 +95,13 @@ class DatasetSpec:
     model_options: Sequence[str] = ()
     """Options `build_model` accepts (the paper models take none: their architecture is the paper's)."""
 
+    def option_names(self) -> list[str]:
+        """Names of the dataset's own preparation options."""
+        return [f.name for f in fields(self.options)]
+
     def resolve_options(self, cfg: DataConfig) -> Any:
         """cfg.options filled with defaults and checked; unknown names are an error naming the valid ones."""
-        valid = [f.name for f in fields(self.options)]
+        valid = self.option_names()
         unknown = sorted(set(cfg.options) - set(valid))
         if unknown:
             raise ValueError(f"unknown data option(s) {unknown} for dataset {self.name!r}; its options are {valid}, "

@@ -1,8 +1,13 @@
 """Indian Pines (AVIRIS, 1992): a 145×145-pixel hyperspectral scene, 200 bands, 16 land-cover classes.
 
-Preparation: the labelled pixels are split (stratified per pixel, or by image blocks), the bands are
-standardised and reduced by PCA fitted on the training pixels only, and each pixel becomes a
-(components, patch, patch) patch centred on it.
+Preparation: the labelled pixels are split, the bands are standardised and reduced by PCA fitted on
+the training pixels only, and each pixel becomes a (components, patch, patch) patch centred on it.
+Two splits:
+  * random (the paper's protocol): stratified per pixel. Every test patch then overlaps training
+    pixels, which inflates accuracy (Liang et al., IEEE TGRS 2017; Nalepa et al., IEEE GRSL 2019);
+  * spatial: each class cut into spatially disjoint train / test / validation parts, with a guard
+    band of the patch radius, so that no validation or test patch contains a training pixel and no
+    test patch a validation pixel (cgt.data.splits.guarded_spatial_split).
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import numpy as np
 from ..models import indian_pines_cnn
 from .base import SPLITS, DataConfig, DatasetSpec, PreparedArrays
 from .raw import RawFile, RawSource, load_array, raw_paths
-from .splits import cap_splits, check_fractions, missing_classes, spatial_block_split, stratified_split
+from .splits import (cap_splits, check_fractions, guarded_spatial_split, missing_classes, split_from_map,
+                     split_map_of, stratified_split)
 
 CLASSES = ["Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees",
            "Grass-pasture-mowed", "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill",
@@ -73,9 +79,8 @@ class IndianPinesOptions:
     train_fraction: float = 0.2
     """Fraction of each class's labelled pixels used for training; the rest after val is test."""
     split: str = "random"
-    """'random': stratified per-pixel split; 'spatial': disjoint image blocks."""
-    block_size: int = 12
-    """Side in pixels of the blocks of the spatial split."""
+    """'random': stratified per-pixel split (the paper's protocol); 'spatial': disjoint regions per class
+    with a guard band of ⌊patch_size / 2⌋ pixels (no patch leakage)."""
     pca_components: int = 30
     """Spectral components kept by PCA (fitted on training pixels only)."""
     patch_size: int = 11
@@ -89,8 +94,6 @@ class IndianPinesOptions:
         if not 1 <= self.pca_components <= BANDS:
             raise ValueError(f"pca_components={self.pca_components} must be between 1 and the "
                              f"{BANDS} bands of Indian Pines")
-        if self.block_size < 1:
-            raise ValueError(f"block_size={self.block_size} must be >= 1")
         check_fractions({"train": self.train_fraction, "val": cfg.val_fraction}, "test")
 
 
@@ -130,29 +133,36 @@ def fit_spectral_pca(cube: np.ndarray, train_pixels: np.ndarray, n_components: i
     return reduced.reshape(h, w, n_components).astype(np.float32), pca
 
 
+def split_map(gt: np.ndarray, opts: IndianPinesOptions, val_fraction: float, seed: int) -> np.ndarray:
+    """The (H, W) map of the split: 0 unlabelled, 1 train, 2 validation, 3 test, 4 guard band (spatial only)."""
+    fractions = {"train": opts.train_fraction, "val": val_fraction}
+    if opts.split == "spatial":
+        return guarded_spatial_split(gt, fractions, seed, radius=opts.patch_size // 2)
+    labelled = np.flatnonzero(gt.ravel() > 0)  # background (label 0) is excluded everywhere
+    idx = stratified_split(gt.ravel()[labelled], fractions, seed, rest="test")
+    return split_map_of(gt.shape, {s: labelled[i] for s, i in idx.items()})
+
+
 def prepare(cfg: DataConfig, opts: IndianPinesOptions) -> PreparedArrays:
     cube, gt = load_raw(cfg.data_dir)
     h, w = gt.shape
-    labelled = np.flatnonzero(gt.ravel() > 0)  # background (label 0) is excluded everywhere
-    fractions = {"train": opts.train_fraction, "val": cfg.val_fraction}
-    if opts.split == "random":
-        idx = stratified_split(gt.ravel()[labelled], fractions, cfg.seed, rest="test")
-        pixels = {s: labelled[i] for s, i in idx.items()}
-    else:
-        pixels = spatial_block_split(gt, fractions, cfg.seed, opts.block_size, rest="test")
+    labelled = np.flatnonzero(gt.ravel() > 0)
+    the_map = split_map(gt, opts, cfg.val_fraction, cfg.seed)
+    pixels = {s: idx for s, idx in split_from_map(the_map).items() if s in SPLITS}
     labels = {s: gt.ravel()[p].astype(np.int64) - 1 for s, p in pixels.items()}
     pixels, labels = cap_splits(pixels, labels, cfg.max_train, cfg.max_eval, cfg.seed)
+    # Classes absent from a split, in label units (0..K-1) and over labelled pixels only (never background).
+    missing = missing_classes(gt.ravel()[labelled].astype(np.int64) - 1,
+                              {s: np.searchsorted(labelled, p) for s, p in pixels.items()})
     image, pca = fit_spectral_pca(cube, pixels["train"], opts.pca_components, cfg.seed)
     x = {}
     for s in SPLITS:
         rows, cols = np.divmod(pixels[s], w)
         x[s] = extract_patches(image, rows, cols, opts.patch_size)
-    # Classes absent from a split, in label units (0..K-1) and over labelled pixels only (never background).
-    missing = missing_classes(gt.ravel()[labelled].astype(np.int64) - 1,
-                              {s: np.searchsorted(labelled, p) for s, p in pixels.items()})
     return {"x": x, "y": labels, "class_names": CLASSES,
             "extras": {**{f"pixels_{s}": pixels[s] for s in SPLITS},
-                       "image_shape": np.array([h, w]),
+                       "image_shape": np.array([h, w]), "split_map": the_map.astype(np.uint8),
+                       "labelled_per_class": np.bincount(gt.ravel(), minlength=len(CLASSES) + 1)[1:],
                        "pca_explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
                        "missing_classes": np.array(str(missing))}}
 

@@ -1,4 +1,4 @@
-"""Seeded splits of labelled samples: stratified per class, or spatially disjoint image blocks."""
+"""Seeded splits of labelled samples: stratified per class, or spatially disjoint with a guard band."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -42,32 +42,93 @@ def stratified_split(labels: np.ndarray, fractions: Mapping[str, float], seed: i
     return {name: np.sort(np.concatenate(parts)) for name, parts in out.items()}
 
 
-def spatial_block_split(label_map: np.ndarray, fractions: Mapping[str, float], seed: int, block: int,
-                        rest: str = "test") -> dict[str, np.ndarray]:
-    """Split the labelled pixels of an image by square blocks, so splits do not share neighbourhoods.
+TRAIN, VAL, TEST, GUARD = 1, 2, 3, 4
+"""Codes of a split map (0: unlabelled background)."""
+SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST, "guard": GUARD}
 
-    Blocks of `block`×`block` pixels are shuffled with `seed` and dealt to the splits in order until
-    each holds its fraction of the labelled pixels. Returns flat indices into `label_map.ravel()`
-    (labelled pixels only). Unlike the stratified split, a rare class can be missing from a split;
-    `missing_classes` reports it.
+
+def guard_band(assignment: np.ndarray, radius: int) -> np.ndarray:
+    """The map with the guard band applied: a validation or test pixel within Chebyshev distance
+    `radius` of a training pixel, or a test pixel within `radius` of a validation pixel, becomes GUARD.
+    With radius = ⌊patch / 2⌋ no validation or test patch contains a training pixel, and no test
+    patch a validation pixel."""
+    from scipy.ndimage import binary_dilation
+
+    window = np.ones((2 * radius + 1, 2 * radius + 1), bool)
+    out = assignment.copy()
+    near_train = binary_dilation(out == TRAIN, structure=window)
+    out[((out == VAL) | (out == TEST)) & near_train] = GUARD
+    near_val = binary_dilation(out == VAL, structure=window)
+    out[(out == TEST) & near_val] = GUARD
+    return out
+
+
+def _cut(rows: np.ndarray, cols: np.ndarray, angle: float, n_train: int, n_val: int) -> np.ndarray:
+    """Codes for one class's pixels cut along a direction: the first n_train pixels (by their projection
+    on the direction) train, the last n_val validate, the middle tests — validation is the far end, so
+    only test pixels lie between it and training."""
+    order = np.argsort(rows * np.cos(angle) + cols * np.sin(angle), kind="stable")
+    codes = np.full(len(rows), TEST)
+    codes[order[:n_train]] = TRAIN
+    if n_val:
+        codes[order[len(order) - n_val:]] = VAL
+    return codes
+
+
+def guarded_spatial_split(label_map: np.ndarray, fractions: Mapping[str, float], seed: int, radius: int,
+                          directions: int = 8) -> np.ndarray:
+    """A spatially disjoint split of the labelled pixels of an image, with a guard band: a (H, W) map of
+    0 (unlabelled), TRAIN, VAL, TEST and GUARD.
+
+    Class by class, largest first, the class's pixels are cut along a direction into a training part
+    (fractions["train"] of them), a test part and, at the far end, a validation part (fractions["val"]);
+    then `guard_band` removes every validation or test pixel a patch of radius `radius` could leak
+    from. Of `directions` directions (evenly spaced from a seeded angle), the class takes the one that
+    keeps it in test, then in validation, then keeps the most validation and test pixels of the whole
+    map. A class whose fields are too small for that gets a smaller training part (halved until one
+    pixel) and, if it must, no validation part. Classes that still end up absent from a split are
+    reported by `missing_classes`; the seed varies every cut.
     """
-    check_fractions(fractions, rest)
-    h, w = label_map.shape
-    flat = np.flatnonzero(label_map.ravel() > 0)
-    rows, cols = np.divmod(flat, w)
-    block_of = (rows // block) * ((w + block - 1) // block) + cols // block
-    blocks = np.random.default_rng(seed).permutation(np.unique(block_of))
-    sizes = np.bincount(block_of, minlength=block_of.max() + 1)
-    targets = np.cumsum([f * len(flat) for f in fractions.values()])
-    assignment, filled, split_i = {}, 0, 0
-    for b in blocks:
-        while split_i < len(targets) and filled >= targets[split_i]:
-            split_i += 1
-        assignment[b] = split_i
-        filled += sizes[b]
-    split_of = np.array([assignment[b] for b in block_of])
-    names = [*fractions, rest]
-    return {name: flat[split_of == i] for i, name in enumerate(names)}
+    check_fractions(fractions, "test")
+    rng = np.random.default_rng(seed)
+    assignment = np.zeros(label_map.shape, np.int64)
+    classes, sizes = np.unique(label_map[label_map > 0], return_counts=True)
+    for c in classes[np.argsort(-sizes, kind="stable")]:  # the large fields first: the rare ones fit around them
+        rows, cols = np.nonzero(label_map == c)
+        n_train = max(1, int(round(fractions["train"] * len(rows))))
+        n_val = max(1, int(round(fractions["val"] * len(rows))))
+        start = rng.uniform(0.0, 2 * np.pi)
+        best_key, best_codes = None, None
+        while True:
+            for val_pixels in (n_val, 0):
+                for k in range(directions):
+                    codes = _cut(rows, cols, start + 2 * np.pi * k / directions, n_train, val_pixels)
+                    trial = assignment.copy()
+                    trial[rows, cols] = codes
+                    guarded = guard_band(trial, radius)
+                    mine = guarded[rows, cols]
+                    key = ((mine == TEST).any(), (mine == VAL).any(), int(np.isin(guarded, (VAL, TEST)).sum()))
+                    if best_key is None or key > best_key:
+                        best_key, best_codes = key, codes
+            if best_key[0] or n_train == 1:
+                break
+            n_train = max(1, n_train // 2)
+        assignment[rows, cols] = best_codes
+    return guard_band(assignment, radius)
+
+
+def split_from_map(split_map: np.ndarray) -> dict[str, np.ndarray]:
+    """Flat indices (into split_map.ravel(), sorted) of each split of a split map, the guard band included."""
+    flat = split_map.ravel()
+    return {name: np.flatnonzero(flat == code) for name, code in SPLIT_CODES.items()}
+
+
+def split_map_of(shape: tuple[int, int], pixels: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The (H, W) split map of flat pixel indices per split (names of SPLIT_CODES)."""
+    out = np.zeros(shape, np.int64)
+    for name, idx in pixels.items():
+        out.ravel()[idx] = SPLIT_CODES[name]
+    return out
 
 
 def missing_classes(labels: np.ndarray, splits: Mapping[str, np.ndarray]) -> dict[str, list[int]]:

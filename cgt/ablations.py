@@ -1,0 +1,210 @@
+"""When does CGT help? The ablation grid of notebook 06 as data, its runs, and its tables.
+
+A configuration is one line: a name, a method, strategy options on top of the method's, training
+overrides, and the inference threshold that matches its training (τ_infer = τ_train). Add one to
+`GRIDS` (or pass your own list) and the notebook trains, evaluates and reports it like the others.
+
+    results = run_grid("indian_pines", "quick", GRIDS["full"], seeds=[0, 1, 2])
+    table = config_table(results)        # one row per (configuration, seed)
+    verdicts = grid_verdicts(table)      # each configuration against joint_uniform, paired by seed
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import verdicts
+from .experiment import EvaluatedRun, run_methods
+from .inference import exits_from_logits
+from .metrics import early_exit_metrics
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    """Strategy options on top of the method's own (cgt.methods)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig overrides (e.g. label smoothing)."""
+    tau_infer: float = 0.9
+    """The inference threshold that matches training: τ_infer = τ_train."""
+
+
+REFERENCE = Config("joint_uniform", "joint_uniform")
+"""What every configuration is compared with (the paired verdict rule of cgt.verdicts)."""
+
+
+def hard_grid(taus=(0.5, 0.8, 0.9), normalize=(True, False), leaks=(1e-3, 1e-1)) -> list[Config]:
+    return [Config(f"hard τ={t} norm={'on' if n else 'off'} ε={e:g}", "hard_cgt",
+                   {"tau_train": t, "normalize": n, "eps_leak": e}, tau_infer=t)
+            for t in taus for n in normalize for e in leaks]
+
+
+def soft_grid(scales=(1.0, 5.0, 20.0)) -> list[Config]:
+    return ([Config(f"soft k={k:g}", "soft_cgt", {"sigmoid_scale": k}) for k in scales]
+            + [Config("soft linear", "soft_cgt", {"residual": "linear"})])
+
+
+def schedule_grid() -> list[Config]:
+    """Gate versus schedule: each CGT variant with fixed λ = (1, 1, 1) instead of the annealed λ."""
+    return [Config("hard λ=(1,1,1)", "hard_cgt", {"lambdas": [1.0, 1.0, 1.0]}, tau_infer=0.5),
+            Config("soft λ=(1,1,1)", "soft_cgt", {"lambdas": [1.0, 1.0, 1.0]})]
+
+
+GRIDS: dict[str, list[Config]] = {
+    "full": hard_grid() + soft_grid() + schedule_grid(),
+    "reduced": hard_grid(taus=(0.5, 0.9), leaks=(1e-3,)),
+}
+"""`full`: every gate setting of issue 13 (Indian Pines); `reduced`: τ_train × normalisation for HardCGT
+(Fashion-MNIST, whose runs cost five times more)."""
+DEFAULT_GRID = {"indian_pines": "full", "fashion_mnist": "reduced"}
+
+
+def with_label_smoothing(config: Config, smoothing: float = 0.1) -> Config:
+    """The recipe check: the same configuration trained with label smoothing (the authors' setting)."""
+    return Config(f"{config.name} + smoothing {smoothing:g}", config.method, config.options,
+                  config.train | {"label_smoothing": smoothing}, config.tau_infer)
+
+
+def run_grid(dataset: str, profile: str, configs: list[Config], seeds: list[int] | None = None,
+             **kwargs: Any) -> dict[str, list[EvaluatedRun]]:
+    """Train (or load) the reference and every configuration × seed; name → its evaluated runs."""
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names) or REFERENCE.name in names:
+        raise ValueError(f"configuration names must be unique and not {REFERENCE.name!r}: {names}")
+    out = {}
+    for c in [REFERENCE, *configs]:
+        out[c.name] = run_methods(dataset, profile, [c.method], seeds, options={c.method: c.options},
+                                  train_overrides=c.train or None, **kwargs)
+    return out
+
+
+def routed_accuracy(logits: torch.Tensor, y: torch.Tensor, tau: float) -> list[float | None]:
+    """Per exit: accuracy on the samples that leave there at global τ (None where none leave)."""
+    preds, exits = exits_from_logits(logits, tau)
+    return [float((preds[exits == e] == y[exits == e]).float().mean()) if (exits == e).any() else None
+            for e in range(logits.shape[0])]
+
+
+def config_table(results: dict[str, list[EvaluatedRun]], configs: list[Config],
+                 budget_point: str = "val_budget_40") -> pd.DataFrame:
+    """One row per (configuration, seed): test accuracy and cost at τ_infer = τ_train, at τ = 0.9 and at
+    the validation-fitted matched-cost point; the oracle accuracy; accuracy of each exit on the samples
+    it takes at τ_infer."""
+    taus = {c.name: c.tau_infer for c in [REFERENCE, *configs]}
+    rows = []
+    for name, runs in results.items():
+        for r in runs:
+            test, y = r.run.logits["test"], r.run.logits["y_test"]
+            num_classes = test.shape[-1]
+            at_train = early_exit_metrics(test, y, *exits_from_logits(test, taus[name]), r.costs, num_classes)
+            points = r.metrics["operating_points"]
+            row = {"config": name, "seed": r.seed,
+                   "acc @τ_train": 100 * at_train["accuracy"], "cost @τ_train": at_train["avg_cost_relative"],
+                   "acc @0.9": 100 * points["paper_tau"]["test"]["accuracy"],
+                   "cost @0.9": points["paper_tau"]["test"]["avg_cost_relative"],
+                   f"acc @{budget_point}": 100 * points[budget_point]["test"]["accuracy"],
+                   f"cost @{budget_point}": points[budget_point]["test"]["avg_cost_relative"],
+                   "oracle acc": 100 * r.metrics["per_exit"]["test"]["oracle_accuracy"]}
+            for e, acc in enumerate(routed_accuracy(test, y, taus[name])):
+                row[f"exit {e + 1} acc on its samples"] = np.nan if acc is None else 100 * acc
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+POINTS = {"@τ_train": "τ_infer = τ_train", "@0.9": "τ = 0.9", "@val_budget_40": "matched cost (40 %)"}
+
+
+def grid_verdicts(table: pd.DataFrame, margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """Every configuration against joint_uniform at each point, paired by seed, with cgt.verdicts' rule
+    (accuracy; at matched cost, quality alone)."""
+    ref = table[table["config"] == REFERENCE.name].set_index("seed")
+    rows = []
+    for name, df in table[table["config"] != REFERENCE.name].groupby("config", sort=False):
+        df = df.set_index("seed")
+        seeds = sorted(set(df.index) & set(ref.index))
+        row = {"config": name, "n (seeds)": len(seeds)}
+        for suffix, label in POINTS.items():
+            d_acc = (df.loc[seeds, f"acc {suffix}"] - ref.loc[seeds, f"acc {suffix}"]).to_numpy(float)
+            d_cost = (df.loc[seeds, f"cost {suffix}"] - ref.loc[seeds, f"cost {suffix}"]).to_numpy(float)
+            row[f"Δ acc {label}"] = f"{d_acc.mean():+.2f}" if len(seeds) else "—"
+            row[f"Δ cost {label}"] = f"{d_cost.mean():+.3f}" if len(seeds) else "—"
+            row[f"verdict {label}"] = (verdicts.matched_cost_verdict(d_acc, margin) if "budget" in suffix
+                                       else verdicts.verdict(d_cost, d_acc, margin))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per configuration (the heatmap's numbers), in grid order."""
+    return table.drop(columns="seed").groupby("config", sort=False).mean()
+
+
+def gate_vs_routing(results: dict[str, list[EvaluatedRun]], configs: list[Config]) -> pd.DataFrame:
+    """Per configuration (first seed): the fraction of the training loss weight each exit held in the
+    last epoch (what the gate let each exit learn) beside the test-time exit distribution at τ_infer
+    (where samples are sent)."""
+    taus = {c.name: c.tau_infer for c in [REFERENCE, *configs]}
+    rows = []
+    for name, runs in results.items():
+        r = runs[0]
+        _, exits = exits_from_logits(r.run.logits["test"], taus[name])
+        routed = np.bincount(exits.numpy(), minlength=r.run.logits["test"].shape[0]) / len(exits)
+        weight = r.run.history[-1]["mean_weight"]
+        row = {"config": name}
+        for e, (w, f) in enumerate(zip(weight, routed)):
+            row[f"exit {e + 1}: train weight %"] = round(100 * w / sum(weight), 1)
+            row[f"exit {e + 1}: test routed %"] = round(100 * f, 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def interference_summary(histories: dict[str, list[dict]]) -> pd.DataFrame:
+    """Per method, over the second half of training's gradient records (cgt.interference): the mean cosine
+    between the first and the last exit's gradients on the shared blocks, the lowest mean cosine of any
+    pair, and each exit's mean share of the gradient norm."""
+    rows = []
+    for method, hist in histories.items():
+        records = [g for h in hist for g in h.get("gradients", [])]
+        late = records[len(records) // 2:]
+        if not late:
+            continue
+        num_exits = len(late[0]["norm_share"])
+        pair_means = {(a, b): np.nanmean([np.nan if g["cosine"][a][b] is None else g["cosine"][a][b] for g in late])
+                      for a in range(num_exits) for b in range(a + 1, num_exits)}
+        row = {"method": method, "records": len(late),
+               f"cos exits 1·{num_exits}": round(float(pair_means[(0, num_exits - 1)]), 3),
+               "lowest pair cos": round(float(min(pair_means.values())), 3)}
+        for e in range(num_exits):
+            row[f"exit {e + 1} norm share %"] = round(100 * float(np.mean([g["norm_share"][e] for g in late])), 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save(tables: dict[str, pd.DataFrame], figures: dict[str, Any], dataset: str, profile: str,
+         configs: list[Config], seeds: list[int]) -> list[Path]:
+    """Write the notebook's tables (table_<dataset>_ablation_<name>.csv/.md) and figures
+    (ablation_<name>_<dataset>.png/.pdf) to the profile's figures folder, each with a sidecar."""
+    from .paths import figures_dir
+    from .plots import save_figure
+    from .provenance import write_sidecar
+    from .report import write_table
+
+    out, written = figures_dir(profile), []
+    params = {"profile": profile, "dataset": dataset, "configs": [vars(c) for c in configs]}
+    for name, df in tables.items():
+        stem = out / f"table_{dataset}_ablation_{name}"
+        write_table(df, stem)
+        write_sidecar(f"{stem}.csv", params=params, seed=seeds)
+        written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
+    for name, fig in figures.items():
+        for path in save_figure(fig, out / f"ablation_{name}_{dataset}"):
+            write_sidecar(path, params=params, seed=seeds)
+            written.append(path)
+    return written

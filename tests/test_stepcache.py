@@ -1,0 +1,94 @@
+"""The pipeline's step cache (cgt.stepcache): a step is skipped only when every input and output is as
+recorded, and otherwise the reason names what changed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cgt import stepcache
+from cgt.fileio import sha256_file, write_json_atomic
+from cgt.runs import ARTIFACTS, is_complete
+from cgt.stepcache import StepCache, runs_read
+
+
+def finished_run(folder: Path, content: bytes = b"logits") -> Path:
+    """A run folder that cgt.runs.is_complete accepts: every artifact, and their recorded hashes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        (folder / name).write_bytes(content + name.encode())
+    write_json_atomic(folder / "complete.json", {"sha256": {name: sha256_file(folder / name) for name in ARTIFACTS}})
+    assert is_complete(folder)
+    return folder
+
+
+@pytest.fixture
+def setting(tmp_path):
+    runs = tmp_path / "runs"
+    finished_run(runs / "ds" / "m" / "seed0-abc")
+    notebook = tmp_path / "01.ipynb"
+    notebook.write_text('{"cells": []}')
+    executed = tmp_path / "executed.ipynb"
+    executed.write_text(json.dumps({"cells": [{"outputs": [{"text": "ds m seed 0: cached; ... [run ds/m/seed0-abc]"}]}]}))
+    output = tmp_path / "table.csv"
+    output.write_text("a,b\n")
+    cache = StepCache(runs)
+    inputs = cache.inputs(notebook, {"profile": "smoke", "dataset": "ds"})
+    cache.record("01", inputs, runs_read(executed), [executed, output])
+    return {"runs": runs, "notebook": notebook, "executed": executed, "output": output, "inputs": inputs}
+
+
+def test_the_runs_a_notebook_read_are_found_in_its_output(setting):
+    assert runs_read(setting["executed"]) == ["ds/m/seed0-abc"]
+
+
+def test_unchanged_step_is_skipped_even_by_a_new_cache_object(setting):
+    cache = StepCache(setting["runs"])  # read back from runs/steps.json
+    assert cache.entries["01"]["runs"]["ds/m/seed0-abc"] is not None  # recorded as a finished run
+    assert cache.why_run("01", setting["inputs"], setting["executed"]) is None
+    assert cache.runs_of("01") == ["ds/m/seed0-abc"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda s: s["notebook"].write_text('{"cells": [1]}'), "the notebook changed"),
+    (lambda s: s["executed"].unlink(), "the executed notebook executed.ipynb is missing"),
+    (lambda s: (s["runs"] / "ds/m/seed0-abc/logits.pt").write_bytes(b"truncated"),
+     "run ds/m/seed0-abc changed or is unfinished"),
+    (lambda s: finished_run(s["runs"] / "ds/m/seed0-abc", b"retrained"), "run ds/m/seed0-abc changed"),
+    (lambda s: s["output"].write_text("edited"), "table.csv changed or is missing"),
+    (lambda s: s["output"].unlink(), "table.csv changed or is missing"),
+])
+def test_each_change_is_named(setting, change, reason):
+    change(setting)
+    cache = StepCache(setting["runs"])
+    inputs = cache.inputs(setting["notebook"], setting["inputs"].parameters)
+    assert reason in cache.why_run("01", inputs, setting["executed"])
+
+
+def test_parameters_code_and_unknown_steps(setting, monkeypatch):
+    cache = StepCache(setting["runs"])
+    assert cache.why_run("02", setting["inputs"], setting["executed"]) == "no record of an earlier run"
+    other = cache.inputs(setting["notebook"], {"profile": "smoke", "dataset": "other"})
+    assert cache.why_run("01", other, setting["executed"]) == "its parameters changed"
+    monkeypatch.setattr(stepcache, "package_version", lambda: "edited")
+    edited = StepCache(setting["runs"])
+    assert edited.why_run("01", edited.inputs(setting["notebook"], setting["inputs"].parameters),
+                          setting["executed"]) == "the cgt package changed"
+
+
+def test_package_version_follows_every_module(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2")
+    before = stepcache.package_version(tmp_path)
+    (tmp_path / "sub" / "b.py").write_text("y = 3")
+    assert stepcache.package_version(tmp_path) != before
+
+
+def test_unknown_force_step_is_refused_with_the_choices():
+    from cgt.pipeline import run_pipeline
+
+    with pytest.raises(ValueError, match=r"unknown step\(s\) \['05_figures'\] for --force-step; valid choices: "
+                                         r"\['00_data', '01_baselines'"):
+        run_pipeline("smoke", force_steps=["05_figures"])
