@@ -326,16 +326,23 @@ def ablation_section(fig_dir: Path, ds: str) -> list[str]:
     return parts
 
 
+def _has_rival_column(fig_dir: Path, datasets: list[str]) -> bool:
+    """Whether the verdict tables name why each baseline is compared (tables of newer pipeline runs)."""
+    path = fig_dir / f"table_{datasets[0]}_verdicts_paper_tau.csv" if datasets else None
+    return bool(path and path.exists() and "rival" in pd.read_csv(path, nrows=0).columns)
+
+
 def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()) -> str:
     """The README's results block, from the tables and figures 04_figures wrote (and the timing and
     benchmark artifacts next to them); `spatial`: datasets also shown on the spatial split."""
     parts = [timing_sentence(fig_dir, datasets), "", rule_paragraph(), "",
              f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
-             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}; each verdict table also compares them with the "
-             f"strongest baseline at its operating point (highest mean test accuracy among all baselines; column "
-             f"`rival`). The common operating point gives every method the same "
-             f"validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
-             f"0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
+             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}"
+             + ("; each verdict table also compares them with the strongest baseline at its operating point "
+                "(highest mean test accuracy among all baselines; column `rival`)" if _has_rival_column(fig_dir, datasets)
+                else "") + ". The common operating point gives every method the same "
+             "validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
+             "0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
     for ds in datasets:
         parts += [f"### {ds}", "", *dataset_section(fig_dir, ds)]
     for ds in spatial:
