@@ -57,13 +57,24 @@ def problems(nb: nbformat.NotebookNode) -> list[str]:
 def quiet_kernel_manager():
     """The kernel manager class for running notebooks here: IPC transport (local Unix sockets, no TCP
     ports), so no kernel logs "running over TCP without encryption" into the pipeline's output."""
+    import os
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
     class IpcKernelManager(AsyncKernelManager):
         @default("transport")
         def _transport_default(self):
             return "ipc"
+
+        @default("ip")
+        def _ip_default(self):
+            # An absolute socket path: the kernel may start in another folder than this process
+            # (a relative one would then name two different sockets).
+            os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+            return os.path.join(jupyter_runtime_dir(), f"cgt-kernel-{uuid.uuid4().hex[:12]}")
 
     return IpcKernelManager
 

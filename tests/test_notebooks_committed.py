@@ -98,3 +98,18 @@ def test_no_notebook_reimplements_a_package_formula():
     for path in NOTEBOOKS:
         code = "\n".join(code_cells(path))
         assert "torch.sigmoid" not in code and ".softmax(" not in code, path.name
+
+
+def test_a_notebook_runs_in_its_own_folder_over_ipc(tmp_path, monkeypatch):
+    """cgt.nbtools.execute starts the kernel in the notebook's folder while this process stays elsewhere:
+    the IPC sockets must be found by both (an absolute path), and the kernel's cwd is the folder."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from cgt.nbtools import execute
+
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    nb = execute(new_notebook(cells=[new_code_cell("import os\nprint(os.path.basename(os.getcwd()))")]), folder,
+                 timeout=120)
+    assert nb.cells[0].outputs[0]["text"].strip() == "nb"
