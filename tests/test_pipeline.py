@@ -43,6 +43,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
                                for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial")]
+                              + [f"06_ablations-{ds}.ipynb" for ds in ("fashion_mnist", "indian_pines")]
                               + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
     for table in ("split_comparison", "spatial_split_counts"):
@@ -64,7 +65,13 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert (figures / "exit_examples_fashion_mnist.png").exists()
     assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
-    assert sum(trained_counts(log)) == 30, log  # 10 methods × 3 (dataset, split) × 1 seed, each trained once
+    # 10 methods × 3 (dataset, split) × 1 seed, each trained once; notebook 06: the grid's configurations not
+    # already trained (Fashion-MNIST 3 of 4, Indian Pines 16 of 18) and 4 runs logging gradients per dataset
+    assert sum(trained_counts(log)) == 30 + (3 + 4) + (16 + 4), log
+    for ds in ("fashion_mnist", "indian_pines"):
+        for table in ("means", "verdicts", "gating", "interference"):
+            assert (figures / f"table_{ds}_ablation_{table}.md").exists()
+        assert (figures / f"ablation_interference_{ds}.png").exists()
     print(f"smoke pipeline: {seconds:.0f} s")
 
 
@@ -80,10 +87,10 @@ def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run)
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
     assert sum(trained_counts(log)) == 0, log
     # nothing changed since: every step is skipped, and says so
-    assert log.count(": skipped") == 9 and ": running" not in log, log
+    assert log.count(": skipped") == 10 and ": running" not in log, log
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--force-step", "04_figures",
                   runs_dir=runs).stdout
-    assert log.count(": skipped") == 8 and "04_figures: running, because --force-step" in log, log
+    assert log.count(": skipped") == 9 and "04_figures: running, because --force-step" in log, log
 
 
 @pytest.mark.slow
@@ -171,6 +178,6 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 13 and first["wall_time_s"] > 0
-    assert sum(s["runs_trained"] for s in first["steps"]) == 30
+    assert len(first["steps"]) == 15 and first["wall_time_s"] > 0
+    assert sum(s["runs_trained"] for s in first["steps"]) == 57
     assert {"commit", "dirty"} <= set(first["git"])
