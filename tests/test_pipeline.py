@@ -145,7 +145,8 @@ def test_pipeline_plan_validates_names():
         plan("smoke", ["mnist"])
     steps = plan("smoke", ["indian_pines"])
     assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial")
-                                        for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + ["04_figures"]
+                                        for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + [
+        "06_ablations [indian_pines]", "04_figures"]
     assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
     assert all("split" not in s.parameters for s in plan("smoke", ["fashion_mnist"]))
 
