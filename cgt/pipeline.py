@@ -149,6 +149,7 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
     """Copy the executed notebooks of `profile` (runs/<profile>/notebooks/) to `dest` (default: the
     committed paper/ folder) with an HTML export of each, so they can be read on GitHub or in a
     browser without running anything. A file over 2 MB is refused by name (lower the figures' dpi)."""
+    import nbformat
     from nbconvert import HTMLExporter
 
     src = runs_dir(profile) / "notebooks"
@@ -157,9 +158,11 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
         raise FileNotFoundError(f"no executed notebooks in {src}: run `python -m cgt paper --profile {profile}` first")
     dest = Path(dest or project_root() / "paper")
     exporter, written = HTMLExporter(), []
+    root = str(project_root()) + "/"
     for nb_path in executed:
-        html, _ = exporter.from_filename(str(nb_path))
-        for path, data in ((dest / nb_path.name, nb_path.read_bytes()),
+        text = nb_path.read_text().replace(root, "")  # project-relative paths, not this machine's
+        html, _ = exporter.from_notebook_node(nbformat.reads(text, as_version=4))
+        for path, data in ((dest / nb_path.name, text.encode()),
                            (dest / nb_path.with_suffix(".html").name, html.encode())):
             if len(data) > PUBLISHED_MAX_BYTES:
                 raise PipelineError(f"{path.name} would be {len(data) / 1e6:.1f} MB, over the "

@@ -92,3 +92,23 @@ def test_unknown_force_step_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"unknown step\(s\) \['05_figures'\] for --force-step; valid choices: "
                                          r"\['00_data', '01_baselines'"):
         run_pipeline("smoke", force_steps=["05_figures"])
+
+
+def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
+    """`python -m cgt publish`: each executed notebook and its HTML export, with the project's own path
+    made relative."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    import nbformat
+    from cgt.paths import project_root
+    from cgt.pipeline import publish_notebooks
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
+    executed = tmp_path / "runs" / "smoke" / "notebooks"
+    executed.mkdir(parents=True)
+    cell = new_code_cell("print(figures)", outputs=[new_output("stream", text=f"writing to {project_root()}/figures\n")])
+    nbformat.write(new_notebook(cells=[cell]), executed / "04_figures.ipynb")
+    written = publish_notebooks("smoke", tmp_path / "paper")
+    assert sorted(p.name for p in written) == ["04_figures.html", "04_figures.ipynb"]
+    for path in written:
+        assert str(project_root()) not in path.read_text() and "writing to figures" in path.read_text()
