@@ -17,7 +17,7 @@ ordered from the most conservative (never exit early, L = 0) to the most aggress
     H_λ: R(λ) > ε along the order (fixed-sequence testing) and stop at the first λ not rejected at
     level δ; take the last rejected one. Guarantee: P(R(λ̂) ≤ ε) ≥ 1 − δ. Needs n ≥ log δ / log(1 − ε).
 
-    lam, n_min = crc_threshold(losses, eps)   # losses: (n, candidates) 0/1, conservative first
+    tau = risk_controlled_threshold(val_logits, y_val, "crc", eps=0.02)   # or "ltt", delta=0.1
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from scipy.stats import binom
 from .policy import check_policy, passes, scores, threshold_grid
 
 METHODS = ("crc", "ltt")
-EPSILONS = (0.01, 0.02, 0.05)
 DELTA = 0.1
 
 
@@ -99,9 +98,8 @@ def hoeffding_bentkus_p(risk_hat: float, n: int, eps: float) -> float:
     """p-value of H: R > ε given the empirical risk of n bounded losses (Bates et al. 2021)."""
     r = min(risk_hat, eps)
 
-    def h(a: float, b: float) -> float:
-        terms = (a * math.log(a / b) if a > 0 else 0.0) + ((1 - a) * math.log((1 - a) / (1 - b)) if a < 1 else 0.0)
-        return terms
+    def h(a: float, b: float) -> float:  # KL divergence between Bernoulli(a) and Bernoulli(b)
+        return (a * math.log(a / b) if a > 0 else 0.0) + ((1 - a) * math.log((1 - a) / (1 - b)) if a < 1 else 0.0)
 
     hoeffding = math.exp(-n * h(r, eps))
     bentkus = math.e * binom.cdf(math.ceil(n * risk_hat), n, eps)
