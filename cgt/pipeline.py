@@ -16,6 +16,7 @@ redone.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -157,11 +158,13 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
     if not executed:
         raise FileNotFoundError(f"no executed notebooks in {src}: run `python -m cgt paper --profile {profile}` first")
     dest = Path(dest or project_root() / "paper")
-    exporter, written = HTMLExporter(), []
+    exporter, written, stylesheets = HTMLExporter(), [], set()
     root = str(project_root()) + "/"
     for nb_path in executed:
         text = nb_path.read_text().replace(root, "")  # project-relative paths, not this machine's
         html, _ = exporter.from_notebook_node(nbformat.reads(text, as_version=4))
+        html, css = _shared_stylesheet(html)
+        stylesheets.add(css)
         for path, data in ((dest / nb_path.name, text.encode()),
                            (dest / nb_path.with_suffix(".html").name, html.encode())):
             if len(data) > PUBLISHED_MAX_BYTES:
@@ -169,7 +172,28 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
                                     f"{PUBLISHED_MAX_BYTES / 1e6:.0f} MB limit for committed notebooks")
             write_bytes_atomic(path, data)
             written.append(path)
-    return written
+    if len(stylesheets) != 1:  # one exporter, one template: the styles cannot differ between notebooks
+        raise PipelineError(f"the HTML exports carry {len(stylesheets)} different stylesheets; expected one")
+    write_bytes_atomic(dest / STYLESHEET, stylesheets.pop().encode())
+    return [*written, dest / STYLESHEET]
+
+
+STYLESHEET = "notebook.css"
+_STYLE = re.compile(r"<style[^>]*>(.*?)</style>", re.S)
+
+
+def _shared_stylesheet(html: str) -> tuple[str, str]:
+    """(the page with the <style> blocks of its <head> replaced by one link to STYLESHEET, their CSS):
+    the template's CSS is about 260 kB, the same in every export, so it is committed once. Styles in
+    the body (a table's scoped style in a cell's output) stay where they are."""
+    head_end = html.find("</head>")
+    head = html[:head_end] if head_end >= 0 else ""
+    first = _STYLE.search(head)
+    if first is None:
+        return html, ""
+    css = "\n".join(_STYLE.findall(head))
+    link = f'<link rel="stylesheet" href="{STYLESHEET}">'
+    return head[:first.start()] + link + _STYLE.sub("", head[first.end():]) + html[head_end:], css
 
 
 TIMINGS = "pipeline_timings.json"

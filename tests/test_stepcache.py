@@ -109,6 +109,11 @@ def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     cell = new_code_cell("print(figures)", outputs=[new_output("stream", text=f"writing to {project_root()}/figures\n")])
     nbformat.write(new_notebook(cells=[cell]), executed / "04_figures.ipynb")
     written = publish_notebooks("smoke", tmp_path / "paper")
-    assert sorted(p.name for p in written) == ["04_figures.html", "04_figures.ipynb"]
-    for path in written:
+    assert sorted(p.name for p in written) == ["04_figures.html", "04_figures.ipynb", "notebook.css"]
+    for path in written[:2]:
         assert str(project_root()) not in path.read_text() and "writing to figures" in path.read_text()
+    # the template's CSS is committed once, beside the pages, and linked from each
+    html = (tmp_path / "paper" / "04_figures.html").read_text()
+    head = html[:html.index("</head>")]
+    assert "<style" not in head and '<link rel="stylesheet" href="notebook.css">' in head
+    assert len((tmp_path / "paper" / "notebook.css").read_text()) > 10_000
