@@ -201,12 +201,12 @@ def target_check(records: list[dict]) -> list[dict]:
     return out
 
 
-def inputs_key(profile: str, method: str, tau: float, datasets, repeats: int, single_samples: int) -> str:
+def inputs_key(run_dirs: dict, method: str, tau: float, repeats: int, single_samples: int) -> str:
     """What a benchmark result depends on: the package code, the timed runs (their complete.json), the
     settings and this machine. Equal keys: the recorded result stands and nothing is measured again."""
     from .stepcache import package_version, run_state
 
-    runs = {ds: run_state(load_finished(ds, profile, [method], seeds=[0])[0].run.run_dir) for ds in datasets}
+    runs = {ds: run_state(path) for ds, path in run_dirs.items()}
     return sha256_bytes(json.dumps([package_version(), runs, method, tau, repeats, single_samples,
                                     device_description("cpu")], sort_keys=True).encode())[:16]
 
@@ -216,7 +216,8 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     """The protocol on each dataset's model; skipped (the recorded records returned) when bench.json
     was measured with the same inputs (`inputs_key`), unless `force`."""
     out = figures_dir(profile) / "bench.json"
-    key = inputs_key(profile, method, tau, datasets, repeats, single_samples)
+    timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0].run for ds in datasets}  # loaded once
+    key = inputs_key({ds: run.run_dir for ds, run in timed.items()}, method, tau, repeats, single_samples)
     sidecar = out.with_name(out.name + ".provenance.json")
     if not force and out.exists() and sidecar.exists() and read_json(sidecar)["params"].get("inputs") == key:
         print(f"{out}: measured with the same code, models, settings and machine (inputs {key}); not measured "
@@ -228,7 +229,7 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     records, components = [], {}
     for ds in datasets:
         data = load_dataset(ds, profile)
-        model = load_finished(ds, profile, [method], seeds=[0])[0].run.model
+        model = timed[ds].model
         recs = latency_records(model, data.x["test"], tau, ds, repeats=repeats, single_samples=single_samples)
         records += recs
         block_s, head_s = component_latency(fuse_for_inference(model), data.x["test"])
