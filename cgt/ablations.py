@@ -64,12 +64,33 @@ GRIDS: dict[str, list[Config]] = {
 """`full`: every gate setting of issue 13 (Indian Pines); `reduced`: τ_train × normalisation for HardCGT
 (Fashion-MNIST, whose runs cost five times more)."""
 DEFAULT_GRID = {"indian_pines": "full", "fashion_mnist": "reduced"}
+DEFAULT_SEEDS = 3
+"""The grid trains the profile's first three seeds."""
+INTERFERENCE_METHODS = ("joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt")
+"""The methods whose gradients notebook 06 logs (first seed)."""
+LOG_GRADIENTS_EVERY = 25
+"""Steps between gradient-interference records in notebook 06 (its default; overhead measured in the README)."""
+SELECTION_POINT = "val_budget_40"
+"""Where the best configuration of each method is chosen: validation accuracy at the matched-cost point."""
 
 
 def with_label_smoothing(config: Config, smoothing: float = 0.1) -> Config:
     """The recipe check: the same configuration trained with label smoothing (the authors' setting)."""
     return Config(f"{config.name} + smoothing {smoothing:g}", config.method, config.options,
                   config.train | {"label_smoothing": smoothing}, config.tau_infer)
+
+
+def best_by_validation(results: dict[str, list[EvaluatedRun]], configs: list[Config],
+                       point: str = SELECTION_POINT) -> list[Config]:
+    """Per method of the grid: the configuration with the highest mean validation accuracy at `point`
+    (by default the matched-cost point, so a configuration cannot win by spending more). Chosen
+    without looking at test data, so the test numbers of the chosen ones stay honest."""
+    best: dict[str, tuple[float, Config]] = {}
+    for c in configs:
+        acc = float(np.mean([r.metrics["operating_points"][point]["val"]["accuracy"] for r in results[c.name]]))
+        if c.method not in best or acc > best[c.method][0]:
+            best[c.method] = (acc, c)
+    return [c for _, c in best.values()]
 
 
 def run_grid(dataset: str, profile: str, configs: list[Config], seeds: list[int] | None = None,
@@ -124,21 +145,31 @@ POINTS = {"@τ_train": "τ_infer = τ_train", "@0.9": "τ = 0.9", "@val_budget_4
 def grid_verdicts(table: pd.DataFrame, margin: float = verdicts.MARGIN) -> pd.DataFrame:
     """Every configuration against joint_uniform at each point, paired by seed, with cgt.verdicts' rule
     (accuracy; at matched cost, quality alone)."""
-    ref = table[table["config"] == REFERENCE.name].set_index("seed")
-    rows = []
-    for name, df in table[table["config"] != REFERENCE.name].groupby("config", sort=False):
-        df = df.set_index("seed")
-        seeds = sorted(set(df.index) & set(ref.index))
-        row = {"config": name, "n (seeds)": len(seeds)}
-        for suffix, label in POINTS.items():
-            d_acc = (df.loc[seeds, f"acc {suffix}"] - ref.loc[seeds, f"acc {suffix}"]).to_numpy(float)
-            d_cost = (df.loc[seeds, f"cost {suffix}"] - ref.loc[seeds, f"cost {suffix}"]).to_numpy(float)
-            row[f"Δ acc {label}"] = f"{d_acc.mean():+.2f}" if len(seeds) else "—"
-            row[f"Δ cost {label}"] = f"{d_cost.mean():+.3f}" if len(seeds) else "—"
-            row[f"verdict {label}"] = (verdicts.matched_cost_verdict(d_acc, margin) if "budget" in suffix
-                                       else verdicts.verdict(d_cost, d_acc, margin))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"config": name, **paired_verdicts(table, name, REFERENCE.name, margin)}
+                         for name in table["config"].unique() if name != REFERENCE.name])
+
+
+def recipe_verdicts(table: pd.DataFrame, pairs: list[tuple[Config, Config]],
+                    margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """Each (configuration, the same with the recipe change) pair: the change's effect, paired by seed."""
+    return pd.DataFrame([{"config": changed.name, "against": base.name,
+                          **paired_verdicts(table, changed.name, base.name, margin)} for base, changed in pairs])
+
+
+def paired_verdicts(table: pd.DataFrame, name: str, reference: str, margin: float = verdicts.MARGIN) -> dict[str, Any]:
+    """Configuration `name` against `reference` at each point of POINTS: mean paired Δ and the verdict."""
+    ref = table[table["config"] == reference].set_index("seed")
+    df = table[table["config"] == name].set_index("seed")
+    seeds = sorted(set(df.index) & set(ref.index))
+    row: dict[str, Any] = {"n (seeds)": len(seeds)}
+    for suffix, label in POINTS.items():
+        d_acc = (df.loc[seeds, f"acc {suffix}"] - ref.loc[seeds, f"acc {suffix}"]).to_numpy(float)
+        d_cost = (df.loc[seeds, f"cost {suffix}"] - ref.loc[seeds, f"cost {suffix}"]).to_numpy(float)
+        row[f"Δ acc {label}"] = f"{d_acc.mean():+.2f}" if len(seeds) else "—"
+        row[f"Δ cost {label}"] = f"{d_cost.mean():+.3f}" if len(seeds) else "—"
+        row[f"verdict {label}"] = (verdicts.matched_cost_verdict(d_acc, margin) if "budget" in suffix
+                                   else verdicts.verdict(d_cost, d_acc, margin))
+    return row
 
 
 def mean_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Union
 
 from . import distributed
@@ -120,12 +121,41 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
     for method in methods:
         for seed in plan.seeds:
             t0 = time.perf_counter()
-            run = train_run(plan.data[seed], method, _seed_config(plan, seed, device), runs_root=runs_dir(profile),
-                            options=(options or {}).get(method), model_fn=lambda: plan.build(seed),
-                            progress=progress, force=force)
+            run = _train(plan, method, seed, options, profile, device, progress, force)
             if distributed.context().is_main:  # under torchrun, rank 0 alone evaluates and writes
                 out.append(_evaluate(plan.data[seed], method, seed, run, eval_cfg, device, t0, progress))
     return out
+
+
+def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
+                  split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+                  data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
+                  force: bool = False, progress: bool = False) -> list[TrainedRun]:
+    """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.runner worker does."""
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    return [_train(plan, method, seed, options, profile, device, progress, force)
+            for method in methods for seed in plan.seeds]
+
+
+def _train(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, Any]] | None, profile: str,
+           device: str, progress: bool, force: bool) -> TrainedRun:
+    return train_run(plan.data[seed], method, _seed_config(plan, seed, device), runs_root=runs_dir(profile),
+                     options=(options or {}).get(method), model_fn=lambda: plan.build(seed),
+                     progress=progress, force=force)
+
+
+def run_paths(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
+              split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+              data_dir: str | None = None, train_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int], Path]:
+    """(method, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    return {(method, seed): _run_path(plan, method, seed, options, profile) for method in methods for seed in plan.seeds}
+
+
+def _run_path(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, Any]] | None, profile: str) -> Path:
+    identity = run_identity(plan.data[seed], method, _seed_config(plan, seed, "cpu"), plan.build(seed),
+                            (options or {}).get(method))
+    return run_dir(identity, runs_dir(profile))
 
 
 def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
@@ -137,9 +167,7 @@ def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[in
     for method in methods:
         for seed in plan.seeds:
             t0 = time.perf_counter()
-            identity = run_identity(plan.data[seed], method, _seed_config(plan, seed, "cpu"), plan.build(seed),
-                                    (options or {}).get(method))
-            path = run_dir(identity, runs_dir(profile))
+            path = _run_path(plan, method, seed, options, profile)
             if not is_complete(path):
                 raise FileNotFoundError(f"no finished {method} run (seed {seed}, split {split!r}) for {dataset} in "
                                         f"profile {profile!r} under {runs_dir(profile)}: run notebooks 01-03 (or "

@@ -48,18 +48,24 @@ def per_exit_over_epochs(histories: Mapping[tuple[str, int], list[dict]], key: s
     return fig
 
 
-def accuracy_vs_cost(metrics: Sequence[dict], split: str = "test", point: str = "val_tolerance"):
-    """Accuracy against average relative cost over the global-τ sweep, per method.
+def accuracy_vs_cost(metrics: Sequence[dict], split: str = "test", point: str = "val_tolerance",
+                     labels: Sequence[str] | None = None):
+    """Accuracy against average relative cost over the global-τ sweep, per method (or per `labels`:
+    one label per metrics dict, e.g. configurations of one method).
 
     Lines: mean over seeds at each τ (the τ grid is shared); band: ±1 std of accuracy. Squares:
     the single exits (exit e alone, at its cumulative cost). Stars: the validation-fitted operating
     point applied to test.
     """
     by_method: dict[str, list[dict]] = {}
-    for m in metrics:
-        by_method.setdefault(m["run"]["method"], []).append(m)
-    methods = _ordered(by_method)
-    colours = palette(methods)
+    for i, m in enumerate(metrics):
+        by_method.setdefault(m["run"]["method"] if labels is None else labels[i], []).append(m)
+    if labels is None:
+        methods = _ordered(by_method)
+        colours = palette(methods)
+    else:
+        methods = list(by_method)
+        colours = dict(zip(methods, sns.color_palette("tab10", len(methods))))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for method in methods:
         runs = by_method[method]

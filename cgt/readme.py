@@ -311,6 +311,7 @@ def ablation_section(fig_dir: Path, ds: str) -> list[str]:
     parts = head + [f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
                     "", *bullets, "", md, "",
                     f"![ablation heatmap, {ds}]({fig_dir.name}/ablation_heatmap_{ds}.png)", ""]
+    parts += recipe_sentences(fig_dir, ds)
     if (fig_dir / f"table_{ds}_ablation_interference.csv").exists():
         imd, idf = _table(fig_dir, ds, "ablation_interference")
         cos = next(c for c in idf.columns if c.startswith("cos exits 1·"))
@@ -324,6 +325,23 @@ def ablation_section(fig_dir: Path, ds: str) -> list[str]:
                                       "pull the shared blocks in broadly the same direction."), "", imd, "",
                   f"![gradient interference, {ds}]({fig_dir.name}/ablation_interference_{ds}.png)", ""]
     return parts
+
+
+def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
+    """The label-smoothing check of notebook 06: each method's best configuration (chosen on validation)
+    trained again with the authors' label smoothing, against itself, paired by seed."""
+    path = fig_dir / f"table_{ds}_ablation_recipe.csv"
+    if not path.exists() or pd.read_csv(path).empty:
+        return []
+    md, df = _table(fig_dir, ds, "ablation_recipe")
+    points = [c[len("verdict "):] for c in df.columns if c.startswith("verdict ")]
+    effects = [f"`{r['config']}` against `{r['against']}`: "
+               + ", ".join(f"{p} Δ acc {r[f'Δ acc {p}']} points ({r[f'verdict {p}']})" for p in points)
+               for _, r in df.iterrows()]
+    return ["The recipe check — the best configuration of each method (highest mean validation accuracy at "
+            "matched cost; chosen without test data) trained again with label smoothing, paired by seed: "
+            + "; ".join(effects) + ".", "", md, "",
+            f"![best configurations, {ds}]({fig_dir.name}/ablation_best_{ds}.png)", ""]
 
 
 def _has_rival_column(fig_dir: Path, datasets: list[str]) -> bool:
