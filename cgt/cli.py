@@ -82,10 +82,12 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_paper(args: argparse.Namespace) -> int:
     from .pipeline import PipelineError, run_pipeline
+    from .runner import RunnerError
 
     try:
-        run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step)
-    except PipelineError as exc:
+        run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step, workers=args.workers,
+                     scheduler=args.scheduler, threads_per_run=args.threads_per_run)
+    except (PipelineError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -177,6 +179,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain every run and execute every notebook")
     p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
                    help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train the steps' runs first on N local worker processes (default 1: inside the notebooks)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="train the steps' runs first on the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    p.add_argument("--threads-per-run", type=int, default=None, metavar="T",
+                   help="intra-op threads of each run (default: cores / workers locally, 1 on Dask)")
     p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import runner
 from .data import BUILTIN, display_name, resolve
 from .data.custom import is_npz
 from .fileio import read_json, write_bytes_atomic, write_json_atomic
@@ -81,23 +82,43 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
 
 
 def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = False,
-                 notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None) -> list[Path]:
+                 notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None,
+                 workers: int = 1, scheduler: str | None = None, threads_per_run: int | None = None) -> list[Path]:
     """Execute every step whose inputs changed (cgt.stepcache) with papermill; returns the executed
     notebooks' paths. force: retrain every run and execute every step; force_steps: notebook names
-    (e.g. "04_figures") executed again even if unchanged."""
+    (e.g. "04_figures") executed again even if unchanged.
+
+    workers > 1 or scheduler (a Dask scheduler's address): the steps' training runs are planned and
+    trained first, by local worker processes or on the Dask cluster (cgt.runner), with
+    `threads_per_run` intra-op threads each; the notebooks then find them finished."""
     import papermill as pm
 
     valid = PER_DATASET + ABLATIONS + ONCE
     unknown = sorted(set(force_steps or []) - set(valid))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {valid}")
-    steps = plan(profile, datasets, force)
+    runner.check_workers(workers)
+    if threads_per_run is not None and threads_per_run < 1:
+        raise ValueError(f"threads_per_run={threads_per_run!r} must be ≥ 1")
+    client = runner.connect(scheduler) if scheduler else None  # an unreachable cluster: an error, nothing started
+    pretrain = workers > 1 or client is not None
+    steps = plan(profile, datasets, force and not pretrain)  # trained first: the notebooks need not force
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(runs_dir(profile))
     t_start = time.perf_counter()
     outputs, record, runs_so_far = [], [], []
+    if pretrain:
+        try:
+            trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
+                                       threads_per_run=threads_per_run, force=force, log=log, client=client)
+        finally:
+            if client is not None:
+                client.close()
+        record.append({"step": f"training runs ({'Dask' if scheduler else f'{workers} workers'})",
+                       "seconds": round(time.perf_counter() - t_start, 1), "runs_trained": len(trained),
+                       "runs_cached": 0, "skipped": False})
     with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):
             t0, started = time.perf_counter(), time.time()

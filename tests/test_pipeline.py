@@ -115,6 +115,9 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
     (("train", "--dataset", "fashion_mnist", "--split", "spatial"), "split='spatial' needs a dataset with a spatial"),
     (("split", "--dataset", "fashion_mnist", "--out", "map.npz"), "split='spatial' needs a dataset with a spatial"),
     (("split", "--dataset", "indian_pines", "--out", "map.txt"), "must name a .npz file"),
+    (("paper", "--profile", "smoke", "--workers", "0"), "workers=0: the number of local worker processes must be an integer ≥ 1"),
+    (("paper", "--profile", "smoke", "--workers", "-3"), "must be an integer ≥ 1"),
+    (("paper", "--profile", "smoke", "--threads-per-run", "0"), "threads_per_run=0 must be ≥ 1"),
 ])
 def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
     """Invalid profile, dataset, method or option (`python -m cgt`, in-process): a clear error, exit
@@ -133,6 +136,27 @@ def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, 
     assert status == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_an_unreachable_scheduler_is_an_error_within_seconds_and_nothing_runs(tmp_path):
+    t0 = time.perf_counter()
+    proc = cgt_cli("paper", "--profile", "smoke", "--scheduler", "tcp://127.0.0.1:9", runs_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and time.perf_counter() - t0 < 30  # 10 s to connect, the rest is Python starting
+    assert "could not reach a Dask scheduler at 'tcp://127.0.0.1:9' within 10 s" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_with_workers_the_runs_are_trained_first_and_the_notebooks_train_nothing(tmp_path):
+    """The runner's plan (cgt.runner.step_requests) covers every run the notebooks train at their default
+    parameters — except the label-smoothing runs of 06, which depend on the grid's results."""
+    proc = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--workers", "2", runs_dir=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert re.search(r"\d+ run\(s\) to train \(0 already finished\) on 2 local worker process\(es\)", log), log
+    steps = {m.group(1): int(m.group(2)) for m in re.finditer(r"\] (\S+ \[[^]]+\]): done in \d+ s; (\d+) run\(s\) trained", log)
+             if int(m.group(2))}
+    assert steps == {"06_ablations [indian_pines]": 2}, log  # one smoothed configuration per CGT method
+    assert "training runs (2 workers)" in (tmp_path / "smoke" / "pipeline_timings.json").read_text()
 
 
 def test_pipeline_plan_validates_names():

@@ -1,0 +1,312 @@
+"""Training runs as tasks: the runs a pipeline needs are planned first, then trained by workers —
+local processes on one machine, or a Dask cluster when one machine is not enough.
+
+    requests = planned_runs([("01_baselines", {"profile": "quick", "dataset": "indian_pines"})])
+    train_all(requests, workers=2)                          # 2 processes × (cores / 2) threads each
+    train_all(requests, scheduler="tcp://10.0.0.5:8786")   # a running Dask cluster
+
+A worker writes each finished run where the notebooks look for it (the run cache, cgt.runs), so the
+notebooks executed afterwards find every planned run and train nothing. Requests that name the same
+run are trained once; finished runs are not trained at all. A run whose worker dies is queued again
+and continues from its last epoch checkpoint.
+
+Threads. A run's floats depend on the number of intra-op threads it trains with (the reduction order
+of the convolutions): results are bit-identical to a serial run with the same threads per run. With
+other thread counts they differ by float rounding (max |Δlogit| 0.02 after a 1-epoch Fashion-MNIST
+run, 1 vs 2 threads), as runs on different devices do, and the run cache treats them as the same run
+(cgt.runs.run_identity): the runner records each run's thread count in runs/<profile>/runner_journal.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .data import display_name
+from .methods import BASELINES
+from .runs import is_complete
+
+MAX_ATTEMPTS = 3
+"""Times a run is started before the runner gives up on it (a worker dying each time is not chance)."""
+CONNECT_TIMEOUT_S = 10
+
+# What the pipeline's notebooks train at their default parameters. tests/test_runner.py executes the
+# smoke pipeline after training this plan and checks that no notebook trained anything itself.
+NOTEBOOK_METHODS = {
+    "01_baselines": BASELINES,
+    "02_hard_cgt": ["joint_uniform", "joint_annealed", "hard_cgt"],
+    "03_soft_cgt": ["joint_uniform", "joint_annealed", "soft_cgt", "soft_cgt_linear"],
+}
+
+
+class RunnerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One training run, as `cgt.experiment.run_methods` would train it."""
+
+    dataset: str
+    profile: str
+    method: str
+    seed: int
+    split: str = "random"
+    options: dict[str, Any] | None = None
+    """Strategy options of `method` on top of its own (cgt.methods)."""
+    train_overrides: dict[str, Any] | None = None
+    data_dir: str | None = None
+
+    @property
+    def label(self) -> str:
+        extras = [f"split {self.split}"] if self.split != "random" else []
+        extras += [json.dumps(x, sort_keys=True) for x in (self.options, self.train_overrides) if x]
+        return f"{display_name(self.dataset)} {self.method} seed {self.seed}" + (f" ({'; '.join(extras)})" if extras else "")
+
+    def group(self) -> str:
+        """Requests that share data and options: planned with one data load."""
+        return json.dumps([self.dataset, self.profile, self.split, self.options, self.train_overrides, self.data_dir],
+                          sort_keys=True, default=str)
+
+
+def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]:
+    """The runs one pipeline step trains at its notebook's default parameters ([] for steps that train
+    nothing, and for the runs of notebook 06 that depend on other runs' results: its label-smoothing
+    stage picks the best configuration first, so the notebook trains those itself)."""
+    from . import ablations
+    from .profiles import get_profile
+
+    profile, dataset, split = parameters["profile"], parameters.get("dataset"), parameters.get("split", "random")
+    seeds = get_profile(profile).seeds
+    if notebook in NOTEBOOK_METHODS:
+        return [RunRequest(dataset, profile, m, s, split) for m in NOTEBOOK_METHODS[notebook] for s in seeds]
+    if notebook == "06_ablations":
+        grid_seeds = seeds[:ablations.DEFAULT_SEEDS]
+        configs = [ablations.REFERENCE, *ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]]
+        grid = [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None)
+                for c in configs for s in grid_seeds]
+        logged = [RunRequest(dataset, profile, m, grid_seeds[0], split,
+                             train_overrides={"log_gradients_every": ablations.LOG_GRADIENTS_EVERY})
+                  for m in ablations.INTERFERENCE_METHODS]
+        return grid + logged
+    return []
+
+
+def planned_runs(steps: list[tuple[str, dict[str, Any]]]) -> list[RunRequest]:
+    """Every run the steps (notebook name, papermill parameters) train, in step order."""
+    return [r for notebook, parameters in steps for r in step_requests(notebook, parameters)]
+
+
+def distinct_runs(requests: list[RunRequest]) -> list[tuple[RunRequest, Path]]:
+    """One request per run folder (two requests naming the same run train it once), with the folder it
+    trains into. Loads each dataset once per group, which also fills the preparation cache: workers
+    only read it."""
+    from .experiment import run_paths
+
+    groups: dict[str, list[RunRequest]] = {}
+    for r in requests:
+        groups.setdefault(r.group(), []).append(r)
+    out, seen = [], set()
+    for members in groups.values():
+        first = members[0]
+        paths = run_paths(first.dataset, first.profile, sorted({r.method for r in members}),
+                          sorted({r.seed for r in members}), split=first.split,
+                          options={r.method: r.options for r in members if r.options},
+                          data_dir=first.data_dir, train_overrides=first.train_overrides)
+        for r in members:
+            if paths[(r.method, r.seed)] not in seen:
+                out.append((r, paths[(r.method, r.seed)]))
+                seen.add(paths[(r.method, r.seed)])
+    return out
+
+
+# ---------------------------------------------------------------- what a worker executes
+@dataclass(frozen=True)
+class Place:
+    """Where the submitting process keeps the project and its runs; a worker on another machine must
+    see both at the same paths (a shared filesystem), or have CGT_ROOT set to its own mount point."""
+
+    root: str
+    runs: str | None
+    """$CGT_RUNS_DIR of the submitting process (None: <root>/runs)."""
+
+    @classmethod
+    def here(cls) -> "Place":
+        from .paths import project_root
+
+        runs = os.environ.get("CGT_RUNS_DIR")
+        return cls(str(project_root().resolve()), str(Path(runs).resolve()) if runs else None)
+
+    def enter(self) -> None:
+        """Make this worker process read and write where the submitting process does."""
+        if not os.environ.get("CGT_ROOT"):  # a worker's own CGT_ROOT (its mount of the project) wins
+            if not Path(self.root).is_dir():
+                raise RunnerError(f"the project folder {self.root} does not exist on this worker: share it at the "
+                                  f"same path, or start the worker with CGT_ROOT set to where it is mounted")
+            os.environ["CGT_ROOT"] = self.root
+        if self.runs:
+            os.environ["CGT_RUNS_DIR"] = self.runs
+        else:
+            os.environ.pop("CGT_RUNS_DIR", None)
+
+
+def train_request(request: RunRequest, threads: int | None, place: Place, force: bool = False) -> dict[str, Any]:
+    """Train one run in this process (a local worker or a Dask worker); returns where it went."""
+    import torch
+
+    from .experiment import train_methods
+
+    place.enter()
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
+                           options={request.method: request.options} if request.options else None,
+                           data_dir=request.data_dir, train_overrides=request.train_overrides, force=force)
+    return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------- engines
+def default_threads(workers: int) -> int:
+    """Threads per run so that workers × threads ≈ the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def check_workers(workers: int) -> None:
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r}: the number of local worker processes must be an integer ≥ 1 "
+                         f"(1 trains in the pipeline's own process; this machine has {os.cpu_count()} cores)")
+
+
+def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
+    """A Dask client on a running scheduler, with at least one worker; a clear error within `timeout_s` otherwise."""
+    try:
+        from distributed import Client
+    except ImportError as exc:  # pragma: no cover - dask is a dependency
+        raise RunnerError("--scheduler needs Dask distributed: pip install distributed") from exc
+    try:
+        client = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise RunnerError(f"could not reach a Dask scheduler at {address!r} within {timeout_s:g} s ({exc}); start one "
+                          f"with `dask scheduler` and give its address (tcp://HOST:8786)") from None
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except (TimeoutError, OSError):
+        client.close()
+        raise RunnerError(f"the Dask scheduler at {address!r} has no workers after {timeout_s:g} s; start some with "
+                          f"`dask worker {address} --nworkers N --nthreads 1`") from None
+    return client
+
+
+def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, place: Place, force: bool,
+           log: Callable[[str], None]) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
+    """Local worker processes; a dead worker breaks the pool, so the unfinished runs go to a new one."""
+    attempts: Counter[Path] = Counter()
+    pending = list(todo)
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
+    while pending:
+        for r, path in pending:
+            attempts[path] += 1
+            if attempts[path] > MAX_ATTEMPTS:
+                raise RunnerError(f"{r.label}: its worker died {MAX_ATTEMPTS} times; giving up (out of memory?)")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {pool.submit(train_request, r, threads, place, force): (r, path) for r, path in pending}
+            pending = []
+            for future in as_completed(futures):
+                try:
+                    yield futures[future][0], future.result()
+                except BrokenProcessPool:
+                    pending.append(futures[future])
+        if pending:
+            labels = [r.label for r, _ in pending]
+            log(f"a worker died; {len(pending)} unfinished run(s) queued again (each continues from its last "
+                f"epoch checkpoint): {', '.join(labels[:3])}{' …' if len(labels) > 3 else ''}")
+
+
+def _dask(todo: list[tuple[RunRequest, Path]], client, threads: int, place: Place,
+          force: bool) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
+    """A Dask cluster; the scheduler itself re-queues the task of a worker that dies (up to its
+    `allowed-failures`), and the run continues from its checkpoint on the shared runs folder."""
+    from distributed import as_completed as dask_completed
+
+    futures = {client.submit(train_request, r, threads, place, force, pure=False,
+                             key=f"cgt-train-{path.parent.name}-{path.name}"): r for r, path in todo}
+    for future in dask_completed(futures, loop=client.loop):
+        yield futures[future], future.result()
+
+
+def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | None = None,
+              threads_per_run: int | None = None, force: bool = False, log: Callable[[str], None] = print,
+              client=None) -> list[dict[str, Any]]:
+    """Train every unfinished run of `requests`: on `workers` local processes, or on the Dask cluster at
+    `scheduler` (or an already connected `client`). Returns one record per trained run."""
+    check_workers(workers)
+    if threads_per_run is not None and threads_per_run < 1:
+        raise ValueError(f"threads_per_run={threads_per_run!r} must be ≥ 1")
+    own_client = scheduler is not None and client is None
+    if own_client:
+        client = connect(scheduler)  # before any work: an unreachable cluster starts nothing
+    try:
+        runs = distinct_runs(requests)
+        todo = [(r, path) for r, path in runs if force or not is_complete(path)]
+        if client is not None:
+            threads = threads_per_run or 1  # Dask convention: one task per worker thread (--nthreads 1)
+            engine = f"Dask cluster at {client.scheduler.address}"
+        else:
+            threads = threads_per_run or default_threads(workers)
+            engine = f"{workers} local worker process(es)"
+        log(f"{len(todo)} run(s) to train ({len(runs) - len(todo)} already finished) on {engine}, {threads} thread(s) per run")
+        if not todo:
+            return []
+        place = Place.here()
+        results = (_dask(todo, client, threads, place, force) if client is not None
+                   else _local(todo, workers, threads, place, force, log))
+        return list(_with_progress(results, len(todo), log, _journal(requests)))
+    finally:
+        if own_client:
+            client.close()
+
+
+def _journal(requests: list[RunRequest]) -> Path:
+    """runs/<profile>/runner_journal.jsonl: one line per run a worker trained — where, in how many
+    seconds, with how many threads (the run's key leaves the thread count out; this keeps it)."""
+    from .paths import runs_dir
+
+    return runs_dir(requests[0].profile) / "runner_journal.jsonl"
+
+
+def _with_progress(results: Iterator[tuple[RunRequest, dict[str, Any]]], total: int,
+                   log: Callable[[str], None], journal: Path) -> Iterator[dict[str, Any]]:
+    """A progress bar over runs (done / total, ETA) on a terminal; one plain line per run otherwise."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="training runs", unit="run") if sys.stderr.isatty() else None
+    for done, (request, record) in enumerate(results, 1):
+        record = {"request": request.label, **record}
+        with open(journal, "a") as f:  # one short line per append: a killed runner leaves whole lines
+            f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update()
+        else:
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / done * (total - done)
+            log(f"[{done}/{total} runs] {request.label}: {'found finished' if record['cached'] else 'trained'} in "
+                f"{record['seconds']:.0f} s ({_minutes(elapsed)} elapsed, ETA {_minutes(eta)})")
+        yield record
+    if bar is not None:
+        bar.close()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

@@ -1,0 +1,166 @@
+"""Training runs on workers (cgt.runner): local processes and a Dask LocalCluster give the same bits as
+a serial run, a killed worker's run resumes from its checkpoint, bad settings fail before any work,
+and the plan covers everything the pipeline's notebooks train."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgt import runner
+from cgt.experiment import train_methods
+from cgt.runner import RunRequest, RunnerError
+
+REQUESTS = [RunRequest("indian_pines", "smoke", method, 0) for method in ("joint_uniform", "hard_cgt", "soft_cgt")]
+
+
+def results(runs_root: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """finished run folder (relative) → its weights and logits. (Tensors, not file hashes: torch.save
+    names the archive after the file it writes, a temporary name.)"""
+    return {str(p.parent.relative_to(runs_root)): torch.load(p.parent / "model.pt") | torch.load(p.parent / "logits.pt")
+            for p in sorted(runs_root.rglob("complete.json"))}
+
+
+def assert_bit_identical(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]) -> None:
+    assert a.keys() == b.keys() and a
+    for run in a:
+        assert a[run].keys() == b[run].keys()
+        different = [name for name in a[run] if not torch.equal(a[run][name], b[run][name])]
+        assert not different, f"{run}: {different} differ"
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, raw_dir):
+    """REQUESTS trained one after another in this process, with one thread each."""
+    runs = tmp_path_factory.mktemp("serial")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CGT_RUNS_DIR", str(runs))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for r in REQUESTS:
+                train_methods(r.dataset, r.profile, [r.method], [r.seed])
+        finally:
+            torch.set_num_threads(before)
+    return results(runs / "smoke")
+
+
+@pytest.mark.slow
+def test_local_workers_are_bit_identical_to_a_serial_run(serial, tmp_path, monkeypatch):
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    lines = []
+    trained = runner.train_all(REQUESTS + REQUESTS[:1], workers=2, threads_per_run=1, log=lines.append)
+    assert len(trained) == 3  # the repeated request names the same run: trained once
+    assert_bit_identical(results(tmp_path / "smoke"), serial)
+    assert "3 run(s) to train (0 already finished) on 2 local worker process(es), 1 thread(s) per run" in lines[0]
+    assert any(line.startswith("[3/3 runs]") and "ETA" in line for line in lines)  # plain lines off a terminal
+    # everything finished: nothing to do, no worker started
+    assert runner.train_all(REQUESTS, workers=2, log=lines.append) == []
+    assert "0 run(s) to train (3 already finished)" in lines[-1]
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_is_bit_identical_to_a_serial_run(serial, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        trained = runner.train_all(REQUESTS, scheduler=cluster.scheduler_address, log=lambda _: None)
+    assert len(trained) == 3 and all(t["threads"] == 1 for t in trained)
+    assert_bit_identical(results(tmp_path / "smoke"), serial)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, raw_dir):
+    long = RunRequest("indian_pines", "smoke", "soft_cgt", 0, train_overrides={"epochs": 12})
+    # the uninterrupted reference, in this process
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "reference"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_methods(long.dataset, long.profile, [long.method], [long.seed], train_overrides=long.train_overrides)
+    finally:
+        torch.set_num_threads(before)
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "killed"))
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((tmp_path / "killed").rglob("checkpoint.pt")):
+            time.sleep(0.02)
+        for child in multiprocessing.active_children():  # the pool's worker processes
+            child.kill()
+            killed.append(child.pid)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    lines = []
+    trained = runner.train_all([long], workers=1, threads_per_run=1, log=lines.append)
+    watcher.join(timeout=5)
+    assert killed, "no worker was running when the checkpoint appeared"
+    assert any("a worker died; 1 unfinished run(s) queued again" in line for line in lines), lines
+    assert len(trained) == 1
+    assert_bit_identical(results(tmp_path / "killed" / "smoke"), results(tmp_path / "reference" / "smoke"))
+
+
+def test_an_unreachable_scheduler_fails_within_seconds_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    t0 = time.perf_counter()
+    with pytest.raises(RunnerError, match=r"could not reach a Dask scheduler at 'tcp://127.0.0.1:9' within 10 s"):
+        runner.train_all(REQUESTS, scheduler="tcp://127.0.0.1:9")
+    assert time.perf_counter() - t0 < 15
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5])
+def test_workers_outside_the_valid_range_are_refused(workers):
+    with pytest.raises(ValueError, match=r"must be an integer ≥ 1"):
+        runner.check_workers(workers)
+
+
+def test_threads_per_run_must_be_positive():
+    with pytest.raises(ValueError, match=r"threads_per_run=0 must be ≥ 1"):
+        runner.train_all(REQUESTS, threads_per_run=0)
+
+
+def test_default_threads_share_the_cores():
+    cores = runner.default_threads(1)
+    assert runner.default_threads(2) == max(1, cores // 2) and runner.default_threads(10 * cores) == 1
+
+
+def test_the_plan_mirrors_the_notebooks_parameters():
+    """What step_requests assumes about each notebook's defaults, read from the notebooks themselves."""
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for notebook, methods in runner.NOTEBOOK_METHODS.items():
+        source = "".join("".join(c["source"]) for c in json.loads((root / f"{notebook}.ipynb").read_text())["cells"])
+        if notebook == "01_baselines":
+            assert "methods = BASELINES if methods is None else methods" in source
+        else:
+            assert json.dumps(methods) in source.replace("'", '"'), notebook
+    ablations_nb = "".join("".join(c["source"]) for c in json.loads((root / "06_ablations.ipynb").read_text())["cells"])
+    for needle in ("seeds[:ablations.DEFAULT_SEEDS]", "for method in ablations.INTERFERENCE_METHODS:",
+                   f"log_gradients_every = {runner_log_every()}"):
+        assert needle in ablations_nb
+
+
+def runner_log_every() -> int:
+    from cgt.ablations import LOG_GRADIENTS_EVERY
+
+    return LOG_GRADIENTS_EVERY
+
+
+def test_step_requests_cover_each_training_notebook():
+    params = {"profile": "smoke", "dataset": "indian_pines", "split": "spatial"}
+    baselines = runner.step_requests("01_baselines", params)
+    assert {r.method for r in baselines} == set(runner.NOTEBOOK_METHODS["01_baselines"])
+    assert all(r.split == "spatial" for r in baselines)
+    assert runner.step_requests("00_data", params) == [] and runner.step_requests("04_figures", {"profile": "smoke"}) == []
+    grid = runner.step_requests("06_ablations", {"profile": "smoke", "dataset": "indian_pines"})
+    logged = [r for r in grid if r.train_overrides and "log_gradients_every" in r.train_overrides]
+    assert [r.method for r in logged] == ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
