@@ -64,6 +64,8 @@ class RunRequest:
     """Strategy options of `method` on top of its own (cgt.methods)."""
     train_overrides: dict[str, Any] | None = None
     data_dir: str | None = None
+    device: str = "auto"
+    """Where it trains (not part of the run's key: cgt.runs.run_identity)."""
 
     @property
     def label(self) -> str:
@@ -170,7 +172,8 @@ def train_request(request: RunRequest, threads: int | None, place: Place, force:
     t0 = time.perf_counter()
     (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
                            options={request.method: request.options} if request.options else None,
-                           data_dir=request.data_dir, train_overrides=request.train_overrides, force=force)
+                           data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides,
+                           force=force)
     return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,
             "threads": torch.get_num_threads()}
 
