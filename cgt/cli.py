@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|split|train|paper|publish|results|export|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|split|train|paper|scaling|publish|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
 the valid choices and exit status 2, a failed pipeline step with status 1.
@@ -90,6 +90,17 @@ def cmd_paper(args: argparse.Namespace) -> int:
     except (PipelineError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from .scaling import measure
+
+    record = measure(args.workers, args.out, args.runs, args.epochs)
+    for row in record["rows"]:
+        print(f"{row['workers']:3d} worker(s): {row['runs']} runs in {row['wall_s']:.1f} s "
+              f"({row['speedup_vs_1_worker']:.2f}x the 1-worker wall time)")
+    print(f"{args.out} written")
     return 0
 
 
@@ -186,6 +197,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-run", type=int, default=None, metavar="T",
                    help="intra-op threads of each run (default: cores / workers locally, 1 on Dask)")
     p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("scaling", help="how the local runner scales: one fixed run list, 1, 2, 4 … worker processes")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N")
+    p.add_argument("--runs", type=int, default=16, help="Indian Pines runs (quick profile) in the fixed list")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--out", default="figures/runner_scaling.json")
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")
     p.add_argument("--profile", default="paper", choices=profiles)

@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +23,8 @@ from .fileio import write_json_atomic
 from .inference import early_exit_forward, exits_from_logits
 from .profiles import train_config
 from .provenance import device_description, git_state
-from .runner import RunRequest, train_all
+from .scaling import fresh_runs_folder
+from .scaling import runner_scaling
 from .train import TrainConfig, predict_logits, train_run
 
 TAU = 0.9
@@ -49,21 +48,6 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -
     return statistics.median(times)
 
 
-@contextmanager
-def _runs_folder() -> Iterator[str]:
-    """A fresh runs folder for the duration (nothing cached, nothing left behind)."""
-    saved = os.environ.get("CGT_RUNS_DIR")
-    with tempfile.TemporaryDirectory() as folder:
-        os.environ["CGT_RUNS_DIR"] = folder
-        try:
-            yield folder
-        finally:
-            if saved is None:
-                os.environ.pop("CGT_RUNS_DIR", None)
-            else:
-                os.environ["CGT_RUNS_DIR"] = saved
-
-
 def training(device: str, precisions: list[str], epochs: int, max_train: int | None) -> tuple[list[dict], Any, Any]:
     """Fashion-MNIST (the paper profile's training settings), SoftCGT, seed 0: per-epoch seconds and
     final validation accuracy per exit, for each (device, precision); also the model trained on `device`."""
@@ -73,7 +57,7 @@ def training(device: str, precisions: list[str], epochs: int, max_train: int | N
     for where, precision in [(device, p) for p in precisions] + [("cpu", "fp32")]:
         cfg = TrainConfig(**(vars(train_config("paper", "fashion_mnist")) |
                              {"epochs": epochs if where != "cpu" else 1, "device": where, "precision": precision}))
-        with _runs_folder() as folder:
+        with fresh_runs_folder() as folder:
             run = train_run(data, METHOD, cfg, runs_root=folder, progress=False)
         rows.append({"device": where, "threads": torch.get_num_threads() if where == "cpu" else None,
                      "precision": precision, "train_samples": len(data.y["train"]),
@@ -108,26 +92,6 @@ def inference(model, data, device: str, repeats: int) -> dict:
                                    "early_exit_us_per_sample": round(1e6 * early / n, 2),
                                    "speedup": round(full / early, 3)})
     return out
-
-
-def runner_scaling(worker_counts: list[int], runs: int, epochs: int) -> dict:
-    """One fixed list of Indian Pines runs (quick profile, `epochs` epochs, on the CPU), trained from
-    scratch with each number of worker processes at 1 thread each: wall time and speed-up over 1 worker."""
-    methods = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
-    requests = [RunRequest("indian_pines", "quick", methods[i % len(methods)], i // len(methods),
-                           train_overrides={"epochs": epochs}, device="cpu") for i in range(runs)]
-    load_dataset("indian_pines", "quick")  # the preparation cache, filled before any timing
-    rows = []
-    for n in worker_counts:
-        with _runs_folder():
-            t0 = time.perf_counter()
-            trained = train_all(requests, workers=n, threads_per_run=1, log=lambda _: None)
-            wall = time.perf_counter() - t0
-        rows.append({"workers": n, "runs": len(trained), "wall_s": round(wall, 2),
-                     "mean_run_s": round(statistics.mean(t["seconds"] for t in trained), 2)})
-    for row in rows:
-        row["speedup_vs_1_worker"] = round(rows[0]["wall_s"] / row["wall_s"], 2)
-    return {"dataset": "indian_pines", "profile": "quick", "epochs": epochs, "threads_per_run": 1, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

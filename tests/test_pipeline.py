@@ -66,12 +66,14 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
     # 10 methods × 3 (dataset, split) × 1 seed, each trained once; notebook 06: the grid's configurations not
-    # already trained (Fashion-MNIST 3 of 4, Indian Pines 16 of 18) and 4 runs logging gradients per dataset
-    assert sum(trained_counts(log)) == 30 + (3 + 4) + (16 + 4), log
+    # already trained (Fashion-MNIST 3 of 4, Indian Pines 16 of 18), 4 runs logging gradients per dataset, and
+    # the label-smoothing check of each method's best configuration (Fashion-MNIST's grid: HardCGT alone)
+    assert sum(trained_counts(log)) == 30 + (3 + 4 + 1) + (16 + 4 + 2), log
     for ds in ("fashion_mnist", "indian_pines"):
-        for table in ("means", "verdicts", "gating", "interference"):
+        for table in ("means", "verdicts", "gating", "interference", "recipe"):
             assert (figures / f"table_{ds}_ablation_{table}.md").exists()
-        assert (figures / f"ablation_interference_{ds}.png").exists()
+        for stem in ("interference", "best", "heatmap"):
+            assert (figures / f"ablation_{stem}_{ds}.png").exists()
     print(f"smoke pipeline: {seconds:.0f} s")
 
 

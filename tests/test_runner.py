@@ -164,3 +164,17 @@ def test_step_requests_cover_each_training_notebook():
     grid = runner.step_requests("06_ablations", {"profile": "smoke", "dataset": "indian_pines"})
     logged = [r for r in grid if r.train_overrides and "log_gradients_every" in r.train_overrides]
     assert [r.method for r in logged] == ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
+
+
+@pytest.mark.slow
+def test_scaling_measures_each_worker_count_on_the_same_run_list(tmp_path, raw_dir):
+    from cgt.scaling import measure
+
+    record = measure([1, 2], str(tmp_path / "scaling.json"), runs=2, epochs=1)
+    assert json.loads((tmp_path / "scaling.json").read_text()) == record
+    assert [r["workers"] for r in record["rows"]] == [1, 2] and all(r["runs"] == 2 for r in record["rows"])
+    first = record["rows"][0]["wall_s"]
+    assert all(r["speedup_vs_1_worker"] == round(first / r["wall_s"], 2) for r in record["rows"])
+    with pytest.raises(ValueError, match="must be an integer ≥ 1"):
+        measure([0], str(tmp_path / "never.json"))
+    assert not (tmp_path / "never.json").exists()

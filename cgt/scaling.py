@@ -1,0 +1,71 @@
+"""How the runner scales over a machine's cores: one fixed list of training runs, trained from scratch
+with 1, 2, 4 … local worker processes at 1 thread each; wall time and speed-up over 1 worker.
+
+    python -m cgt scaling --workers 1 2 --out figures/runner_scaling.json
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from .experiment import load_dataset
+from .runner import RunRequest, train_all
+
+METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
+
+
+@contextmanager
+def fresh_runs_folder() -> Iterator[str]:
+    """$CGT_RUNS_DIR pointed at an empty temporary folder for the duration (nothing cached, nothing left)."""
+    saved = os.environ.get("CGT_RUNS_DIR")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["CGT_RUNS_DIR"] = folder
+        try:
+            yield folder
+        finally:
+            if saved is None:
+                os.environ.pop("CGT_RUNS_DIR", None)
+            else:
+                os.environ["CGT_RUNS_DIR"] = saved
+
+
+def runner_scaling(worker_counts: list[int], runs: int, epochs: int) -> dict:
+    """One fixed list of Indian Pines runs (quick profile, `epochs` epochs, on the CPU), trained from
+    scratch with each number of worker processes at 1 thread each: wall time and speed-up over 1 worker."""
+    requests = [RunRequest("indian_pines", "quick", METHODS[i % len(METHODS)], i // len(METHODS),
+                           train_overrides={"epochs": epochs}, device="cpu") for i in range(runs)]
+    load_dataset("indian_pines", "quick")  # the preparation cache, filled before any timing
+    rows = []
+    for n in worker_counts:
+        with fresh_runs_folder():
+            t0 = time.perf_counter()
+            trained = train_all(requests, workers=n, threads_per_run=1, log=lambda _: None)
+            wall = time.perf_counter() - t0
+        rows.append({"workers": n, "runs": len(trained), "wall_s": round(wall, 2),
+                     "mean_run_s": round(statistics.mean(t["seconds"] for t in trained), 2)})
+    for row in rows:
+        row["speedup_vs_1_worker"] = round(rows[0]["wall_s"] / row["wall_s"], 2)
+    return {"dataset": "indian_pines", "profile": "quick", "epochs": epochs, "threads_per_run": 1, "rows": rows}
+
+
+def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5) -> dict:
+    """Run `runner_scaling` and write it, with the machine and the code's commit, to `out` (JSON)."""
+    from datetime import datetime, timezone
+
+    from .fileio import write_json_atomic
+    from .provenance import device_description, git_state
+    from .runner import check_workers
+
+    for n in worker_counts:
+        check_workers(n)
+    if runs < 1 or epochs < 1:
+        raise ValueError(f"runs={runs} and epochs={epochs} must be ≥ 1")
+    record = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
+              "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0)),
+              **runner_scaling(worker_counts, runs, epochs)}
+    write_json_atomic(out, record)
+    return record
