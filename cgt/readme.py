@@ -18,6 +18,7 @@ from .report import PAPER_REPORTED, QUALITY
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 TIMING = "pipeline_timing.json"
+RUNNER_STEP = "training runs"
 POINT_WORDS = {"paper_tau": "at the paper's fixed τ = 0.9",
                "val_common_target": "at the common validation-fitted operating point"}
 
@@ -57,10 +58,13 @@ def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    skipped = sum(bool(s.get("skipped")) for s in t["steps"])
-    steps = f"{len(t['steps'])} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
+    runner = [s for s in t["steps"] if s["step"].startswith(RUNNER_STEP)]  # cgt.pipeline's record of cgt.runner
+    notebooks = [s for s in t["steps"] if s not in runner]
+    skipped = sum(bool(s.get("skipped")) for s in notebooks)
+    steps = f"{len(notebooks)} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
+    first = "".join(f"; first {s['runs_trained']} {s['step']} in {s['seconds'] / 60:.0f} min" for s in runner)
     return (f"{steps} in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
-            f"`{commit}`, {t['device']}): {trained} training runs trained, {cached} taken from the run cache")
+            f"`{commit}`, {t['device']}{first}): {trained} training runs trained, {cached} taken from the run cache")
 
 
 def timing_sentence(fig_dir: Path, datasets: list[str]) -> str:
@@ -344,6 +348,63 @@ def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
             f"![best configurations, {ds}]({fig_dir.name}/ablation_best_{ds}.png)", ""]
 
 
+def gpu_section(fig_dir: Path) -> list[str]:
+    """What `python -m cgt.cuda_check` measured on a GPU machine (figures/cuda_check.json)."""
+    path = fig_dir / "cuda_check.json"
+    if not path.exists():
+        return ["Not measured on a GPU: `python -m cgt.cuda_check --out figures/cuda_check.json` on a CUDA machine "
+                "writes the artifact this part is generated from.", ""]
+    c = read_json(path)
+    commit = (c["git"].get("commit") or "unknown")[:7]
+    rows = ["| device | precision | seconds per epoch (last of each run) | validation accuracy per exit |", "|---|---|---|---|"]
+    for r in c["training"]:
+        where = r["device"] + (f", {r['threads']} threads" if r.get("threads") else "")
+        rows.append(f"| {where} | {r['precision']} | {r['epoch_seconds'][-1]:.2f} | "
+                    f"{' / '.join(f'{a:.3f}' for a in r['val_acc_per_exit'])} |")
+    inf = c["inference"]
+    batches = ["| batch | full network, µs per sample | early exit, µs per sample | speed-up |", "|---|---|---|---|"]
+    batches += [f"| {b['batch']} | {b['full_us_per_sample']:.2f} | {b['early_exit_us_per_sample']:.2f} | "
+                f"{b['speedup']:.2f}× |" for b in inf["batches"]]
+    slower = [b["batch"] for b in inf["batches"] if b["speedup"] < 1]
+    return [f"Measured on {c['device']} with torch {c['torch']} ({c['measured'][:10]}, commit `{commit}`; "
+            f"`figures/cuda_check.json`): Fashion-MNIST, the paper profile's training settings, SoftCGT, seed 0, "
+            f"{c['training'][0]['train_samples']:,} training images.", "", *rows, "",
+            f"Early exit on the GPU at τ = {inf['tau']} ({inf['test_samples']:,} test images; exits taken "
+            f"{' / '.join(f'{100 * f:.1f} %' for f in inf['exit_fractions'])}): its decisions differ from the ones "
+            f"computed from the full network's cached per-exit logits in {inf['exit_disagreements']} exits and "
+            f"{inf['prediction_disagreements']} predictions.", "", *batches, "",
+            *([f"At batch {', '.join(map(str, slower))} the early-exit pass is *slower* than the full network on the "
+               "GPU. Not profiled; the likely reason is that a network this small is bound by kernel launches rather "
+               "than arithmetic, and compacting the undecided samples between blocks adds launches and a "
+               "host-device synchronisation per exit that the skipped blocks do not pay back.", ""] if slower else [])]
+
+
+def scaling_section(fig_dir: Path) -> list[str]:
+    """The runner's scaling (`python -m cgt scaling`, and the same part of cuda_check) over a machine's cores."""
+    found = [(p.name, read_json(p)) for p in sorted(fig_dir.glob("runner_scaling*.json"))]
+    gpu = fig_dir / "cuda_check.json"
+    if gpu.exists():
+        c = read_json(gpu)
+        found.append((gpu.name, {**c["runner_scaling"], "device": "the CPU of the GPU machine",
+                                 "git": c["git"], "cpu_cores": c["cpu_cores"]}))
+    if not found:
+        return ["Not measured yet: `python -m cgt scaling --workers 1 2` writes `figures/runner_scaling.json`.", ""]
+    parts = []
+    for name, r in found:
+        head = "| workers × 1 thread | " + " | ".join(str(row["workers"]) for row in r["rows"]) + " |"
+        parts += [f"`figures/{name}` ({r['device']}, {r['cpu_cores']} cores, commit "
+                  f"`{(r['git'].get('commit') or 'unknown')[:7]}`): {r['rows'][0]['runs']} Indian Pines runs "
+                  f"({r['profile']} profile, {r['epochs']} epochs) trained from scratch.", "", head,
+                  "|---" * (len(r["rows"]) + 1) + "|",
+                  "| wall time (s) | " + " | ".join(f"{row['wall_s']:.1f}" for row in r["rows"]) + " |",
+                  "| speed-up over 1 worker | " + " | ".join(f"{row['speedup_vs_1_worker']:.2f}×" for row in r["rows"]) + " |",
+                  "| mean seconds per run | " + " | ".join(f"{row['mean_run_s']:.1f}" for row in r["rows"]) + " |", ""]
+    if not any(n.startswith("runner_scaling") for n, _ in found):
+        parts += ["On this project's 2-core development machine the scaling was not measured yet "
+                  "(`python -m cgt scaling --workers 1 2`).", ""]
+    return parts
+
+
 def _has_rival_column(fig_dir: Path, datasets: list[str]) -> bool:
     """Whether the verdict tables name why each baseline is compared (tables of newer pipeline runs)."""
     path = fig_dir / f"table_{datasets[0]}_verdicts_paper_tau.csv" if datasets else None
@@ -373,6 +434,8 @@ def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()
         parts += ablation_section(fig_dir, ds)
     parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
               "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), "",
+              "### On a GPU (`figures/cuda_check.json`)", "", *gpu_section(fig_dir),
+              "### Training runs on workers", "", *scaling_section(fig_dir),
               "### The executed notebooks", "", *notebook_links(fig_dir.parent / "paper"), ""]
     return "\n".join(parts)
 

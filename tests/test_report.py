@@ -120,3 +120,48 @@ def test_readme_block_is_made_of_the_tables(table, tmp_path):
     # soft_cgt: macro 88 / 88 / 88, weighted 90 / 90 / 90 against the paper's 95 / 96 / 95
     assert "is closer to our weighted averaging (90.0 / 90.0 / 90.0; macro: 88.0 / 88.0 / 88.0)" in \
         readme.averaging_sentence(tmp_path, ["toy"])
+
+
+def _gpu_record(speedups: list[float]) -> dict:
+    return {"measured": "2026-11-29T23:00:00+00:00", "git": {"commit": "abcdef0123", "dirty": None},
+            "torch": "2.11.0", "cpu_cores": 16, "device": "cuda: TestGPU",
+            "training": [{"device": "cuda", "threads": None, "precision": "fp32", "train_samples": 54000,
+                          "epoch_seconds": [3.0, 1.5], "val_acc_per_exit": [0.8, 0.85, 0.9]}],
+            "inference": {"tau": 0.9, "test_samples": 100, "prediction_disagreements": 0, "exit_disagreements": 1,
+                          "exit_fractions": [0.5, 0.2, 0.3],
+                          "batches": [{"batch": b, "samples": 100, "full_us_per_sample": 1.0,
+                                       "early_exit_us_per_sample": 1.0 / sp, "speedup": sp}
+                                      for b, sp in zip((1024, 1), speedups)]},
+            "runner_scaling": {"dataset": "indian_pines", "profile": "quick", "epochs": 5, "threads_per_run": 1,
+                               "rows": [{"workers": 1, "runs": 16, "wall_s": 100.0, "mean_run_s": 6.0, "speedup_vs_1_worker": 1.0},
+                                        {"workers": 4, "runs": 16, "wall_s": 40.0, "mean_run_s": 8.0, "speedup_vs_1_worker": 2.5}]}}
+
+
+def test_gpu_and_scaling_parts_quote_the_artifact(tmp_path):
+    import json
+
+    assert "Not measured on a GPU" in "\n".join(readme.gpu_section(tmp_path))
+    (tmp_path / "cuda_check.json").write_text(json.dumps(_gpu_record([0.5, 1.25])))
+    text = "\n".join(readme.gpu_section(tmp_path))
+    assert "| cuda | fp32 | 1.50 | 0.800 / 0.850 / 0.900 |" in text and "commit `abcdef0`" in text
+    assert "in 1 exits and 0 predictions" in text and "| 1024 | 1.00 | 2.00 | 0.50× |" in text
+    assert "At batch 1024 the early-exit pass is *slower*" in text
+    (tmp_path / "cuda_check.json").write_text(json.dumps(_gpu_record([1.5, 1.25])))
+    assert "*slower*" not in "\n".join(readme.gpu_section(tmp_path))
+    scaling = "\n".join(readme.scaling_section(tmp_path))
+    assert "| speed-up over 1 worker | 1.00× | 2.50× |" in scaling and "not measured yet" in scaling
+    (tmp_path / "runner_scaling.json").write_text(json.dumps(
+        {**_gpu_record([1, 1])["runner_scaling"], "device": "cpu: x86_64, 2 threads", "cpu_cores": 2,
+         "git": {"commit": "1234567"}}))
+    scaling = "\n".join(readme.scaling_section(tmp_path))
+    assert "`figures/runner_scaling.json` (cpu: x86_64, 2 threads, 2 cores" in scaling and "not measured yet" not in scaling
+
+
+def test_the_timing_sentence_tells_the_runner_stage_from_the_notebooks():
+    t = {"git": {"commit": "abcdef0123", "dirty": False}, "finished": "2026-11-29T23:00:00", "device": "cpu",
+         "wall_time_s": 600, "steps": [
+             {"step": "training runs (2 workers)", "seconds": 300, "runs_trained": 20, "runs_cached": 0},
+             {"step": "01_baselines [x]", "seconds": 300, "runs_trained": 0, "runs_cached": 20}]}
+    text = readme._describe(t)
+    assert text.startswith("1 notebooks in 10 min") and "first 20 training runs (2 workers) in 5 min" in text
+    assert "20 training runs trained, 20 taken from the run cache" in text
