@@ -34,10 +34,13 @@ The modules, in the order data flows through them (each concept lives in exactly
     onnx_graphs    torch early-exit networks → ONNX graphs (per segment, and the whole early-exit pass)
     deploy         a run exported to ONNX; early exit with ONNX Runtime
     bench          wall-clock speed-up of real early exit against its FLOPs prediction
+    runner         a pipeline's training runs planned first, then trained by local worker processes or Dask
+    scaling        how the runner scales over a machine's cores (`python -m cgt scaling`)
+    cuda_check     the GPU path exercised and timed on one machine (`python -m cgt.cuda_check`)
     pipeline       the notebooks in order through papermill (`python -m cgt paper`)
     stepcache      which pipeline steps can be skipped: their inputs and outputs are unchanged
     nbtools        keeping committed notebooks stripped and nbval-checkable
-    cli            `python -m cgt data | train | paper | results | export | bench`
+    cli            `python -m cgt data | split | train | paper | scaling | publish | results | export | bench`
     paths, fileio  where things live; atomic writes and hashes
 
 This file holds the map and no code: training runs are keyed by the source of the modules they
