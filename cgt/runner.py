@@ -38,8 +38,8 @@ MAX_ATTEMPTS = 3
 """Times a run is started before the runner gives up on it (a worker dying each time is not chance)."""
 CONNECT_TIMEOUT_S = 10
 
-# What the pipeline's notebooks train at their default parameters. tests/test_runner.py executes the
-# smoke pipeline after training this plan and checks that no notebook trained anything itself.
+# What the pipeline's notebooks train at their default parameters. tests/test_pipeline.py runs the smoke
+# pipeline with --workers 2 and checks that, after this plan was trained, no notebook trains a run of it.
 NOTEBOOK_METHODS = {
     "01_baselines": BASELINES,
     "02_hard_cgt": ["joint_uniform", "joint_annealed", "hard_cgt"],
@@ -221,10 +221,12 @@ def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, plac
         for r, path in pending:
             attempts[path] += 1
             if attempts[path] > MAX_ATTEMPTS:
-                raise RunnerError(f"{r.label}: its worker died {MAX_ATTEMPTS} times; giving up (out of memory?)")
+                raise RunnerError(f"{r.label}: queued {MAX_ATTEMPTS} times and a worker died each time before it "
+                                  f"finished; giving up (a run that runs out of memory kills its worker)")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {pool.submit(train_request, r, threads, place, force): (r, path) for r, path in pending}
-            pending = []
+            # Re-queued runs must resume, not start over: --force cleared their folders in the first round.
+            force, pending = False, []
             for future in as_completed(futures):
                 try:
                     yield futures[future][0], future.result()
