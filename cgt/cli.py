@@ -94,8 +94,15 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from .scaling import measure
+    from .scaling import measure, pipeline_comparison
 
+    if args.pipeline:
+        if len(args.workers) != 1 or args.workers[0] < 2:
+            raise ValueError(f"--pipeline compares serial with one worker count ≥ 2 (e.g. --workers 2); got {args.workers}")
+        record = pipeline_comparison(args.pipeline, args.workers[0], args.out)
+        print(f"{args.pipeline} pipeline: serial {record['rows'][0]['wall_s']:.0f} s, {args.workers[0]} workers "
+              f"{record['rows'][1]['wall_s']:.0f} s ({record['speedup']:.2f}x); {args.out} written")
+        return 0
     record = measure(args.workers, args.out, args.runs, args.epochs)
     for row in record["rows"]:
         print(f"{row['workers']:3d} worker(s): {row['runs']} runs in {row['wall_s']:.1f} s "
@@ -203,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=16, help="Indian Pines runs (quick profile) in the fixed list")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--out", default="figures/runner_scaling.json")
+    p.add_argument("--pipeline", default=None, choices=profiles,
+                   help="instead: the whole pipeline of this profile from nothing, serial vs --workers N")
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")

@@ -402,6 +402,12 @@ def scaling_section(fig_dir: Path) -> list[str]:
     if not any(n.startswith("runner_scaling") for n, _ in found):
         parts += ["On this project's 2-core development machine the scaling was not measured yet "
                   "(`python -m cgt scaling --workers 1 2`).", ""]
+    for path in sorted(fig_dir.glob("pipeline_workers_*.json")):
+        r = read_json(path)
+        serial, parallel = r["rows"]
+        parts += [f"The whole `{r['profile']}` pipeline from nothing (`figures/{path.name}`; {r['device']}, commit "
+                  f"`{(r['git'].get('commit') or 'unknown')[:7]}`): serially {serial['wall_s'] / 60:.1f} min, with "
+                  f"`--workers {parallel['workers']}` {parallel['wall_s'] / 60:.1f} min ({r['speedup']:.2f}× faster).", ""]
     return parts
 
 

@@ -1,7 +1,9 @@
 """How the runner scales over a machine's cores: one fixed list of training runs, trained from scratch
-with 1, 2, 4 … local worker processes at 1 thread each; wall time and speed-up over 1 worker.
+with 1, 2, 4 … local worker processes at 1 thread each; wall time and speed-up over 1 worker. And the
+whole pipeline of a profile from nothing, serially and with N workers.
 
     python -m cgt scaling --workers 1 2 --out figures/runner_scaling.json
+    python -m cgt scaling --pipeline quick --workers 2 --out figures/pipeline_workers_quick.json
 """
 from __future__ import annotations
 
@@ -67,5 +69,31 @@ def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5)
     record = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
               "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0)),
               **runner_scaling(worker_counts, runs, epochs)}
+    write_json_atomic(out, record)
+    return record
+
+
+def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str] | None = None) -> dict:
+    """The whole pipeline of `profile` from nothing (fresh runs folder, the data already prepared), once
+    serially and once with `workers` local worker processes: wall times and their ratio, written to `out`."""
+    from datetime import datetime, timezone
+
+    from .fileio import write_json_atomic
+    from .pipeline import plan, run_pipeline
+    from .provenance import device_description, git_state
+    from .runner import check_workers, distinct_runs, planned_runs
+
+    check_workers(workers)
+    steps = plan(profile, datasets)
+    distinct_runs(planned_runs([(s.notebook, s.parameters) for s in steps]))  # prepares every dataset first
+    rows = []
+    for n in (1, workers):
+        with fresh_runs_folder():
+            t0 = time.perf_counter()
+            run_pipeline(profile, datasets, workers=n, log=lambda line: print(f"[{n} worker(s)] {line}", flush=True))
+            rows.append({"workers": n, "wall_s": round(time.perf_counter() - t0, 1)})
+    record = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
+              "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0)), "profile": profile,
+              "datasets": datasets or "all", "rows": rows, "speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)}
     write_json_atomic(out, record)
     return record

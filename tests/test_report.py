@@ -165,3 +165,13 @@ def test_the_timing_sentence_tells_the_runner_stage_from_the_notebooks():
     text = readme._describe(t)
     assert text.startswith("1 notebooks in 10 min") and "first 20 training runs (2 workers) in 5 min" in text
     assert "20 training runs trained, 20 taken from the run cache" in text
+
+
+def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):
+    import json
+
+    (tmp_path / "pipeline_workers_quick.json").write_text(json.dumps(
+        {"profile": "quick", "device": "cpu: x86_64, 2 threads", "git": {"commit": "1234567abc"},
+         "rows": [{"workers": 1, "wall_s": 900.0}, {"workers": 2, "wall_s": 600.0}], "speedup": 1.5}))
+    text = "\n".join(readme.scaling_section(tmp_path))
+    assert "serially 15.0 min, with `--workers 2` 10.0 min (1.50× faster)" in text

@@ -178,3 +178,26 @@ def test_scaling_measures_each_worker_count_on_the_same_run_list(tmp_path, raw_d
     with pytest.raises(ValueError, match="must be an integer ≥ 1"):
         measure([0], str(tmp_path / "never.json"))
     assert not (tmp_path / "never.json").exists()
+
+
+def test_pipeline_comparison_runs_serial_then_workers_each_in_a_fresh_runs_folder(tmp_path, monkeypatch):
+    """The bookkeeping of `python -m cgt scaling --pipeline` (the pipeline itself replaced by a stand-in)."""
+    import os
+
+    from cgt import pipeline, scaling
+
+    calls = []
+
+    def fake_pipeline(profile, datasets, workers, log):
+        calls.append((profile, workers, os.environ["CGT_RUNS_DIR"]))
+        time.sleep(0.2 if workers == 1 else 0.1)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(runner, "distinct_runs", lambda requests: [])
+    record = scaling.pipeline_comparison("smoke", 2, str(tmp_path / "cmp.json"), datasets=["indian_pines"])
+    assert [(p, w) for p, w, _ in calls] == [("smoke", 1), ("smoke", 2)]
+    assert calls[0][2] != calls[1][2] and not any(Path(folder).exists() for _, _, folder in calls)
+    assert [r["workers"] for r in record["rows"]] == [1, 2] and record["speedup"] > 1
+    assert json.loads((tmp_path / "cmp.json").read_text()) == record
+    with pytest.raises(ValueError, match="must be an integer ≥ 1"):
+        scaling.pipeline_comparison("smoke", 0, str(tmp_path / "never.json"))
