@@ -387,9 +387,8 @@ def scaling_section(fig_dir: Path) -> list[str]:
         c = read_json(gpu)
         found.append((gpu.name, {**c["runner_scaling"], "device": "the CPU of the GPU machine",
                                  "git": c["git"], "cpu_cores": c["cpu_cores"]}))
-    if not found:
-        return ["Not measured yet: `python -m cgt scaling --workers 1 2` writes `figures/runner_scaling.json`.", ""]
-    parts = []
+    parts = [] if found else ["The runner's scaling was not measured yet: `python -m cgt scaling --workers 1 2` "
+                              "writes `figures/runner_scaling.json`.", ""]
     for name, r in found:
         head = "| workers × 1 thread | " + " | ".join(str(row["workers"]) for row in r["rows"]) + " |"
         parts += [f"`figures/{name}` ({r['device']}, {r['cpu_cores']} cores, commit "
@@ -399,7 +398,7 @@ def scaling_section(fig_dir: Path) -> list[str]:
                   "| wall time (s) | " + " | ".join(f"{row['wall_s']:.1f}" for row in r["rows"]) + " |",
                   "| speed-up over 1 worker | " + " | ".join(f"{row['speedup_vs_1_worker']:.2f}×" for row in r["rows"]) + " |",
                   "| mean seconds per run | " + " | ".join(f"{row['mean_run_s']:.1f}" for row in r["rows"]) + " |", ""]
-    if not any(n.startswith("runner_scaling") for n, _ in found):
+    if found and not any(n.startswith("runner_scaling") for n, _ in found):
         parts += ["On this project's 2-core development machine the scaling was not measured yet "
                   "(`python -m cgt scaling --workers 1 2`).", ""]
     for path in sorted(fig_dir.glob("pipeline_workers_*.json")):
