@@ -1,6 +1,7 @@
 """The whole paper as one command: the notebooks, in order, through papermill.
 
     python -m cgt paper --profile smoke|quick|paper [--dataset fashion_mnist indian_pines] [--force]
+                        [--workers N | --scheduler tcp://HOST:8786]   # the runs first, on workers (cgt.runner)
 
 Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
 for the profile's `spatial` datasets (Indian Pines) — then 06_ablations per built-in dataset, then
