@@ -99,18 +99,23 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     if unknown:
         raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {valid}")
     runner.check_workers(workers)
-    if threads_per_run is not None and threads_per_run < 1:
-        raise ValueError(f"threads_per_run={threads_per_run!r} must be ≥ 1")
-    client = runner.connect(scheduler) if scheduler else None  # an unreachable cluster: an error, nothing started
-    pretrain = workers > 1 or client is not None
-    steps = plan(profile, datasets, force and not pretrain)  # trained first: the notebooks need not force
+    if scheduler and workers > 1:
+        raise ValueError(f"--workers {workers} and --scheduler {scheduler!r}: give one (local processes, or a Dask cluster)")
+    pretrain = workers > 1 or bool(scheduler)
+    if threads_per_run is not None and (threads_per_run < 1 or not pretrain):
+        raise ValueError(f"threads_per_run={threads_per_run!r}: an integer ≥ 1, with --workers N > 1 or --scheduler "
+                         f"(without them the runs train inside the notebooks, on every core)")
+    # With workers, the runs are trained (--force: retrained) first and the notebooks only find them. The
+    # label-smoothing runs of 06 are the exception: they depend on the grid, so 06 trains them and, as
+    # without workers, reuses them when they exist.
+    steps = plan(profile, datasets, force and not pretrain)
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(runs_dir(profile))
     t_start = time.perf_counter()
     outputs, record, runs_so_far = [], [], []
     if pretrain:
+        client = runner.connect(scheduler) if scheduler else None  # unreachable: an error, nothing started
         try:
             trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
                                        threads_per_run=threads_per_run, force=force, log=log, client=client)
@@ -118,8 +123,10 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             if client is not None:
                 client.close()
         record.append({"step": f"training runs ({'Dask' if scheduler else f'{workers} workers'})",
-                       "seconds": round(time.perf_counter() - t_start, 1), "runs_trained": len(trained),
-                       "runs_cached": 0, "skipped": False})
+                       "seconds": round(time.perf_counter() - t_start, 1),
+                       "runs_trained": sum(not t["cached"] for t in trained),
+                       "runs_cached": sum(bool(t["cached"]) for t in trained), "skipped": False})
+    out_dir.mkdir(parents=True, exist_ok=True)
     with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):
             t0, started = time.perf_counter(), time.time()

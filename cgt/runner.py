@@ -12,9 +12,9 @@ and continues from its last epoch checkpoint.
 
 Threads. A run's floats depend on the number of intra-op threads it trains with (the reduction order
 of the convolutions): results are bit-identical to a serial run with the same threads per run. With
-other thread counts they differ by float rounding (max |Δlogit| 0.02 after a 1-epoch Fashion-MNIST
-run, 1 vs 2 threads), as runs on different devices do, and the run cache treats them as the same run
-(cgt.runs.run_identity): the runner records each run's thread count in runs/<profile>/runner_journal.jsonl.
+other thread counts they differ by float rounding, as runs on different devices do, and the run cache
+treats them as the same run (cgt.runs.run_identity): the runner records each run's thread count in
+runs/<profile>/runner_journal.jsonl.
 """
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ from typing import Any, Callable, Iterator
 
 from .data import display_name
 from .methods import BASELINES
-from .runs import is_complete
+from .runs import ARTIFACTS, is_complete
 
+WORKER_ROOT = os.environ.get("CGT_ROOT")
+"""A worker's own CGT_ROOT (its mount of a shared project), as it was when the worker started — not
+the value an earlier task set (Place.enter)."""
 MAX_ATTEMPTS = 3
 """Times a run is started before the runner gives up on it (a worker dying each time is not chance)."""
 CONNECT_TIMEOUT_S = 10
@@ -149,10 +152,12 @@ class Place:
 
     def enter(self) -> None:
         """Make this worker process read and write where the submitting process does."""
-        if not os.environ.get("CGT_ROOT"):  # a worker's own CGT_ROOT (its mount of the project) wins
-            if not Path(self.root).is_dir():
-                raise RunnerError(f"the project folder {self.root} does not exist on this worker: share it at the "
-                                  f"same path, or start the worker with CGT_ROOT set to where it is mounted")
+        if WORKER_ROOT:  # the worker's own mount of the project wins
+            os.environ["CGT_ROOT"] = WORKER_ROOT
+        elif not Path(self.root).is_dir():
+            raise RunnerError(f"the project folder {self.root} does not exist on this worker: share it at the "
+                              f"same path, or start the worker with CGT_ROOT set to where it is mounted")
+        else:
             os.environ["CGT_ROOT"] = self.root
         if self.runs:
             os.environ["CGT_RUNS_DIR"] = self.runs
@@ -160,22 +165,38 @@ class Place:
             os.environ.pop("CGT_RUNS_DIR", None)
 
 
-def train_request(request: RunRequest, threads: int | None, place: Place, force: bool = False) -> dict[str, Any]:
+def train_request(request: RunRequest, threads: int | None, place: Place) -> dict[str, Any]:
     """Train one run in this process (a local worker or a Dask worker); returns where it went."""
     import torch
 
     from .experiment import train_methods
 
+    _refuse_threaded_dask_worker()
     place.enter()
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
                            options={request.method: request.options} if request.options else None,
-                           data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides,
-                           force=force)
+                           data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides)
     return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,
             "threads": torch.get_num_threads()}
+
+
+def _refuse_threaded_dask_worker() -> None:
+    """Runs in one process share torch's global RNG and thread setting: a Dask worker must run one task
+    at a time (`--nthreads 1`), or concurrent runs would not be reproducible."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return
+    nthreads = getattr(worker, "nthreads", None) or getattr(getattr(worker, "state", None), "nthreads", 1)
+    if nthreads > 1:
+        raise RunnerError(f"Dask worker {worker.address} runs {nthreads} tasks at once; start workers with "
+                          f"`--nthreads 1` (and --nworkers for several per machine): runs in one process share "
+                          f"torch's random generator and thread setting")
 
 
 # ---------------------------------------------------------------- engines
@@ -211,43 +232,65 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
     return client
 
 
-def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, place: Place, force: bool,
+def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, place: Place,
            log: Callable[[str], None]) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
     """Local worker processes; a dead worker breaks the pool, so the unfinished runs go to a new one."""
     attempts: Counter[Path] = Counter()
     pending = list(todo)
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
     while pending:
-        for r, path in pending:
-            attempts[path] += 1
-            if attempts[path] > MAX_ATTEMPTS:
-                raise RunnerError(f"{r.label}: queued {MAX_ATTEMPTS} times and a worker died each time before it "
-                                  f"finished; giving up (a run that runs out of memory kills its worker)")
+        started = time.time()
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(train_request, r, threads, place, force): (r, path) for r, path in pending}
-            # Re-queued runs must resume, not start over: --force cleared their folders in the first round.
-            force, pending = False, []
+            futures = {pool.submit(train_request, r, threads, place): (r, path) for r, path in pending}
+            pending = []
             for future in as_completed(futures):
+                request, path = futures[future]
                 try:
-                    yield futures[future][0], future.result()
+                    yield request, future.result()
                 except BrokenProcessPool:
-                    pending.append(futures[future])
+                    pending.append((request, path))
+                except Exception as exc:  # a run's own error: stop now, not after every queued run
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise RunnerError(f"{request.label} failed: {type(exc).__name__}: {exc} (the runs already "
+                                      f"training finish first; queued ones were cancelled)") from exc
+        for request, path in pending:  # a run counts as attempted once training opened its folder
+            config = path / "config.json"
+            if config.exists() and config.stat().st_mtime >= started:
+                attempts[path] += 1
+            if attempts[path] >= MAX_ATTEMPTS:
+                raise RunnerError(f"{request.label}: its worker died in each of {MAX_ATTEMPTS} attempts; giving "
+                                  f"up (a run that runs out of memory kills its worker)")
         if pending:
             labels = [r.label for r, _ in pending]
             log(f"a worker died; {len(pending)} unfinished run(s) queued again (each continues from its last "
                 f"epoch checkpoint): {', '.join(labels[:3])}{' …' if len(labels) > 3 else ''}")
 
 
-def _dask(todo: list[tuple[RunRequest, Path]], client, threads: int, place: Place,
-          force: bool) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
+def _dask(todo: list[tuple[RunRequest, Path]], client, threads: int,
+          place: Place) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
     """A Dask cluster; the scheduler itself re-queues the task of a worker that dies (up to its
     `allowed-failures`), and the run continues from its checkpoint on the shared runs folder."""
     from distributed import as_completed as dask_completed
 
-    futures = {client.submit(train_request, r, threads, place, force, pure=False,
+    futures = {client.submit(train_request, r, threads, place, pure=False,
                              key=f"cgt-train-{path.parent.name}-{path.name}"): r for r, path in todo}
     for future in dask_completed(futures, loop=client.loop):
         yield futures[future], future.result()
+
+
+def _clear(path: Path) -> None:
+    """--force: drop a run's artifacts and checkpoint here, before any worker starts, so that a worker
+    (and a re-queued attempt) only ever resumes. The same files cgt.train drops on a forced run."""
+    for name in (*ARTIFACTS, "complete.json", "checkpoint.pt"):
+        (path / name).unlink(missing_ok=True)
+
+
+def _same_run(record: dict[str, Any], path: Path) -> None:
+    """A worker whose cgt differs from the submitter's keys its runs differently (the code version is in
+    the key): it would train into another folder, and the notebooks would then train everything again."""
+    if Path(record["run"]).parts[-3:] != path.parts[-3:]:
+        raise RunnerError(f"a worker trained into {record['run']} where {path} was planned: the worker's cgt code "
+                          f"differs from this one's; run workers from the same project (shared folder, same commit)")
 
 
 def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | None = None,
@@ -273,10 +316,14 @@ def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | Non
         log(f"{len(todo)} run(s) to train ({len(runs) - len(todo)} already finished) on {engine}, {threads} thread(s) per run")
         if not todo:
             return []
+        if force:
+            for _, path in todo:
+                _clear(path)
         place = Place.here()
-        results = (_dask(todo, client, threads, place, force) if client is not None
-                   else _local(todo, workers, threads, place, force, log))
-        return list(_with_progress(results, len(todo), log, _journal(requests)))
+        results = (_dask(todo, client, threads, place) if client is not None
+                   else _local(todo, workers, threads, place, log))
+        planned = {id(r): path for r, path in todo}
+        return list(_with_progress(results, len(todo), log, _journal(requests), planned))
     finally:
         if own_client:
             client.close()
@@ -287,17 +334,20 @@ def _journal(requests: list[RunRequest]) -> Path:
     seconds, with how many threads (the run's key leaves the thread count out; this keeps it)."""
     from .paths import runs_dir
 
-    return runs_dir(requests[0].profile) / "runner_journal.jsonl"
+    folder = runs_dir(requests[0].profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "runner_journal.jsonl"
 
 
-def _with_progress(results: Iterator[tuple[RunRequest, dict[str, Any]]], total: int,
-                   log: Callable[[str], None], journal: Path) -> Iterator[dict[str, Any]]:
+def _with_progress(results: Iterator[tuple[RunRequest, dict[str, Any]]], total: int, log: Callable[[str], None],
+                   journal: Path, planned: dict[int, Path]) -> Iterator[dict[str, Any]]:
     """A progress bar over runs (done / total, ETA) on a terminal; one plain line per run otherwise."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="training runs", unit="run") if sys.stderr.isatty() else None
     for done, (request, record) in enumerate(results, 1):
+        _same_run(record, planned[id(request)])
         record = {"request": request.label, **record}
         with open(journal, "a") as f:  # one short line per append: a killed runner leaves whole lines
             f.write(json.dumps(record) + "\n")

@@ -83,7 +83,12 @@ def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str
     from .provenance import device_description, git_state
     from .runner import check_workers, distinct_runs, planned_runs
 
+    from .profiles import get_profile
+
     check_workers(workers)
+    if get_profile(profile).publishes:
+        raise ValueError(f"profile {profile!r} writes the committed figures/ and paper/ folders; compare a profile "
+                         f"that does not (smoke, quick)")
     steps = plan(profile, datasets)
     distinct_runs(planned_runs([(s.notebook, s.parameters) for s in steps]))  # prepares every dataset first
     rows = []

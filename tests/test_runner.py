@@ -201,3 +201,18 @@ def test_pipeline_comparison_runs_serial_then_workers_each_in_a_fresh_runs_folde
     assert json.loads((tmp_path / "cmp.json").read_text()) == record
     with pytest.raises(ValueError, match="must be an integer ≥ 1"):
         scaling.pipeline_comparison("smoke", 0, str(tmp_path / "never.json"))
+
+
+@pytest.mark.slow
+def test_a_runs_own_error_stops_the_runner_and_names_the_run(tmp_path, monkeypatch, raw_dir):
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    on_gpu = [RunRequest("indian_pines", "smoke", "joint_uniform", 0, device="cuda:7")]  # no such device here
+    with pytest.raises(RunnerError, match=r"indian_pines joint_uniform seed 0 .*failed: ValueError: .*cuda"):
+        runner.train_all(on_gpu, workers=2, log=lambda _: None)
+
+
+def test_a_run_landing_in_another_folder_than_planned_is_an_error(tmp_path):
+    planned = tmp_path / "runs" / "smoke" / "indian_pines" / "hard_cgt" / "seed0-aaaa"
+    runner._same_run({"run": "/elsewhere/smoke/indian_pines/hard_cgt/seed0-aaaa"}, planned)  # same run, other mount
+    with pytest.raises(RunnerError, match="the worker's cgt code differs"):
+        runner._same_run({"run": str(planned.with_name("seed0-bbbb"))}, planned)
