@@ -56,19 +56,14 @@ def runner_scaling(worker_counts: list[int], runs: int, epochs: int) -> dict:
 
 def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5) -> dict:
     """Run `runner_scaling` and write it, with the machine and the code's commit, to `out` (JSON)."""
-    from datetime import datetime, timezone
-
     from .fileio import write_json_atomic
-    from .provenance import device_description, git_state
     from .runner import check_workers
 
     for n in worker_counts:
         check_workers(n)
     if runs < 1 or epochs < 1:
         raise ValueError(f"runs={runs} and epochs={epochs} must be ≥ 1")
-    record = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
-              "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0)),
-              **runner_scaling(worker_counts, runs, epochs)}
+    record = {**_this_machine(), **runner_scaling(worker_counts, runs, epochs)}
     write_json_atomic(out, record)
     return record
 
@@ -76,11 +71,8 @@ def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5)
 def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str] | None = None) -> dict:
     """The whole pipeline of `profile` from nothing (fresh runs folder, the data already prepared), once
     serially and once with `workers` local worker processes: wall times and their ratio, written to `out`."""
-    from datetime import datetime, timezone
-
     from .fileio import write_json_atomic
     from .pipeline import plan, run_pipeline
-    from .provenance import device_description, git_state
     from .runner import check_workers, distinct_runs, planned_runs
 
     from .profiles import get_profile
@@ -97,8 +89,17 @@ def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str
             t0 = time.perf_counter()
             run_pipeline(profile, datasets, workers=n, log=lambda line: print(f"[{n} worker(s)] {line}", flush=True))
             rows.append({"workers": n, "wall_s": round(time.perf_counter() - t0, 1)})
-    record = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
-              "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0)), "profile": profile,
-              "datasets": datasets or "all", "rows": rows, "speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)}
+    record = {**_this_machine(), "profile": profile, "datasets": datasets or "all", "rows": rows,
+              "speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2)}
     write_json_atomic(out, record)
     return record
+
+
+def _this_machine() -> dict:
+    """When, at which commit and on what CPU a measurement was taken (the head of every artifact here)."""
+    from datetime import datetime, timezone
+
+    from .provenance import device_description, git_state
+
+    return {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
+            "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0))}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cgt import runner
+from cgt.ablations import LOG_GRADIENTS_EVERY
 from cgt.experiment import train_methods
 from cgt.runner import RunRequest, RunnerError
 
@@ -145,14 +146,8 @@ def test_the_plan_mirrors_the_notebooks_parameters():
             assert json.dumps(methods) in source.replace("'", '"'), notebook
     ablations_nb = "".join("".join(c["source"]) for c in json.loads((root / "06_ablations.ipynb").read_text())["cells"])
     for needle in ("seeds[:ablations.DEFAULT_SEEDS]", "for method in ablations.INTERFERENCE_METHODS:",
-                   f"log_gradients_every = {runner_log_every()}"):
+                   f"log_gradients_every = {LOG_GRADIENTS_EVERY}"):
         assert needle in ablations_nb
-
-
-def runner_log_every() -> int:
-    from cgt.ablations import LOG_GRADIENTS_EVERY
-
-    return LOG_GRADIENTS_EVERY
 
 
 def test_step_requests_cover_each_training_notebook():
