@@ -63,6 +63,14 @@ GRIDS: dict[str, list[Config]] = {
 }
 """`full`: every gate setting of issue 13 (Indian Pines); `reduced`: τ_train × normalisation for HardCGT
 (Fashion-MNIST, whose runs cost five times more)."""
+GRID_WORDS = {
+    "full": "the full grid: HardCGT τ_train ∈ {0.5, 0.8, 0.9} × normalisation on/off × ε_leak ∈ {10⁻³, 10⁻¹}, "
+            "SoftCGT with sigmoid scale k ∈ {1, 5, 20} and the linear residual, and each variant with fixed "
+            "λ = (1, 1, 1)",
+    "reduced": "the reduced grid: HardCGT τ_train ∈ {0.5, 0.9} × normalisation on/off at ε_leak = 10⁻³ only "
+               "(the pipeline's most expensive runs; the full grid would not fit its time budget)",
+}
+"""What each grid holds, in the README's words."""
 DEFAULT_GRID = {"indian_pines": "full", "fashion_mnist": "reduced"}
 DEFAULT_SEEDS = 3
 """The grid trains the profile's first three seeds."""
@@ -72,6 +80,13 @@ LOG_GRADIENTS_EVERY = 25
 """Steps between gradient-interference records in notebook 06 (its default; overhead measured in the README)."""
 SELECTION_POINT = "val_budget_40"
 """Where the best configuration of each method is chosen: validation accuracy at the matched-cost point."""
+
+
+def grid_of(names: list[str]) -> str | None:
+    """The name of the largest grid of GRIDS whose every configuration is among `names` (a table's
+    configurations), or None when none is."""
+    held = [g for g, cs in GRIDS.items() if {c.name for c in cs} <= set(names)]
+    return max(held, key=lambda g: len(GRIDS[g]), default=None)
 
 
 def with_label_smoothing(config: Config, smoothing: float = 0.1) -> Config:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import verdicts
+from . import ablations, verdicts
 from .fileio import atomic_path, read_json, write_json_atomic
 from .methods import CGT_METHODS, JOINT_BASELINES
 from .provenance import project_relative, write_sidecar
@@ -305,6 +305,7 @@ def ablation_section(fig_dir: Path, ds: str) -> list[str]:
     if not (fig_dir / f"table_{ds}_ablation_verdicts.csv").exists():
         return head + [_newer_table(fig_dir, ds, "ablation_verdicts"), ""]
     md, df = _table(fig_dir, ds, "ablation_verdicts")
+    grid = ablations.grid_of(df["config"].tolist())
     bullets = []
     for column in [c for c in df.columns if c.startswith("verdict ")]:
         counts = df[column].value_counts()
@@ -312,10 +313,15 @@ def ablation_section(fig_dir: Path, ds: str) -> list[str]:
                             "config"].tolist()
         bullets.append(f"* {column[len('verdict '):]}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
                        + (f" (favourable: {'; '.join(f'`{c}`' for c in favourable)})" if favourable else "") + ".")
-    parts = head + [f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
+    parts = head + [(f"On {ds}, {ablations.GRID_WORDS[grid]}. " if grid else "")
+                    + f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
                     "", *bullets, "", md, "",
                     f"![ablation heatmap, {ds}]({fig_dir.name}/ablation_heatmap_{ds}.png)", ""]
     parts += recipe_sentences(fig_dir, ds)
+    if (fig_dir / f"table_{ds}_ablation_gating.csv").exists():
+        parts += ["Training-time gating against test-time routing (first seed): each exit's share of the loss "
+                  "weight in the last training epoch — what the gate let it learn — beside the share of test "
+                  "samples routed to it at τ_infer:", "", _table(fig_dir, ds, "ablation_gating")[0], ""]
     if (fig_dir / f"table_{ds}_ablation_interference.csv").exists():
         imd, idf = _table(fig_dir, ds, "ablation_interference")
         cos = next(c for c in idf.columns if c.startswith("cos exits 1·"))

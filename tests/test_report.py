@@ -181,3 +181,23 @@ def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):
     (tmp_path / "runner_scaling.json").write_text(json.dumps(
         {**_gpu_record([1, 1])["runner_scaling"], "rows": rows, "device": "cpu", "cpu_cores": 2, "git": {"commit": "1"}}))
     assert "Less than the 1.84× of the run list above" in "\n".join(readme.scaling_section(tmp_path))
+
+
+def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_path):
+    """'When does CGT help?': the grid a dataset ran is named from its verdict table's configurations,
+    the favourable ones are listed from their verdicts, and the gating table is quoted."""
+    from cgt import ablations
+
+    names = [c.name for c in ablations.GRIDS["reduced"]]
+    verdict_col = f"verdict {ablations.POINTS['@0.9']}"
+    df = pd.DataFrame({"config": names, "n (seeds)": 3,
+                       verdict_col: [verdicts.NON_INFERIOR] + [verdicts.CONTRADICTED] * (len(names) - 1)})
+    write_table(df, tmp_path / "table_toy_ablation_verdicts")
+    write_table(pd.DataFrame({"config": ["joint_uniform"], "exit 1: train weight %": [33.3],
+                              "exit 1: test routed %": [71.0]}), tmp_path / "table_toy_ablation_gating")
+    text = "\n".join(readme.ablation_section(tmp_path, "toy"))
+    assert f"On toy, {ablations.GRID_WORDS['reduced']}. {len(names)} configurations" in text
+    assert f"{verdicts.NON_INFERIOR}" in text and f"(favourable: `{names[0]}`)" in text
+    assert "Training-time gating against test-time routing" in text and "exit 1: test routed %" in text
+    assert ablations.grid_of(names + ["joint_uniform"]) == "reduced"
+    assert ablations.grid_of([c.name for c in ablations.GRIDS["full"]]) == "full" and ablations.grid_of(["x"]) is None
