@@ -54,6 +54,10 @@ def _newer_table(fig_dir: Path, ds: str, name: str) -> str:
     return _table(fig_dir, ds, name)[0]
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
@@ -62,8 +66,9 @@ def _describe(t: dict) -> str:
     notebooks = [s for s in t["steps"] if s not in runner]
     skipped = sum(bool(s.get("skipped")) for s in notebooks)
     steps = f"{len(notebooks)} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
-    first = "".join(f"; first {s['runs_trained']} {s['step']} in {s['seconds'] / 60:.0f} min" for s in runner)
-    return (f"{steps} in {t['wall_time_s'] / 60:.0f} min ({t['finished'][:10]}, commit "
+    first = "".join(f"; first {s['runs_trained']} {s['step']} in {_duration(s['seconds'])}" for s in runner
+                    if s["runs_trained"])
+    return (f"{steps} in {_duration(t['wall_time_s'])} ({t['finished'][:10]}, commit "
             f"`{commit}`, {t['device']}{first}): {trained} training runs trained, {cached} taken from the run cache")
 
 
@@ -349,7 +354,8 @@ def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
     md, df = _table(fig_dir, ds, "ablation_recipe")
     points = [c[len("verdict "):] for c in df.columns if c.startswith("verdict ")]
     effects = [f"`{r['config']}` against `{r['against']}`: "
-               + ", ".join(f"{p} Δ acc {r[f'Δ acc {p}']} points ({r[f'verdict {p}']})" for p in points)
+               + ", ".join(f"{p} Δ acc {r[f'Δ acc {p}']} points, Δ cost {r[f'Δ cost {p}']} ({r[f'verdict {p}']})"
+                           for p in points)
                for _, r in df.iterrows()]
     return ["The recipe check — the best configuration of each method (highest mean validation accuracy at "
             "matched cost; chosen without test data) trained again with label smoothing, paired by seed: "
