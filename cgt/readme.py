@@ -58,6 +58,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _signed(value, digits: int = 2) -> str:
+    """A paired difference as the tables print it (+0.38); read back from CSV it lost its sign."""
+    return f"{value:+.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
 def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
@@ -354,7 +359,7 @@ def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
     md, df = _table(fig_dir, ds, "ablation_recipe")
     points = [c[len("verdict "):] for c in df.columns if c.startswith("verdict ")]
     effects = [f"`{r['config']}` against `{r['against']}`: "
-               + ", ".join(f"{p} Δ acc {r[f'Δ acc {p}']} points, Δ cost {r[f'Δ cost {p}']} ({r[f'verdict {p}']})"
+               + ", ".join(f"{p} Δ acc {_signed(r[f'Δ acc {p}'])} points, Δ cost {_signed(r[f'Δ cost {p}'], 3)} ({r[f'verdict {p}']})"
                            for p in points)
                for _, r in df.iterrows()]
     return ["The recipe check — the best configuration of each method (highest mean validation accuracy at "
