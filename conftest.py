@@ -27,9 +27,9 @@ def pytest_collection_finish(session):
     if not any(str(item.fspath).endswith(".ipynb") for item in session.items):
         return
     from cgt.data import BUILTIN
-    from cgt.experiment import run_methods
+    from cgt.experiments.train_evaluate import run_methods
     from cgt.methods import METHODS
-    from cgt.profiles import get_profile
+    from cgt.experiments.profiles import get_profile
 
     profile = os.environ["CGT_PROFILE"]
     for dataset in BUILTIN:

@@ -13,10 +13,10 @@ import time
 import numpy as np
 
 from .data import BUILTIN, DataVerificationError
-from .deploy import ExportError
-from .experiment import SPLITS
+from .deployment.exported import ExportError
+from .experiments.profiles import PROFILES
+from .experiments.train_evaluate import SPLITS
 from .methods import METHODS
-from .profiles import PROFILES
 
 DATASET_HELP = f"{' | '.join(BUILTIN)} | path/to/your_data.npz"
 
@@ -44,7 +44,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .experiment import run_methods
+    from .experiments.train_evaluate import run_methods
 
     methods = list(METHODS) if args.method == ["all"] else args.method
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     """Write the (H, W) split map of a scene dataset, for evaluating any other method on exactly this split."""
     from .data.splits import SPLIT_CODES
-    from .experiment import check_split, load_dataset
+    from .experiments.train_evaluate import check_split, load_dataset
     from .fileio import atomic_path
 
     check_split(args.split, args.dataset)
@@ -81,8 +81,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineError, run_pipeline
-    from .runner import RunnerError
+    from .pipeline.notebooks import PipelineError, run_pipeline
+    from .pipeline.runner import RunnerError
 
     try:
         run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step, workers=args.workers,
@@ -94,7 +94,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
-    from .scaling import measure, pipeline_comparison
+    from .pipeline.scaling import measure, pipeline_comparison
 
     if args.pipeline:
         if len(args.workers) != 1 or args.workers[0] < 2:
@@ -112,7 +112,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .pipeline import publish_notebooks
+    from .pipeline.notebooks import publish_notebooks
 
     written = publish_notebooks(args.profile)
     print(f"{len(written)} files written to {written[0].parent} (executed notebooks and their HTML exports)")
@@ -120,8 +120,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .paths import figures_dir, project_root, runs_dir
-    from .readme import publish_timing, results_markdown, update_readme, write_block
+    from .experiments.paths import figures_dir, project_root, runs_dir
+    from .reporting.readme import publish_timing, results_markdown, update_readme, write_block
 
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
@@ -137,7 +137,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import export_run
+    from .deployment.exported import export_run
 
     out = export_run(args.run, args.out)
     print(f"exported {args.run} -> {out} (one ONNX graph per exit segment, manifest.json with checksums)")
@@ -145,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .deployment.bench import run
 
     run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples, force=args.force)
     return 0

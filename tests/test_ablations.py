@@ -1,4 +1,4 @@
-"""The ablation grid's helpers (cgt.ablations) on small hand-made tables and tensors."""
+"""The ablation grid's helpers (cgt.experiments.ablations) on small hand-made tables and tensors."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cgt import ablations, verdicts
-from cgt.ablations import Config
+from cgt.evaluation import verdicts
+from cgt.experiments import ablations
+from cgt.experiments.ablations import Config
 
 
 def _rows(config: str, acc: list[float], cost: list[float]) -> list[dict]:

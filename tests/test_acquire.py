@@ -6,9 +6,9 @@ through `acquire` (offline sources first); if that fails the tests error loudly,
 from __future__ import annotations
 
 import functools
-import re
 import gzip
 import http.server
+import re
 import shutil
 import threading
 from contextlib import contextmanager

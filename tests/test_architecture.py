@@ -1,5 +1,6 @@
-"""The package's shape: one home per concept, no import cycle, a run key computed from the code
-itself, a module map that matches the tree (package docstring and README)."""
+"""The package's shape: two storeys (the method on the ground floor, the machinery upstairs in named
+subpackages, imports only going down), one home per concept, no import cycle, a run key computed from
+the code itself and from the ground floor only, module maps that match the tree."""
 from __future__ import annotations
 
 import ast
@@ -17,10 +18,47 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cgt"
 
 
-def modules() -> list[str]:
-    """Every module of the package, as its map names it: `runs`, `data/` for the data package."""
-    names = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    return sorted(names) + sorted(f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+FLOORS = ["evaluation", "experiments", "pipeline", "deployment", "reporting"]
+"""Upstairs, bottom to top: each floor may import the ground floor and the floors below it, never above."""
+ROOF = {"cgt.cli", "cgt.__main__"}
+
+
+def floor_of(module: str) -> int:
+    """0 for the ground floor (the method), 1.. for the subpackages in FLOORS, one above them for the CLI."""
+    if module in ROOF:
+        return len(FLOORS) + 1
+    parts = module.split(".")
+    return FLOORS.index(parts[1]) + 1 if len(parts) > 1 and parts[1] in FLOORS else 0
+
+
+def modules(package: Path = PACKAGE) -> list[str]:
+    """Every module of a (sub)package, as its map names it: `runs`, `data/` for a subpackage."""
+    names = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    return sorted(names) + sorted(f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists())
+
+
+def test_upstairs_subpackages_are_the_named_floors():
+    assert sorted(m.rstrip("/") for m in modules() if m.endswith("/")) == sorted(["data", *FLOORS])
+
+
+def test_imports_only_go_down():
+    """A module imports the ground floor and the floors below its own (or its own floor), nothing above."""
+    upward = [f"{m} -> {d}" for m, deps in import_graph().items() for d in deps if floor_of(d) > floor_of(m)]
+    assert upward == []
+
+
+def test_training_executes_the_ground_floor_only():
+    """The run key is computed from the ground floor alone, so moving or editing machinery upstairs never
+    re-keys a training run: the code version is the same with every upstairs subpackage deleted."""
+    assert all(floor_of(m) == 0 for m in training_modules())
+
+
+def test_deleting_the_upstairs_leaves_every_run_key_unchanged(tmp_path):
+    copy = Path(shutil.copytree(PACKAGE, tmp_path / "cgt", ignore=shutil.ignore_patterns("__pycache__")))
+    for floor in FLOORS:
+        shutil.rmtree(copy / floor)
+    (copy / "cli.py").unlink()
+    assert code_version(copy) == code_version(PACKAGE)
 
 
 def test_no_import_cycle_anywhere_in_the_package():
@@ -41,7 +79,8 @@ def package_copy(tmp_path) -> Path:
 @pytest.mark.parametrize("module, rekeys", [
     ("losses.py", True), ("train.py", True), ("data/indian_pines.py", True), ("models.py", True),
     ("policy.py", True),  # BranchyNet's training gate uses its entropy
-    ("plots.py", False), ("report.py", False), ("paper_figures.py", False), ("evaluate.py", False),
+    ("reporting/plots.py", False), ("reporting/tables.py", False), ("reporting/paper_figures.py", False),
+    ("evaluation/evaluate.py", False), ("experiments/profiles.py", False), ("pipeline/runner.py", False),
     ("cli.py", False), ("__init__.py", False),
 ])
 def test_editing_a_module_rekeys_runs_only_if_training_executes_it(package_copy, module, rekeys):
@@ -64,11 +103,20 @@ def test_a_new_module_imported_by_training_joins_the_key(package_copy):
 
 
 def test_package_init_holds_the_module_map_and_no_code():
-    """cgt/__init__.py is the module map (every module named) and nothing else."""
+    """cgt/__init__.py is the module map (every module and subpackage named) and nothing else."""
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
     assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)  # the docstring alone
     missing = [m for m in modules() if not re.search(rf"(^|[\s,]){re.escape(m)}(\s|,|$)", cgt.__doc__, re.M)]
     assert missing == []
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_each_floor_maps_its_modules_and_holds_no_code(floor):
+    """Each upstairs subpackage's __init__ is its own map: every module named, no code to run on import."""
+    tree = ast.parse((PACKAGE / floor / "__init__.py").read_text())
+    assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+    doc = ast.get_docstring(tree)
+    assert [m for m in modules(PACKAGE / floor) if not re.search(rf"^\s*{re.escape(m)}\s", doc, re.M)] == []
 
 
 def test_readme_layout_names_every_module_and_notebook():

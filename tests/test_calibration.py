@@ -1,4 +1,4 @@
-"""Calibration per exit (cgt.calibration): temperature scaling on generated data with a known answer,
+"""Calibration per exit (cgt.evaluation.calibration): temperature scaling on generated data with a known answer,
 and failure prediction on hand-made cases."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgt.calibration import exit_calibration, failure_auroc, fit_temperature
-from cgt.metrics import expected_calibration_error
+from cgt.evaluation.calibration import exit_calibration, failure_auroc, fit_temperature
+from cgt.evaluation.metrics import expected_calibration_error
 
 
 def sampled(n: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,12 +81,12 @@ def registered():
 @pytest.fixture
 def no_training(monkeypatch):
     """Make any training attempt fail loudly: validation errors must come first."""
-    import cgt.experiment
+    import cgt.experiments.train_evaluate
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started although the input is invalid")
 
-    monkeypatch.setattr(cgt.experiment, "train_run", refuse)
+    monkeypatch.setattr(cgt.experiments.train_evaluate, "train_run", refuse)
 
 
 # ---------------------------------------------------------------- end to end through the CLI
@@ -201,7 +201,7 @@ def test_paper_pipeline_on_an_npz_file(tmp_path):
 
 # ---------------------------------------------------------------- registered loaders
 def test_registered_loader_trains_like_a_dataset(sandbox, registered):
-    from cgt.experiment import run_methods
+    from cgt.experiments.train_evaluate import run_methods
 
     x, y = blobs(120, (10, 20), (16,))
     registered("byod_registered", lambda: {"x": x, "y": y, "class_names": np.array(["low", "high"])})
@@ -241,7 +241,7 @@ def test_registered_loader_with_new_data_is_prepared_again(tmp_path, registered)
 
 # ---------------------------------------------------------------- a model of your own
 def test_user_model_fn_trains_and_is_keyed_apart_from_the_default(sandbox):
-    from cgt.experiment import run_methods
+    from cgt.experiments.train_evaluate import run_methods
     from cgt.models import EarlyExitNet
 
     x, y = blobs(150, (0, 1, 2), (10,))
@@ -323,7 +323,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_fails_clearly_before_training(sandbox, no_training, case):
-    from cgt.experiment import run_methods
+    from cgt.experiments.train_evaluate import run_methods
 
     make, error, message = BAD_INPUTS[case]
     path = sandbox / "bad.npz"

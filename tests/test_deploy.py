@@ -1,4 +1,4 @@
-"""Deployment (cgt.deploy): the one-graph and per-segment ONNX Runtime passes take the same early-exit
+"""Deployment (cgt.deployment.exported): the one-graph and per-segment ONNX Runtime passes take the same early-exit
 decisions as the PyTorch pass on real data; exports are verified before use; bad input is refused."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cgt import cli, deploy
+from cgt import cli
+from cgt.deployment import exported as deploy
 from cgt.inference import early_exit_forward
 from cgt.models import EarlyExitNet, generic_mlp
 from cgt.policy import scores
@@ -145,7 +146,7 @@ def test_cli_export_refuses_a_missing_or_unfinished_run(tmp_path, capsys):
 def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeypatch, capsys):
     """`python -m cgt export --run DIR` on a finished Indian Pines run: the manifest carries every operating
     point's validation-fitted thresholds, and ONNX Runtime reproduces the PyTorch decisions."""
-    from cgt.experiment import load_dataset, run_methods
+    from cgt.experiments.train_evaluate import load_dataset, run_methods
 
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
     (record,) = run_methods("indian_pines", "smoke", ["hard_cgt"], progress=False)

@@ -1,4 +1,4 @@
-"""Early-exit inference (cgt.inference), per-exit cost (cgt.cost) and threshold fitting (cgt.thresholds).
+"""Early-exit inference (cgt.inference), per-exit cost (cgt.cost) and threshold fitting (cgt.evaluation.thresholds).
 
 The key check: the real early-exit forward pass, which runs deeper blocks only on undecided
 samples, takes exactly the decisions that the fast simulation from cached logits takes — on a
@@ -15,13 +15,11 @@ import torch
 from torch import nn
 
 from cgt.cost import ExitCosts, average_cost, exit_costs
+from cgt.evaluation.thresholds import candidates, evaluate_settings, fit_operating_point, pick, sweep_global
 from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.models import EarlyExitNet
-from cgt.thresholds import candidates, evaluate_settings, fit_operating_point, pick, sweep_global
 from cgt.policy import scores as exit_scores
 from cgt.train import predict_logits
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -285,7 +283,7 @@ def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(trained
 def test_latency_protocol_records_hang_together(trained):
     """One record per (engine, batch size, threads) with the fields the README reads; each engine's
     speed-up is against the full network of the same engine, and ratio = measured / predicted."""
-    from cgt.bench import ENGINES, latency_records, predicted_speedups, target_check
+    from cgt.deployment.bench import ENGINES, latency_records, predicted_speedups, target_check
 
     records = latency_records(trained["model"], trained["x"][:64], tau=0.9, dataset="toy", batch_sizes=(1, 32),
                               threads=(1, None), repeats=3, single_samples=8)
@@ -309,7 +307,7 @@ def test_latency_protocol_records_hang_together(trained):
 def test_where_the_time_goes_is_consistent_with_its_own_times(trained):
     """The ONNX Runtime breakdown: the time-predicted speed-up is the full network's time over the
     exit-fraction-weighted cumulative segment times; the FLOPs-predicted one matches the latency records'."""
-    from cgt.bench import where_time_goes
+    from cgt.deployment.bench import where_time_goes
 
     (b,) = where_time_goes(trained["model"], trained["x"][:32], tau=0.9, batch_sizes=(32,), repeats=3)
     cumulative = np.cumsum(b["segment_us"])

@@ -1,4 +1,4 @@
-"""Metrics (cgt.metrics) and the per-run evaluation (cgt.evaluate), on hand-made cases."""
+"""Metrics (cgt.evaluation.metrics) and the per-run evaluation (cgt.evaluation.evaluate), on hand-made cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +7,14 @@ import torch
 from sklearn.metrics import f1_score
 
 from cgt.cost import ExitCosts
-from cgt.evaluate import EvalConfig, evaluate_logits, metrics_table
+from cgt.evaluation.evaluate import EvalConfig, evaluate_logits, metrics_table
+from cgt.evaluation.metrics import (
+    classification_metrics,
+    early_exit_metrics,
+    expected_calibration_error,
+    per_exit_metrics,
+)
 from cgt.inference import exits_from_logits
-from cgt.metrics import classification_metrics, early_exit_metrics, expected_calibration_error, per_exit_metrics
 
 # y_true / y_pred, 3 classes:   class 0: 3 samples, 2 right (one predicted 1)
 #                               class 1: 2 samples, 1 right (one predicted 2)
@@ -217,7 +222,7 @@ def test_common_target_is_shared_by_every_method_of_a_seed():
     every method's point reaches it on validation when it can, and says when it cannot."""
     from pathlib import Path
 
-    from cgt.experiment import COMMON_TARGET, EvaluatedRun, add_common_target
+    from cgt.experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target
     from cgt.runs import TrainedRun
 
     runs = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cgt.nbtools import is_checked, problems
+from cgt.pipeline.nbtools import is_checked, problems
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -37,7 +37,7 @@ def test_every_pipeline_notebook_is_present():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stripped_parameterised_and_checked(path):
     """No stored outputs but those nbval compares; a papermill `parameters` cell whose profile
-    default comes from cgt.profiles.default_profile() (that is, from $CGT_PROFILE)."""
+    default comes from cgt.experiments.profiles.default_profile() (that is, from $CGT_PROFILE)."""
     nb = read(path)
     assert problems(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -101,11 +101,11 @@ def test_no_notebook_reimplements_a_package_formula():
 
 
 def test_a_notebook_runs_in_its_own_folder_over_ipc(tmp_path, monkeypatch):
-    """cgt.nbtools.execute starts the kernel in the notebook's folder while this process stays elsewhere:
+    """cgt.pipeline.nbtools.execute starts the kernel in the notebook's folder while this process stays elsewhere:
     the IPC sockets must be found by both (an absolute path), and the kernel's cwd is the folder."""
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from cgt.nbtools import execute
+    from cgt.pipeline.nbtools import execute
 
     folder = tmp_path / "nb"
     folder.mkdir()

@@ -126,7 +126,8 @@ def test_a_changed_parameter_retrains_only_what_depends_on_it(first_run):
 def test_bad_arguments_fail_before_anything_runs(tmp_path, monkeypatch, capsys, args, message):
     """Invalid profile, dataset, method or option (`python -m cgt`, in-process): a clear error, exit
     status 2, and nothing written."""
-    from cgt import cli, experiment
+    from cgt import cli
+    from cgt.experiments import train_evaluate as experiment
 
     def refuse(*_args, **_kw):
         raise AssertionError("work started before the arguments were checked")
@@ -152,7 +153,7 @@ def test_an_unreachable_scheduler_is_an_error_within_seconds_and_nothing_runs(tm
 
 @pytest.mark.slow
 def test_with_workers_the_runs_are_trained_first_and_the_notebooks_train_nothing(tmp_path):
-    """The runner's plan (cgt.runner.step_requests) covers every run the notebooks train at their default
+    """The runner's plan (cgt.pipeline.runner.step_requests) covers every run the notebooks train at their default
     parameters — except the label-smoothing runs of 06, which depend on the grid's results."""
     proc = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--workers", "2", runs_dir=tmp_path)
     log = proc.stdout + proc.stderr
@@ -165,7 +166,7 @@ def test_with_workers_the_runs_are_trained_first_and_the_notebooks_train_nothing
 
 def test_pipeline_plan_validates_names():
     """The Python API rejects unknown profiles and datasets with the valid choices."""
-    from cgt.pipeline import plan
+    from cgt.pipeline.notebooks import plan
 
     with pytest.raises(ValueError, match="valid choices"):
         plan("paper-full")
@@ -184,7 +185,7 @@ def test_a_failing_notebook_is_named_with_its_cell_error_and_executed_copy(tmp_p
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
-    from cgt.pipeline import PipelineError, run_pipeline
+    from cgt.pipeline.notebooks import PipelineError, run_pipeline
 
     params = new_code_cell("profile = 'smoke'\ndataset = 'indian_pines'")
     params.metadata["tags"] = ["parameters"]

@@ -1,10 +1,10 @@
-"""Provenance (cgt.provenance): a checkout is dirty when its source changed, not when the pipeline
+"""Provenance (cgt.experiments.provenance): a checkout is dirty when its source changed, not when the pipeline
 rewrote its own outputs."""
 from __future__ import annotations
 
 import subprocess
 
-from cgt.provenance import git_state
+from cgt.experiments.provenance import git_state
 
 
 def test_outputs_do_not_make_the_checkout_dirty(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Result tables (cgt.report) and the README block (cgt.readme) on synthetic per-seed metrics whose
+"""Result tables (cgt.reporting.tables) and the README block (cgt.reporting.readme) on synthetic per-seed metrics whose
 verdicts are known in advance."""
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgt import readme, verdicts
-from cgt.report import comparisons, format_pm, matched_cost_table, paper_comparison, per_class_f1, summarise, \
-    verdict_table, write_table
+from cgt.evaluation import verdicts
+from cgt.reporting import readme
+from cgt.reporting.tables import (
+    comparisons,
+    format_pm,
+    matched_cost_table,
+    paper_comparison,
+    per_class_f1,
+    summarise,
+    verdict_table,
+    write_table,
+)
 
 SEEDS = range(5)
 JITTER = [0.001, -0.001, 0.0005, -0.0005, 0.0]
@@ -70,7 +79,7 @@ def test_comparisons_are_cgt_against_joint_baselines_present():
 def test_the_strongest_baseline_is_the_most_accurate_one_and_is_compared():
     import pandas as pd
 
-    from cgt.report import strongest_baseline
+    from cgt.reporting.tables import strongest_baseline
 
     rows = [{"method": m, "seed": s, "operating_point": "paper_tau", "accuracy": acc + 0.001 * s,
              "f1_macro": acc, "avg_cost_relative": 0.5} for m, acc in
@@ -186,7 +195,7 @@ def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):
 def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_path):
     """'When does CGT help?': the grid a dataset ran is named from its verdict table's configurations,
     the favourable ones are listed from their verdicts, and the gating table is quoted."""
-    from cgt import ablations
+    from cgt.experiments import ablations
 
     names = [c.name for c in ablations.GRIDS["reduced"]]
     verdict_col = f"verdict {ablations.POINTS['@0.9']}"

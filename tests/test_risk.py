@@ -1,4 +1,4 @@
-"""Risk-controlled thresholds (cgt.risk): the rules on hand-made losses, the p-value against its formula,
+"""Risk-controlled thresholds (cgt.evaluation.risk): the rules on hand-made losses, the p-value against its formula,
 bad input, and the guarantees checked empirically on the stored logits of a real trained network."""
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from cgt.risk import (DELTA, conservative_first, crc_threshold, gap_losses, hoeffding_bentkus_p, ltt_threshold,
-                      min_calibration_size, risk_controlled_threshold)
+from cgt.evaluation.risk import (
+    DELTA,
+    conservative_first,
+    crc_threshold,
+    gap_losses,
+    hoeffding_bentkus_p,
+    ltt_threshold,
+    min_calibration_size,
+    risk_controlled_threshold,
+)
 from cgt.train import predict_logits
 
 

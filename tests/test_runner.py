@@ -1,4 +1,4 @@
-"""Training runs on workers (cgt.runner): local processes and a Dask LocalCluster give the same bits as
+"""Training runs on workers (cgt.pipeline.runner): local processes and a Dask LocalCluster give the same bits as
 a serial run, a killed worker's run resumes from its checkpoint, bad settings fail before any work,
 and the plan covers everything the pipeline's notebooks train."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgt import runner
-from cgt.ablations import LOG_GRADIENTS_EVERY
-from cgt.experiment import train_methods
-from cgt.runner import RunRequest, RunnerError
+from cgt.experiments.ablations import LOG_GRADIENTS_EVERY
+from cgt.experiments.train_evaluate import train_methods
+from cgt.pipeline import runner
+from cgt.pipeline.runner import RunnerError, RunRequest
 
 REQUESTS = [RunRequest("indian_pines", "smoke", method, 0) for method in ("joint_uniform", "hard_cgt", "soft_cgt")]
 
@@ -163,7 +163,7 @@ def test_step_requests_cover_each_training_notebook():
 
 @pytest.mark.slow
 def test_scaling_measures_each_worker_count_on_the_same_run_list(tmp_path, raw_dir):
-    from cgt.scaling import measure
+    from cgt.pipeline.scaling import measure
 
     record = measure([1, 2], str(tmp_path / "scaling.json"), runs=2, epochs=1)
     assert json.loads((tmp_path / "scaling.json").read_text()) == record
@@ -179,7 +179,8 @@ def test_pipeline_comparison_runs_serial_then_workers_each_in_a_fresh_runs_folde
     """The bookkeeping of `python -m cgt scaling --pipeline` (the pipeline itself replaced by a stand-in)."""
     import os
 
-    from cgt import pipeline, scaling
+    from cgt.pipeline import notebooks as pipeline
+    from cgt.pipeline import scaling
 
     calls = []
 

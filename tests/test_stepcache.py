@@ -1,4 +1,4 @@
-"""The pipeline's step cache (cgt.stepcache): a step is skipped only when every input and output is as
+"""The pipeline's step cache (cgt.pipeline.stepcache): a step is skipped only when every input and output is as
 recorded, and otherwise the reason names what changed."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cgt import stepcache
 from cgt.fileio import sha256_file, write_json_atomic
+from cgt.pipeline import stepcache
+from cgt.pipeline.stepcache import StepCache, runs_read
 from cgt.runs import ARTIFACTS, is_complete
-from cgt.stepcache import StepCache, runs_read
 
 
 def finished_run(folder: Path, content: bytes = b"logits") -> Path:
@@ -87,7 +87,7 @@ def test_package_version_follows_every_module(tmp_path):
 
 
 def test_unknown_force_step_is_refused_with_the_choices():
-    from cgt.pipeline import run_pipeline
+    from cgt.pipeline.notebooks import run_pipeline
 
     with pytest.raises(ValueError, match=r"unknown step\(s\) \['05_figures'\] for --force-step; valid choices: "
                                          r"\['00_data', '01_baselines'"):
@@ -97,11 +97,11 @@ def test_unknown_force_step_is_refused_with_the_choices():
 def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     """`python -m cgt publish`: each executed notebook and its HTML export, with the project's own path
     made relative."""
+    import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    import nbformat
-    from cgt.paths import project_root
-    from cgt.pipeline import publish_notebooks
+    from cgt.experiments.paths import project_root
+    from cgt.pipeline.notebooks import publish_notebooks
 
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
     executed = tmp_path / "runs" / "smoke" / "notebooks"

@@ -1,4 +1,4 @@
-"""The verdict rule (cgt.verdicts) on hand-computed paired data: every category reachable, intervals
+"""The verdict rule (cgt.evaluation.verdicts) on hand-computed paired data: every category reachable, intervals
 and Holm's adjustment checked against values worked out by hand and against scipy."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cgt import verdicts as v
+from cgt.evaluation import verdicts as v
 
 CHEAPER = [-0.10, -0.11, -0.09, -0.10, -0.10]      # relative cost, CGT − baseline, 5 seeds
 COSTLIER = [0.10, 0.11, 0.09, 0.10, 0.10]

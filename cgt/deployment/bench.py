@@ -9,10 +9,10 @@ interquartile range over `repeats` timings of:
   torch_all_exits_then_select every exit computed, then the policy applied (how the authors time it:
                               it cannot be faster than the plain network, whatever the exits decide)
   torch_early_exit            cgt.inference.early_exit_forward: deeper blocks only for undecided samples
-  onnx_full                   the plain network as one ONNX Runtime graph (cgt.deploy's full.onnx)
+  onnx_full                   the plain network as one ONNX Runtime graph (cgt.deployment.exported's full.onnx)
   onnx_early_exit_graph       the whole early-exit pass as one ONNX Runtime graph (early_exit.onnx)
   onnx_early_exit_segments    one ONNX Runtime call per exit segment, decisions in Python between them
-                              (cgt.deploy's `predict` takes this path for single samples, the graph for batches)
+                              (cgt.deployment.exported's `predict` takes this path for single samples, the graph for batches)
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples) and their ratio. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
@@ -30,14 +30,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .cost import ExitCosts, average_cost, exit_costs
-from .data import BUILTIN
-from .experiment import load_dataset, load_finished
-from .fileio import read_json, sha256_bytes, write_json_atomic
-from .inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
-from .paths import figures_dir
-from .policy import PAPER_TAU
-from .provenance import device_description, write_sidecar
+from ..cost import ExitCosts, average_cost, exit_costs
+from ..data import BUILTIN
+from ..experiments.paths import figures_dir
+from ..experiments.provenance import device_description, write_sidecar
+from ..experiments.train_evaluate import load_dataset, load_finished
+from ..fileio import read_json, sha256_bytes, write_json_atomic
+from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
+from ..policy import PAPER_TAU
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
            "onnx_early_exit_segments")
@@ -78,7 +78,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     threads=(1, None), repeats: int = 30, single_samples: int = 200) -> list[dict]:
     """The protocol on one model: a record per (engine, batch size, threads). Batch size 1 is timed
     over `single_samples` samples one at a time (time per sample); larger batches over one batch."""
-    from . import deploy
+    from . import exported
 
     model = fuse_for_inference(model).cpu().eval()
     costs = exit_costs(model, tuple(x.shape[1:]))
@@ -87,12 +87,12 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
         num_classes = int(model(x[:1]).shape[-1])
     records = []
     with tempfile.TemporaryDirectory() as folder:
-        deploy.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)},
+        exported.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)},
                             [str(k) for k in range(num_classes)])
         for n_threads in threads:
             n_threads = n_threads or all_threads
             torch.set_num_threads(n_threads)
-            onnx_model = deploy.load(folder, point="bench", threads=n_threads)
+            onnx_model = exported.load(folder, point="bench", threads=n_threads)
             for batch_size in batch_sizes:
                 xs = x[:single_samples] if batch_size == 1 else x[:batch_size]
                 xs_np = xs.numpy()
@@ -128,14 +128,14 @@ def where_time_goes(model, x: torch.Tensor, tau: float, batch_sizes=(1, 1024), r
                     single_samples: int = 200) -> list[dict]:
     """`onnx_segment_breakdown` at one thread for each batch size (batch 1: the first sample timed, the
     exit fractions of the first `single_samples` samples, as in `latency_records`)."""
-    from . import deploy
+    from . import exported
 
     model = fuse_for_inference(model).cpu().eval()
     costs = exit_costs(model, tuple(x.shape[1:]))
     out = []
     with tempfile.TemporaryDirectory() as folder:
-        deploy.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)}, [])
-        onnx_model = deploy.load(folder, point="bench", threads=1)
+        exported.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)}, [])
+        onnx_model = exported.load(folder, point="bench", threads=1)
         for batch_size in batch_sizes:
             decided = x[:single_samples] if batch_size == 1 else x[:batch_size]
             exit_index = early_exit_forward(model, decided, tau, batch_size=max(batch_size, 2)).exit_index.numpy()
@@ -204,7 +204,7 @@ def target_check(records: list[dict]) -> list[dict]:
 def inputs_key(run_dirs: dict, method: str, tau: float, repeats: int, single_samples: int) -> str:
     """What a benchmark result depends on: the package code, the timed runs (their complete.json), the
     settings and this machine. Equal keys: the recorded result stands and nothing is measured again."""
-    from .stepcache import package_version, run_state
+    from ..pipeline.stepcache import package_version, run_state
 
     runs = {ds: run_state(path) for ds, path in run_dirs.items()}
     return sha256_bytes(json.dumps([package_version(), runs, method, tau, repeats, single_samples,

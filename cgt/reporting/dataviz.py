@@ -15,8 +15,8 @@ from matplotlib.colors import ListedColormap, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .data import SPLITS, PreparedData
-from .data.splits import GUARD
+from ..data import SPLITS, PreparedData
+from ..data.splits import GUARD
 
 SPLIT_COLOURS = {"train": "#d62728", "val": "#ff9f1c", "test": "#1f4e9c"}
 GUARD_COLOUR = (0.15, 0.15, 0.15, 1)

@@ -16,14 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .fileio import read_json, sha256_file, write_json_atomic
-from .paths import project_root
-from .provenance import project_relative
+from ..experiments.paths import project_root
+from ..experiments.provenance import project_relative
+from ..fileio import read_json, sha256_file, write_json_atomic
 
 RECORD = "steps.json"
 RUN_LINE = re.compile(r"\[run ([^\]]+)\]")
 """How an executed notebook names a run it trained or loaded, relative to the profile's runs folder
-(printed by cgt.experiment)."""
+(printed by cgt.experiments.train_evaluate)."""
 
 
 def package_version(package_dir: Path | None = None) -> str:
@@ -38,7 +38,7 @@ def package_version(package_dir: Path | None = None) -> str:
 def run_state(run_dir: Path) -> str | None:
     """Hash of a run's complete.json (its artifacts' hashes); None if the run is unfinished or an
     artifact no longer matches its recorded hash (the step must run again, and retrain it)."""
-    from .runs import is_complete
+    from ..runs import is_complete
 
     return sha256_file(run_dir / "complete.json") if is_complete(run_dir) else None
 

@@ -4,8 +4,8 @@ CUDA, and its agreement with evaluation from cached logits; and the local runner
 machine's cores (N worker processes × 1 thread on one fixed list of runs). Writes one JSON artifact
 that the README quotes.
 
-    python -m cgt.cuda_check --out figures/cuda_check.json
-    python -m cgt.cuda_check --device cpu --tiny --out /tmp/check.json   # a dry run of the script itself
+    python -m cgt.pipeline.cuda_check --out figures/cuda_check.json
+    python -m cgt.pipeline.cuda_check --device cpu --tiny --out /tmp/check.json   # a dry run of the script itself
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ from typing import Any, Callable
 
 import torch
 
-from .experiment import load_dataset
-from .fileio import write_json_atomic
-from .inference import early_exit_forward, exits_from_logits
-from .profiles import train_config
-from .provenance import device_description, git_state
-from .scaling import fresh_runs_folder
-from .scaling import runner_scaling
-from .train import TrainConfig, predict_logits, train_run
+from ..experiments.profiles import train_config
+from ..experiments.provenance import device_description, git_state
+from ..experiments.train_evaluate import load_dataset
+from ..fileio import write_json_atomic
+from ..inference import early_exit_forward, exits_from_logits
+from ..train import TrainConfig, predict_logits, train_run
+from .scaling import fresh_runs_folder, runner_scaling
 
 TAU = 0.9
 METHOD = "soft_cgt"
@@ -95,7 +94,7 @@ def inference(model, data, device: str, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cgt.cuda_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cgt.pipeline.cuda_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda", help="cuda (the check) | cpu (a dry run of the script)")
     p.add_argument("--tiny", action="store_true", help="small sizes: checks the script, measures nothing")

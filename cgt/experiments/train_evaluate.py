@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from . import distributed
-from .cost import ExitCosts, exit_costs
-from .data import BUILTIN, PreparedData, load, resolve
-from .evaluate import EvalConfig, common_target_point, evaluate_run
-from .methods import JOINT_BASELINES, check_methods
-from .models import EarlyExitNet
-from .paths import data_dir as default_data_dir, prepared_dir, runs_dir
+from .. import distributed
+from ..cost import ExitCosts, exit_costs
+from ..data import BUILTIN, PreparedData, load, resolve
+from ..evaluation.evaluate import EvalConfig, common_target_point, evaluate_run
+from ..methods import JOINT_BASELINES, check_methods
+from ..models import EarlyExitNet
+from ..runs import TrainedRun, is_complete, load_run, run_dir, run_identity
+from ..train import TrainConfig, resolve_device, train_run
+from .paths import data_dir as default_data_dir
+from .paths import prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
 from .provenance import write_sidecar
-from .runs import TrainedRun, is_complete, load_run, run_dir, run_identity
-from .train import TrainConfig, resolve_device, train_run
 
 ModelChoice = Union[dict[str, int], Callable[[PreparedData], EarlyExitNet], None]
 """None: the dataset's default network; a dict: options of the generic network (width, depth) for
@@ -131,7 +132,7 @@ def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[in
                   split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
                   force: bool = False, progress: bool = False) -> list[TrainedRun]:
-    """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.runner worker does."""
+    """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.pipeline.runner worker does."""
     plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
     return [_train(plan, method, seed, options, profile, device, progress, force)
             for method in methods for seed in plan.seeds]
@@ -195,7 +196,7 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
 
 
 def _relative_run(run: TrainedRun) -> str:
-    """The run's folder relative to its profile's runs folder (how cgt.stepcache finds what a notebook read)."""
+    """The run's folder relative to its profile's runs folder (how cgt.pipeline.stepcache finds what a notebook read)."""
     return "/".join(run.run_dir.parts[-3:])  # <dataset>/<method>/seed<k>-<key>
 
 

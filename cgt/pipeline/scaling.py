@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .experiment import load_dataset
+from ..experiments.train_evaluate import load_dataset
 from .runner import RunRequest, train_all
 
 METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
@@ -56,7 +56,7 @@ def runner_scaling(worker_counts: list[int], runs: int, epochs: int) -> dict:
 
 def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5) -> dict:
     """Run `runner_scaling` and write it, with the machine and the code's commit, to `out` (JSON)."""
-    from .fileio import write_json_atomic
+    from ..fileio import write_json_atomic
     from .runner import check_workers
 
     for n in worker_counts:
@@ -71,11 +71,10 @@ def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5)
 def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str] | None = None) -> dict:
     """The whole pipeline of `profile` from nothing (fresh runs folder, the data already prepared), once
     serially and once with `workers` local worker processes: wall times and their ratio, written to `out`."""
-    from .fileio import write_json_atomic
-    from .pipeline import plan, run_pipeline
+    from ..experiments.profiles import get_profile
+    from ..fileio import write_json_atomic
+    from .notebooks import plan, run_pipeline
     from .runner import check_workers, distinct_runs, planned_runs
-
-    from .profiles import get_profile
 
     check_workers(workers)
     if get_profile(profile).publishes:
@@ -99,7 +98,7 @@ def _this_machine() -> dict:
     """When, at which commit and on what CPU a measurement was taken (the head of every artifact here)."""
     from datetime import datetime, timezone
 
-    from .provenance import device_description, git_state
+    from ..experiments.provenance import device_description, git_state
 
     return {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
             "device": device_description("cpu"), "cpu_cores": len(os.sched_getaffinity(0))}

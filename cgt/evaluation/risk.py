@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from .policy import check_policy, passes, scores, threshold_grid
+from ..policy import check_policy, passes, scores, threshold_grid
 
 METHODS = ("crc", "ltt")
 DELTA = 0.1

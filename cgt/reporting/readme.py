@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import ablations, verdicts
-from .fileio import atomic_path, read_json, write_json_atomic
-from .methods import CGT_METHODS, JOINT_BASELINES
-from .provenance import project_relative, write_sidecar
-from .report import PAPER_REPORTED, QUALITY
+from ..evaluation import verdicts
+from ..experiments import ablations
+from ..experiments.provenance import project_relative, write_sidecar
+from ..fileio import atomic_path, read_json, write_json_atomic
+from ..methods import CGT_METHODS, JOINT_BASELINES
+from .tables import PAPER_REPORTED, QUALITY
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 TIMING = "pipeline_timing.json"
@@ -67,7 +68,7 @@ def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    runner = [s for s in t["steps"] if s["step"].startswith(RUNNER_STEP)]  # cgt.pipeline's record of cgt.runner
+    runner = [s for s in t["steps"] if s["step"].startswith(RUNNER_STEP)]  # cgt.pipeline.notebooks's record of cgt.pipeline.runner
     notebooks = [s for s in t["steps"] if s not in runner]
     skipped = sum(bool(s.get("skipped")) for s in notebooks)
     steps = f"{len(notebooks)} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
@@ -102,7 +103,7 @@ def timing_sentence(fig_dir: Path, datasets: list[str]) -> str:
 
 def rule_paragraph() -> str:
     d = verdicts.MARGIN
-    return (f"**How the claim is judged** (`cgt/verdicts.py`; margins fixed before any run was looked at). For each "
+    return (f"**How the claim is judged** (`cgt/evaluation/verdicts.py`; margins fixed before any run was looked at). For each "
             f"CGT variant against each fixed-weight joint baseline, every seed gives a paired difference (same seed = "
             f"same initialisation and data order), CGT − baseline, in relative cost and in points of accuracy or "
             f"macro-F1; intervals are Student-t over the seeds, ± is the sample SD. **supported**: the cost "
@@ -182,7 +183,7 @@ def averaging_sentence(fig_dir: Path, datasets: list[str], min_gap: float = 1.0)
 
 def bench_table(fig_dir: Path) -> list[str]:
     """The latency protocol's records (figures/bench.json) as a table, and the targets, met or not."""
-    from .bench import target_check
+    from ..deployment.bench import target_check
 
     path = fig_dir / "bench.json"
     if not path.exists():
@@ -369,10 +370,10 @@ def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
 
 
 def gpu_section(fig_dir: Path) -> list[str]:
-    """What `python -m cgt.cuda_check` measured on a GPU machine (figures/cuda_check.json)."""
+    """What `python -m cgt.pipeline.cuda_check` measured on a GPU machine (figures/cuda_check.json)."""
     path = fig_dir / "cuda_check.json"
     if not path.exists():
-        return ["Not measured on a GPU: `python -m cgt.cuda_check --out figures/cuda_check.json` on a CUDA machine "
+        return ["Not measured on a GPU: `python -m cgt.pipeline.cuda_check --out figures/cuda_check.json` on a CUDA machine "
                 "writes the artifact this part is generated from.", ""]
     c = read_json(path)
     commit = (c["git"].get("commit") or "unknown")[:7]
@@ -462,7 +463,7 @@ def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()
     for ds in spatial:
         parts += spatial_section(fig_dir, ds)
     parts += ["### When does CGT help? (notebook 06)", "",
-              "A grid of gate settings per dataset (`cgt/ablations.py`: τ_train, normalisation, ε_leak, sigmoid "
+              "A grid of gate settings per dataset (`cgt/experiments/ablations.py`: τ_train, normalisation, ε_leak, sigmoid "
               "scale, fixed λ), each at τ_infer = τ_train, at τ = 0.9 and at matched validation-fitted cost, "
               "judged against `joint_uniform` with the same paired rule.", ""]
     for ds in datasets:

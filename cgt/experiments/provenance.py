@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .fileio import write_json_atomic
+from ..fileio import write_json_atomic
 from .paths import project_root
 
 PACKAGES = ("cgt", "torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "seaborn", "papermill")

@@ -1,10 +1,10 @@
 """Deployment: a finished run exported to ONNX, and early exit with ONNX Runtime.
 
     python -m cgt export --run runs/paper/indian_pines/soft_cgt/seed0-<key> --format onnx [--out DIR]
-    model = cgt.deploy.load(DIR)                   # checksums verified
+    model = cgt.deployment.exported.load(DIR)                   # checksums verified
     predictions, exit_index = model.predict(x)     # x: (N, C, H, W) float32; batch 1 or batched
 
-An export folder holds (graphs written by cgt.onnx_graphs, BatchNorm folded):
+An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm folded):
   early_exit.onnx   the whole early-exit pass in one graph: thresholds in, predictions and exit
                     indices out; what `predict` runs (no Python between the exits)
   segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in, features
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic
-from .inference import fuse_for_inference
-from .models import EarlyExitNet
+from ..fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from ..inference import fuse_for_inference
+from ..models import EarlyExitNet
+from ..policy import accepts, accepts_row, check_policy, check_thresholds
 from .onnx_graphs import OPSET, ExportError, early_exit_graph, segment_graph
-from .policy import accepts, accepts_row, check_policy, check_thresholds
 
 FORMAT = "cgt-early-exit-onnx/2"  # /2: early_exit.onnx added
 MANIFEST = "manifest.json"
@@ -74,11 +74,11 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Export a finished run of a built-in dataset (the network rebuilt from its recorded preparation
     parameters, thresholds from its metrics.json); default output folder: <run_dir>/onnx."""
-    from .data import BUILTIN, DataConfig, load
-    from .data.base import COMMON_FIELDS
-    from .paths import prepared_dir
-    from .provenance import project_relative
-    from .runs import is_complete, load_run
+    from ..data import BUILTIN, DataConfig, load
+    from ..data.base import COMMON_FIELDS
+    from ..experiments.paths import prepared_dir
+    from ..experiments.provenance import project_relative
+    from ..runs import is_complete, load_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -93,7 +93,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     params = {k: v for k, v in config["data_params"].items() if k not in ("prep_version", "source_sha256")}
     if params.get("dataset") not in BUILTIN:
         raise ExportError(f"{run_dir} was trained on {params.get('dataset')!r}, not a built-in dataset: export it "
-                          f"from Python with cgt.deploy.export_model(model, input_shape, ...)")
+                          f"from Python with cgt.deployment.exported.export_model(model, input_shape, ...)")
     data = load(DataConfig(**{k: v for k, v in params.items() if k in COMMON_FIELDS}, cache_dir=str(prepared_dir()),
                            options={k: v for k, v in params.items() if k not in COMMON_FIELDS}))
     run = load_run(run_dir, data.default_model)

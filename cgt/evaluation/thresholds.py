@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cost import ExitCosts
-from .policy import always_exit, check_policy, passes, scores, threshold_grid
+from ..cost import ExitCosts
+from ..policy import always_exit, check_policy, passes, scores, threshold_grid
 
 
 @dataclass

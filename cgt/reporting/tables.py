@@ -1,5 +1,5 @@
 """Tables of the results: summaries over seeds, the paper's numbers beside ours, per-class F1, and the
-paper's claim tested with the paired verdict rule of cgt.verdicts."""
+paper's claim tested with the paired verdict rule of cgt.evaluation.verdicts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import verdicts
-from .cost import ExitCosts
-from .fileio import atomic_path
-from .methods import BASELINES, CGT_METHODS, JOINT_BASELINES, display_order
+from ..cost import ExitCosts
+from ..evaluation import verdicts
+from ..fileio import atomic_path
+from ..methods import BASELINES, CGT_METHODS, JOINT_BASELINES, display_order
 
 # PAPER.md §3: the only numbers known from the paper; the dataset is not stated in our sources.
 PAPER_REPORTED = pd.DataFrame([
@@ -98,7 +98,7 @@ def cost_frame(costs: ExitCosts) -> pd.DataFrame:
     return frame.round(4)
 
 
-# ---------------------------------------------------------------- the claim, tested (cgt.verdicts)
+# ---------------------------------------------------------------- the claim, tested (cgt.evaluation.verdicts)
 QUALITY = {"accuracy": "accuracy", "f1_macro": "macro-F1"}
 
 
@@ -220,10 +220,10 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> None:
 
 
 def calibration_table(runs) -> pd.DataFrame:
-    """Per method and exit, mean over seeds of cgt.calibration.exit_calibration on each run's cached
+    """Per method and exit, mean over seeds of cgt.evaluation.calibration.exit_calibration on each run's cached
     logits: the validation-fitted temperature, test ECE (%) before / after scaling, and the test AUROC
     of (1 − confidence) for the exit's own mistakes before / after."""
-    from .calibration import exit_calibration
+    from ..evaluation.calibration import exit_calibration
 
     rows = [{"method": r.method, "seed": r.seed, **c} for r in runs for c in exit_calibration(r.run.logits)]
     df = pd.DataFrame(rows)
@@ -239,7 +239,7 @@ def calibration_table(runs) -> pd.DataFrame:
 
 
 def risk_control_table(runs) -> pd.DataFrame:
-    """The risk-controlled operating points (cgt.risk) per method: the guarantee, and over seeds (mean ±
+    """The risk-controlled operating points (cgt.evaluation.risk) per method: the guarantee, and over seeds (mean ±
     sample SD) the controlled loss realised on test, the accuracy gap to the last exit and the cost."""
     rows = []
     for r in runs:

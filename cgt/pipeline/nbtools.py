@@ -1,8 +1,8 @@
 """Keep committed notebooks small and testable: execute them, then strip what nbval must not see.
 
-    python -m cgt.nbtools refresh notebooks/00_data.ipynb [...]   execute (smoke profile), then strip
-    python -m cgt.nbtools strip PATH [...]                          strip only
-    python -m cgt.nbtools check PATH [...]                          exit 1 if a notebook is not stripped
+    python -m cgt.pipeline.nbtools refresh notebooks/00_data.ipynb [...]   execute (smoke profile), then strip
+    python -m cgt.pipeline.nbtools strip PATH [...]                          strip only
+    python -m cgt.pipeline.nbtools check PATH [...]                          exit 1 if a notebook is not stripped
 
 The committed notebook is what nbval executes (`--nbval-lax`: only cells whose source starts with
 `# NBVAL_CHECK_OUTPUT` are compared). Those cells keep their outputs, produced by the smoke profile
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import nbformat
 
-from .fileio import atomic_path
-from .profiles import profile_environment
+from ..experiments.profiles import profile_environment
+from ..fileio import atomic_path
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 TEST_PROFILE = "smoke"  # the profile conftest.py sets for the test session
@@ -97,7 +97,7 @@ def write(nb: nbformat.NotebookNode, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cgt.nbtools", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cgt.pipeline.nbtools", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["refresh", "strip", "check"])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (refresh)")

@@ -6,25 +6,36 @@ figure gets a provenance sidecar (<file>.provenance.json).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import time
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..data import display_name
+from ..evaluation.evaluate import EvalConfig, budget_point_name, metrics_table
+from ..experiments import ablations
+from ..experiments.paths import figures_dir, runs_dir
+from ..experiments.provenance import project_relative, write_sidecar
+from ..experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target, load_dataset, load_finished
+from ..inference import early_exit_forward
+from ..methods import METHODS
+from ..policy import PAPER_TAU
 from . import plots
-from .data import display_name
-from .evaluate import EvalConfig, budget_point_name, metrics_table
-from .experiment import COMMON_TARGET, EvaluatedRun, add_common_target, load_dataset, load_finished
-from .inference import early_exit_forward
-from .methods import METHODS
-from .paths import figures_dir, runs_dir
-from .policy import PAPER_TAU
-from .provenance import project_relative, write_sidecar
-from .report import (calibration_table, cost_frame, format_pm, matched_cost_table, paper_comparison, per_class_f1,
-                     risk_control_table, summarise, verdict_table, write_table)
+from .tables import (
+    calibration_table,
+    cost_frame,
+    format_pm,
+    matched_cost_table,
+    paper_comparison,
+    per_class_f1,
+    risk_control_table,
+    summarise,
+    verdict_table,
+    write_table,
+)
 
 GATE_METHODS = ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
@@ -191,7 +202,7 @@ def split_counts(res: DatasetResults, profile: str) -> pd.DataFrame:
     """Per seed of a spatial-split result: pixels in train / val / test / guard band, and the classes
     the split left out of validation or test (with their labelled-pixel counts); written as
     table_<dataset>_split_counts."""
-    from .data.splits import GUARD
+    from ..data.splits import GUARD
 
     rows = []
     for seed in res.seeds:
@@ -214,3 +225,20 @@ def close(figs) -> None:
     for f in figs:
         plt.close(f)
 
+
+def save_ablation_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Any], dataset: str, profile: str,
+                          configs: list[ablations.Config], seeds: list[int]) -> list[Path]:
+    """Notebook 06's tables (table_<dataset>_ablation_<name>.csv/.md) and figures
+    (ablation_<name>_<dataset>.png/.pdf), written to the profile's figures folder, each with a sidecar."""
+    out, written = figures_dir(profile), []
+    params = {"profile": profile, "dataset": dataset, "configs": [vars(c) for c in configs]}
+    for name, df in tables.items():
+        stem = out / f"table_{dataset}_ablation_{name}"
+        write_table(df, stem)
+        write_sidecar(f"{stem}.csv", params=params, seed=seeds)
+        written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
+    for name, fig in figures.items():
+        for path in plots.save_figure(fig, out / f"ablation_{name}_{dataset}"):
+            write_sidecar(path, params=params, seed=seeds)
+            written.append(path)
+    return written

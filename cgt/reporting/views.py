@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from ..cost import ExitCosts
+from ..evaluation.evaluate import metrics_table
+from ..experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target
+from ..losses import exit_weights
+from ..methods import display_order, method_spec
 from . import plots
-from .cost import ExitCosts
-from .evaluate import metrics_table
-from .experiment import COMMON_TARGET, EvaluatedRun, add_common_target
-from .losses import exit_weights
-from .methods import display_order, method_spec
-from .report import cost_frame
+from .tables import cost_frame
 
 EVALUATION_COLUMNS = ["method", "seed", "operating_point", "accuracy", "f1_macro", "avg_cost_relative"]
 

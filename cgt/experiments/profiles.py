@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
-from .data import DataConfig, resolve
-from .data.base import COMMON_FIELDS
-from .train import TrainConfig
+from ..data import DataConfig, resolve
+from ..data.base import COMMON_FIELDS
+from ..train import TrainConfig
 
 PROFILE_ENV = "CGT_PROFILE"
 """The environment variable a notebook's parameters cell reads its default profile from."""

@@ -10,9 +10,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .fileio import atomic_path
-from .losses import soft_residual
-from .methods import METHODS, display_order as _ordered
+from ..fileio import atomic_path
+from ..losses import soft_residual
+from ..methods import METHODS
+from ..methods import display_order as _ordered
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .data import display_name
-from .methods import BASELINES
-from .runs import ARTIFACTS, is_complete
+from ..data import display_name
+from ..methods import BASELINES
+from ..runs import ARTIFACTS, is_complete
 
 WORKER_ROOT = os.environ.get("CGT_ROOT")
 """A worker's own CGT_ROOT (its mount of a shared project), as it was when the worker started — not
@@ -56,7 +56,7 @@ class RunnerError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One training run, as `cgt.experiment.run_methods` would train it."""
+    """One training run, as `cgt.experiments.train_evaluate.run_methods` would train it."""
 
     dataset: str
     profile: str
@@ -86,8 +86,8 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
     """The runs one pipeline step trains at its notebook's default parameters ([] for steps that train
     nothing, and for the runs of notebook 06 that depend on other runs' results: its label-smoothing
     stage picks the best configuration first, so the notebook trains those itself)."""
-    from . import ablations
-    from .profiles import get_profile
+    from ..experiments import ablations
+    from ..experiments.profiles import get_profile
 
     profile, dataset, split = parameters["profile"], parameters.get("dataset"), parameters.get("split", "random")
     seeds = get_profile(profile).seeds
@@ -114,7 +114,7 @@ def distinct_runs(requests: list[RunRequest]) -> list[tuple[RunRequest, Path]]:
     """One request per run folder (two requests naming the same run train it once), with the folder it
     trains into. Loads each dataset once per group, which also fills the preparation cache: workers
     only read it."""
-    from .experiment import run_paths
+    from ..experiments.train_evaluate import run_paths
 
     groups: dict[str, list[RunRequest]] = {}
     for r in requests:
@@ -145,7 +145,7 @@ class Place:
 
     @classmethod
     def here(cls) -> "Place":
-        from .paths import project_root
+        from ..experiments.paths import project_root
 
         runs = os.environ.get("CGT_RUNS_DIR")
         return cls(str(project_root().resolve()), str(Path(runs).resolve()) if runs else None)
@@ -169,7 +169,7 @@ def train_request(request: RunRequest, threads: int | None, place: Place) -> dic
     """Train one run in this process (a local worker or a Dask worker); returns where it went."""
     import torch
 
-    from .experiment import train_methods
+    from ..experiments.train_evaluate import train_methods
 
     _refuse_threaded_dask_worker()
     place.enter()
@@ -332,7 +332,7 @@ def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | Non
 def _journal(requests: list[RunRequest]) -> Path:
     """runs/<profile>/runner_journal.jsonl: one line per run a worker trained — where, in how many
     seconds, with how many threads (the run's key leaves the thread count out; this keeps it)."""
-    from .paths import runs_dir
+    from ..experiments.paths import runs_dir
 
     folder = runs_dir(requests[0].profile)
     folder.mkdir(parents=True, exist_ok=True)

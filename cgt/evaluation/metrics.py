@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, precision_recall_fscore_support
 
-from .cost import ExitCosts, average_cost
+from ..cost import ExitCosts, average_cost
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:

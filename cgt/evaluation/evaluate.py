@@ -8,14 +8,14 @@ Operating points of every run (metrics.json):
   * val_budget_30 / _40 / _50 — per-exit τ fitted on validation: most accurate at ≤ 30 / 40 / 50 %
                       of the full network's cost (matched cost: every method gets the same budget).
   * risk_crc_1 / _2 / _5, risk_ltt_1 / _2 / _5 — one global τ chosen on validation with a guarantee
-                      on the accuracy lost against the last exit (ε = 1, 2, 5 %; cgt.risk): CRC in
+                      on the accuracy lost against the last exit (ε = 1, 2, 5 %; cgt.evaluation.risk): CRC in
                       expectation, LTT with probability ≥ 1 − δ (δ = 0.1).
 Plus the budget curve (val_budget at budgets 0.25 … 1.00, its test accuracy and macro-F1, and their
 mean over the budgets: the area under the validation-fitted accuracy–cost curve), and the global-τ
 sweep on validation and, with the same thresholds, on test.
 
 Across methods, `common_target_point` adds the one comparable tolerance point: the cheapest per-exit
-τ whose validation accuracy reaches a target shared by every method (see cgt.report).
+τ whose validation accuracy reaches a target shared by every method (see cgt.reporting.tables).
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cost import ExitCosts
-from .fileio import write_json_atomic
-from .inference import exits_from_logits
+from ..cost import ExitCosts
+from ..fileio import write_json_atomic
+from ..inference import exits_from_logits
+from ..policy import PAPER_TAU, check_policy, never_exit
+from ..runs import TrainedRun
 from .metrics import early_exit_metrics, per_exit_metrics
-from .policy import PAPER_TAU, check_policy, never_exit
-from .runs import TrainedRun
 from .thresholds import Candidates, candidates, pick, sweep_global
 
 
@@ -49,7 +49,7 @@ class EvalConfig:
     curve_budgets: tuple[float, ...] = tuple(np.round(np.arange(0.25, 1.0001, 0.05), 2).tolist())
     """Budgets of the validation-fitted accuracy–cost curve (its mean accuracy is the AUC)."""
     risk_epsilons: tuple[float, ...] = (0.01, 0.02, 0.05)
-    """Tolerated risks of the risk-controlled points (cgt.risk): accuracy lost against the last exit."""
+    """Tolerated risks of the risk-controlled points (cgt.evaluation.risk): accuracy lost against the last exit."""
     risk_delta: float = 0.1
     """LTT: the guarantee holds with probability at least 1 − δ."""
 
@@ -108,7 +108,7 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
 
 
 def _risk_controlled_points(splits: dict, at, cfg: EvalConfig) -> dict:
-    """One global threshold per (method, ε) of cgt.risk, with the validation split as the calibration
+    """One global threshold per (method, ε) of cgt.evaluation.risk, with the validation split as the calibration
     set; each point records the controlled loss (early exit wrong where the last exit is right) on
     validation and test. A calibration set too small for a guarantee gives no point (nothing certified)."""
     from . import risk

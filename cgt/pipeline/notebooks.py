@@ -1,14 +1,14 @@
 """The whole paper as one command: the notebooks, in order, through papermill.
 
     python -m cgt paper --profile smoke|quick|paper [--dataset fashion_mnist indian_pines] [--force]
-                        [--workers N | --scheduler tcp://HOST:8786]   # the runs first, on workers (cgt.runner)
+                        [--workers N | --scheduler tcp://HOST:8786]   # the runs first, on workers (cgt.pipeline.runner)
 
 Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
 for the profile's `spatial` datasets (Indian Pines) — then 06_ablations per built-in dataset, then
 04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
 A step whose inputs are unchanged — notebook, parameters, package code, the runs it read, its
-outputs (cgt.stepcache) — is skipped, and the log says for each step why it ran or that it was
+outputs (cgt.pipeline.stepcache) — is skipped, and the log says for each step why it ran or that it was
 skipped. Training runs are cached by key (config, data checksum, code version), so a step that runs
 again trains nothing new and a killed pipeline resumes: finished runs are skipped, an interrupted
 one continues from its last checkpoint, and an artifact that no longer matches its recorded hash is
@@ -19,19 +19,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..data import BUILTIN, display_name, resolve
+from ..data.custom import is_npz
+from ..experiments.paths import figures_dir, project_root, runs_dir
+from ..experiments.profiles import get_profile, profile_environment
+from ..experiments.provenance import device_description, git_state
+from ..fileio import read_json, write_bytes_atomic, write_json_atomic
 from . import runner
-from .data import BUILTIN, display_name, resolve
-from .data.custom import is_npz
-from .fileio import read_json, write_bytes_atomic, write_json_atomic
 from .nbtools import quiet_kernel_manager
-from .paths import figures_dir, project_root, runs_dir
-from .provenance import device_description, git_state
-from .profiles import get_profile, profile_environment
 from .stepcache import StepCache, runs_read
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
@@ -85,12 +85,12 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
 def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = False,
                  notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None,
                  workers: int = 1, scheduler: str | None = None, threads_per_run: int | None = None) -> list[Path]:
-    """Execute every step whose inputs changed (cgt.stepcache) with papermill; returns the executed
+    """Execute every step whose inputs changed (cgt.pipeline.stepcache) with papermill; returns the executed
     notebooks' paths. force: retrain every run and execute every step; force_steps: notebook names
     (e.g. "04_figures") executed again even if unchanged.
 
     workers > 1 or scheduler (a Dask scheduler's address): the steps' training runs are planned and
-    trained first, by local worker processes or on the Dask cluster (cgt.runner), with
+    trained first, by local worker processes or on the Dask cluster (cgt.pipeline.runner), with
     `threads_per_run` intra-op threads each; the notebooks then find them finished."""
     import papermill as pm
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import EarlyExitNet
-from .policy import check_policy
+from ..models import EarlyExitNet
+from ..policy import check_policy
 
 OPSET = 17
 IR_VERSION = 8  # the ONNX file format version for opset 17; newer onnx writers default to one ONNX Runtime may not read
@@ -236,7 +236,7 @@ def early_exit_graph(model: EarlyExitNet, input_shape: tuple[int, ...], policy: 
     Segment e runs on the samples no earlier exit took (Compress); once none is left, the deeper
     segments run on an empty batch. (An If node could skip them, but ONNX Runtime does not use its
     blocked-layout convolution kernels inside If subgraphs, which cost more on batches than the skip
-    saves; single samples are better served by the segment graphs, see cgt.deploy.)
+    saves; single samples are better served by the segment graphs, see cgt.deployment.exported.)
     """
     from onnx import TensorProto, helper
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import verdicts
-from .experiment import EvaluatedRun, run_methods
-from .inference import exits_from_logits
-from .metrics import early_exit_metrics
+from ..evaluation import verdicts
+from ..evaluation.metrics import early_exit_metrics
+from ..inference import exits_from_logits
+from .train_evaluate import EvaluatedRun, run_methods
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Config:
 
 
 REFERENCE = Config("joint_uniform", "joint_uniform")
-"""What every configuration is compared with (the paired verdict rule of cgt.verdicts)."""
+"""What every configuration is compared with (the paired verdict rule of cgt.evaluation.verdicts)."""
 
 
 def hard_grid(taus=(0.5, 0.8, 0.9), normalize=(True, False), leaks=(1e-3, 1e-1)) -> list[Config]:
@@ -158,7 +158,7 @@ POINTS = {"@τ_train": "τ_infer = τ_train", "@0.9": "τ = 0.9", "@val_budget_4
 
 
 def grid_verdicts(table: pd.DataFrame, margin: float = verdicts.MARGIN) -> pd.DataFrame:
-    """Every configuration against joint_uniform at each point, paired by seed, with cgt.verdicts' rule
+    """Every configuration against joint_uniform at each point, paired by seed, with cgt.evaluation.verdicts' rule
     (accuracy; at matched cost, quality alone)."""
     return pd.DataFrame([{"config": name, **paired_verdicts(table, name, REFERENCE.name, margin)}
                          for name in table["config"].unique() if name != REFERENCE.name])
@@ -231,26 +231,3 @@ def interference_summary(histories: dict[str, list[dict]]) -> pd.DataFrame:
             row[f"exit {e + 1} norm share %"] = round(100 * float(np.mean([g["norm_share"][e] for g in late])), 1)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def save(tables: dict[str, pd.DataFrame], figures: dict[str, Any], dataset: str, profile: str,
-         configs: list[Config], seeds: list[int]) -> list[Path]:
-    """Write the notebook's tables (table_<dataset>_ablation_<name>.csv/.md) and figures
-    (ablation_<name>_<dataset>.png/.pdf) to the profile's figures folder, each with a sidecar."""
-    from .paths import figures_dir
-    from .plots import save_figure
-    from .provenance import write_sidecar
-    from .report import write_table
-
-    out, written = figures_dir(profile), []
-    params = {"profile": profile, "dataset": dataset, "configs": [vars(c) for c in configs]}
-    for name, df in tables.items():
-        stem = out / f"table_{dataset}_ablation_{name}"
-        write_table(df, stem)
-        write_sidecar(f"{stem}.csv", params=params, seed=seeds)
-        written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
-    for name, fig in figures.items():
-        for path in save_figure(fig, out / f"ablation_{name}_{dataset}"):
-            write_sidecar(path, params=params, seed=seeds)
-            written.append(path)
-    return written

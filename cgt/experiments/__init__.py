@@ -1,0 +1,8 @@
+"""What a notebook asks for: named settings, where things live, and training + evaluation in one call.
+
+    profiles        smoke / quick / paper: named data and training settings
+    paths           where runs, prepared data and figures live
+    provenance      sidecars: commit, parameters, packages, device, data checksums
+    train_evaluate  methods × seeds, trained (cached) and evaluated — the notebook-facing API
+    ablations       notebook 06: the grid of gate settings as data, its runs and tables
+"""

@@ -1,0 +1,9 @@
+"""Tables, figures and pages, from finished runs and the artifacts they wrote.
+
+    tables         tables over seeds, the paper's numbers beside ours, per-class F1, the verdict tables
+    plots          figures of training and evaluation
+    dataviz        figures and tables of the data before training
+    views          the notebooks' shared views (tables and figures, one call each)
+    paper_figures  notebook 04: every table and figure from the finished runs of a profile
+    readme         the README's results block, from artifacts only
+"""
