@@ -67,6 +67,17 @@ def test_macro_f1_is_not_changed_by_a_class_that_never_occurs():
         assert four[key] == pytest.approx(three[key]), key
 
 
+def test_macro_f1_averages_over_the_classes_of_the_test_split_whatever_is_predicted():
+    """Two methods on the same samples average over the same classes: those present in y_true. A method
+    that predicts an absent class (3) is not averaged over one more class; its mistake is a miss of class 1."""
+    y = np.array([0, 0, 1, 1])
+    a = classification_metrics(y, np.array([0, 0, 1, 0]), num_classes=4)
+    b = classification_metrics(y, np.array([0, 0, 1, 3]), num_classes=4)
+    # a: P = [2/3, 1], R = [1, 1/2] → F1 = [0.8, 2/3];  b: P = [1, 1], R = [1, 1/2] → F1 = [1, 2/3]
+    assert a["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert b["f1_macro"] == pytest.approx((1 + 2 / 3) / 2)  # scikit-learn's union default: (1 + 2/3 + 0) / 3
+
+
 # ---------------------------------------------------------------- early-exit metrics
 COSTS = ExitCosts(block_flops=(100, 200, 300), head_flops=(10, 10, 10))  # cumulative 110, 320, 630; full 610
 

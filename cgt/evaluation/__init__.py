@@ -6,4 +6,6 @@
     calibration    per exit: validation-fitted temperature, ECE, how well confidence predicts mistakes
     risk           thresholds with a guarantee on the accuracy lost: conformal risk control, Learn then Test
     verdicts       the one rule every comparison follows: paired t intervals, margins fixed in advance
+    primary        the pre-registered analysis: comparator chosen on validation, matched realised cost,
+                   paired class-stratified bootstrap, Holm over the whole family
 """

@@ -18,11 +18,15 @@ from ..cost import ExitCosts, average_cost
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Overall accuracy; macro and weighted F1 / precision / recall; average accuracy (mean
     per-class recall, the hyperspectral 'AA'); Cohen's κ; F1 of each class."""
-    # Classes with neither a true nor a predicted sample (a spatial split can leave a class out of
-    # test) have no precision or recall: macro averages run over the classes that occur.
-    labels = np.union1d(y_true, y_pred)
-    if labels.max(initial=0) >= num_classes:
-        raise ValueError(f"labels up to {labels.max()} but num_classes={num_classes}")
+    # Macro averages run over a fixed label set: the classes present in this test split (a spatial
+    # split can leave a class out). Not the union of true and predicted labels (scikit-learn's
+    # default): that set depends on the method's predictions, so two methods paired on the same
+    # samples could be averaged over different classes. A prediction of an absent class still
+    # counts — as a miss of the true class.
+    labels = np.unique(y_true)
+    if max(labels.max(initial=0), np.max(y_pred, initial=0)) >= num_classes:
+        raise ValueError(f"labels up to {max(labels.max(initial=0), np.max(y_pred, initial=0))} but "
+                         f"num_classes={num_classes}")
     out = {"accuracy": float(accuracy_score(y_true, y_pred))}
     for avg in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
@@ -31,7 +35,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected here
         warnings.simplefilter("ignore", UserWarning)
         out["average_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(present) > 1 else out["accuracy"]
-    out["kappa"] = float(cohen_kappa_score(y_true, y_pred, labels=labels))
+    out["kappa"] = float(cohen_kappa_score(y_true, y_pred, labels=np.union1d(y_true, y_pred)))
     # Per class: what the macro average hides (rare Indian Pines classes). None where the class has
     # no test sample (its recall, hence its F1, is undefined).
     _, _, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=np.arange(num_classes), average=None,
