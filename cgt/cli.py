@@ -16,7 +16,7 @@ from .data import BUILTIN, DataVerificationError
 from .deployment.exported import ExportError
 from .experiments.profiles import PROFILES
 from .experiments.train_evaluate import SPLITS
-from .methods import METHODS
+from .methods import COMPARED, METHODS
 
 DATASET_HELP = f"{' | '.join(BUILTIN)} | path/to/your_data.npz"
 
@@ -46,7 +46,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiments.train_evaluate import run_methods
 
-    methods = list(METHODS) if args.method == ["all"] else args.method
+    methods = list(COMPARED) if args.method == ["all"] else args.method
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     options = _json_object("--options", args.options)
     run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split,

@@ -57,14 +57,32 @@ def resolve_lambdas(lambdas: Any, num_exits: int, progress: float) -> Tensor:
     return start_t + (end_t - start_t) * float(progress)
 
 
+def lambdas_at(options: dict[str, Any], num_exits: int, progress: float) -> Tensor:
+    """λ of a strategy's resolved `options` at `progress`: its schedule, or the last exit alone while
+    progress < last_only_until (the first phase of `mixed`)."""
+    if float(progress) < float(options.get("last_only_until", 0.0)):
+        return torch.tensor([0.0] * (num_exits - 1) + [1.0])
+    return resolve_lambdas(options["lambdas"], num_exits, progress)
+
+
+def inverse_frequency(labels: Tensor, num_classes: int) -> Tensor:
+    """(K,) class weights N / (K_present · n_c): a training set's mean sample weight is 1, each class
+    present carries the same total weight, and a class absent from training weighs 0."""
+    counts = torch.bincount(labels.flatten().cpu(), minlength=num_classes).float()
+    present = counts > 0
+    weights = torch.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
 def _hashable(value: Any) -> Any:
     return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @functools.lru_cache(maxsize=256)
-def _lambdas_on_device(lambdas: Any, num_exits: int, progress: float, device: str) -> Tensor:
+def _lambdas_on_device(lambdas: Any, last_only_until: float, num_exits: int, progress: float, device: str) -> Tensor:
     """λ already on the training device: one host→device copy per epoch, not one per step."""
-    return resolve_lambdas(lambdas, num_exits, progress).to(device)
+    return lambdas_at({"lambdas": lambdas, "last_only_until": last_only_until}, num_exits, progress).to(device)
 
 
 def _check_lambdas(lambdas: Any, num_exits: int) -> None:
@@ -169,6 +187,9 @@ class Strategy:
     """A term added to the weighted cross-entropy: extra_loss(exit_logits, targets, **extra options)."""
     extra_options: tuple[str, ...] = ()
     """Which options are passed to `extra_loss`."""
+    class_balanced: bool = False
+    """True for joint_balanced: each sample's weights are multiplied by its class's inverse training
+    frequency (`inverse_frequency`), so rare classes pull as hard as common ones."""
 
     def extra(self, exit_logits: Tensor, targets: Tensor, options: dict[str, Any]) -> Tensor | None:
         """The extra term for these logits, or None when the strategy has none."""
@@ -186,12 +207,20 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
              {"lambdas": "depth", "normalize": True}),
     Strategy("joint_annealed", "the authors' λ schedule with no gate: isolates what gating adds", no_gate,
              {"lambdas": "annealed", "normalize": True}),
+    Strategy("joint_balanced", "fixed equal weights, each sample weighted by its class's inverse training "
+             "frequency: tests whether a gain in macro-F1 is just class reweighting", no_gate,
+             {"lambdas": "uniform", "normalize": True}, class_balanced=True),
+    Strategy("mixed", "the backbone and last exit trained alone for the first part of training, then every "
+             "exit jointly with equal weights (Kubaty et al. 2024's 'mixed' regime)", no_gate,
+             {"lambdas": "uniform", "normalize": True, "last_only_until": 0.5}),
     Strategy("branchy_gate", "BranchyNet-style train-time gate: deeper losses dropped once an earlier exit's "
              "entropy is below a threshold", branchy_gate,
              {"entropy_threshold": 0.3, "eps_leak": 0.0, "lambdas": "uniform", "normalize": True},
              gate_options=("entropy_threshold",)),
     Strategy("grad_equilibrium", "fixed equal weights, and each block's output gradient rescaled so that no exit's "
-             "gradient dominates the shared blocks (gradient equilibrium, Li et al., ICCV 2019)", no_gate,
+             "gradient dominates the shared blocks (gradient equilibrium, Li et al., ICCV 2019). Unrolled, it "
+             "scales block e's gradient by the constant 1/(E − e): a per-block learning rate under SGD, a no-op "
+             "under AdamW (scale-invariant per parameter) — Li et al. trained with SGD", no_gate,
              {"lambdas": "uniform", "normalize": True}, gradient_equilibrium=True),
     Strategy("self_distill", "fixed equal weights plus the detached last exit teaching every earlier exit by "
              "softened KL (self-distillation, Zhang et al., ICCV 2019)", no_gate,
@@ -244,6 +273,9 @@ def resolve_options(strategy: str, num_exits: int | None, **options: Any) -> dic
         raise ValueError(f"temperature={opts['temperature']} must be > 0")
     if "distill_weight" in opts and float(opts["distill_weight"]) < 0:
         raise ValueError(f"distill_weight={opts['distill_weight']} must be >= 0")
+    if "last_only_until" in opts and not 0.0 <= float(opts["last_only_until"]) < 1.0:
+        raise ValueError(f"last_only_until={opts['last_only_until']} must be in [0, 1): the fraction of training "
+                         f"during which only the last exit trains")
     if "normalize" in opts and not isinstance(opts["normalize"], bool):
         raise ValueError(f"normalize={opts['normalize']!r} must be True or False")
     return opts
@@ -267,7 +299,8 @@ def exit_weights(exit_logits: Tensor | Sequence[Tensor], targets: Tensor, strate
     with torch.no_grad():
         logits = exit_logits.detach()
         elig = spec.gate(logits, targets, **{k: opts[k] for k in spec.gate_options})
-        lam = _lambdas_on_device(_hashable(opts["lambdas"]), num_exits, float(progress), str(elig.device))
+        lam = _lambdas_on_device(_hashable(opts["lambdas"]), float(opts.get("last_only_until", 0.0)), num_exits,
+                                 float(progress), str(elig.device))
         w = lam[None, :] * elig + float(opts.get("eps_leak", 0.0))
         if opts.get("normalize", False):
             # A row can be all zero (λ_1 = 0, ε = 0 and exit 1 succeeded): no exit learns from

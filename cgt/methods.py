@@ -19,7 +19,10 @@ class Method:
     options: dict[str, Any] = field(default_factory=dict)
     """Options that differ from the strategy's defaults."""
     role: str = "baseline"
-    """'baseline', or 'cgt' for the paper's methods."""
+    """'baseline', 'cgt' for the paper's methods, or 'library' for a method kept for users but left out of
+    the comparison (its reason in `note`)."""
+    note: str = ""
+    """Why a 'library' method is not compared."""
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -27,8 +30,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("joint_uniform", "joint_uniform"),
     Method("joint_depth", "joint_depth"),
     Method("joint_annealed", "joint_annealed"),
+    Method("joint_balanced", "joint_balanced"),
+    Method("mixed", "mixed"),
     Method("branchy_gate", "branchy_gate"),
-    Method("grad_equilibrium", "grad_equilibrium"),
+    Method("grad_equilibrium", "grad_equilibrium", role="library",
+           note="under AdamW (every method's optimiser here) it equals joint_uniform up to Adam's ε: gradient "
+                "equilibrium only rescales each block's gradient by a constant (tests/test_losses.py proves it "
+                "on one step); Li et al. trained it with SGD"),
     Method("self_distill", "self_distill"),
     Method("hard_cgt", "hard_cgt", role="cgt"),
     Method("soft_cgt", "soft_cgt", role="cgt"),                                  # authors' sigmoid residual, k = 1
@@ -36,6 +44,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 BASELINES = [m.name for m in METHODS.values() if m.role == "baseline"]
 CGT_METHODS = [m.name for m in METHODS.values() if m.role == "cgt"]
+COMPARED = BASELINES + CGT_METHODS
+"""What the pipeline trains and every table compares (the 'library' methods are left out)."""
 JOINT_BASELINES = ["joint_uniform", "joint_depth", "joint_annealed"]
 """The fixed-weight joint training the paper's claim is made against."""
 

@@ -23,7 +23,7 @@ from . import distributed
 from .data import PreparedData
 from .fileio import atomic_path, sha256_file, write_json_atomic
 from .interference import gradient_interference
-from .losses import STRATEGIES, early_head_fit_loss, exit_weights, resolve_lambdas, weighted_exit_loss
+from .losses import STRATEGIES, early_head_fit_loss, exit_weights, inverse_frequency, lambdas_at, weighted_exit_loss
 from .models import EarlyExitNet
 from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity
 
@@ -119,6 +119,8 @@ class EpochSetup:
     ctx: distributed.DistContext = distributed.DistContext()
     progress_label: str | None = None
     """Shown on a per-batch progress bar; None: no bar."""
+    class_weights: torch.Tensor | None = None
+    """(K,) per-class multipliers of every sample's weights (class-balanced strategies); None: all 1."""
 
 
 def new_state(model: EarlyExitNet, cfg: TrainConfig) -> TrainState:
@@ -163,11 +165,13 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
     # DDP averages gradients across processes; the unwrapped state.model serves evaluation and saving.
     trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ctx.enabled else model
+    class_weights = inverse_frequency(data.y["train"], data.num_classes).to(device) \
+        if STRATEGIES[identity["strategy"]].class_balanced else None
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
         label = f"{method} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}" if progress and ctx.is_main else None
-        stats = train_epoch(trained, state, EpochSetup(cfg, identity["strategy"], identity["options"], ctx, label),
-                            x_train, y_train)
+        stats = train_epoch(trained, state, EpochSetup(cfg, identity["strategy"], identity["options"], ctx, label,
+                                                       class_weights), x_train, y_train)
         state.scheduler.step()
         stats["val_acc"] = _per_exit_accuracy(predict_logits(model, data.x["val"], cfg.eval_batch_size, device),
                                               data.y["val"])
@@ -266,6 +270,8 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
             logits = model(xb, detach_early_heads=detach_early_heads,
                            gradient_equilibrium=spec.gradient_equilibrium)  # (E, B, K)
             w = exit_weights(logits, yb, setup.strategy, progress=progress_frac, **setup.options)  # (B, E)
+            if setup.class_weights is not None:
+                w = w * setup.class_weights[yb][:, None]
             loss = weighted_exit_loss(logits.float(), yb, w, cfg.label_smoothing)
             if detach_early_heads:
                 loss = loss + early_head_fit_loss(logits.float(), yb, cfg.label_smoothing)
@@ -287,7 +293,7 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     for t in (loss_sum, correct, weight_sum, seen):  # history describes the whole data, not one shard
         distributed.all_reduce_sum(t, ctx)
     n = seen.item()
-    lam = resolve_lambdas(setup.options["lambdas"], num_exits, progress_frac)
+    lam = lambdas_at(setup.options, num_exits, progress_frac)
     return {"loss": (loss_sum / n).item(), "train_acc": (correct / n).tolist(),
             "mean_weight": (weight_sum / n).tolist(), "lambdas": lam.tolist(),
             **({"gradients": gradients} if gradients else {})}

@@ -34,9 +34,21 @@ def test_paired_verdicts_hand_checked():
 def test_grid_verdicts_one_row_per_configuration_in_grid_order():
     table = pd.DataFrame(_rows("joint_uniform", [90, 91], [1, 1]) + _rows("b", [80, 81], [1, 1])
                          + _rows("a", [90, 91], [0.5, 0.5]))
-    out = ablations.grid_verdicts(table)
-    assert out["config"].tolist() == ["b", "a"]
+    out = ablations.grid_verdicts(table, [Config("b", "hard_cgt"), Config("a", "soft_cgt")])
+    assert out["config"].tolist() == ["b", "a"] and set(out["against"]) == {"joint_uniform"}
     assert out.loc[0, "verdict τ = 0.9"] == verdicts.CONTRADICTED  # 10 points worse every seed
+
+
+def test_a_label_smoothed_configuration_is_compared_with_a_label_smoothed_joint_uniform():
+    """Like for like: 'a + smoothing 0.1' is 2 points above plain joint_uniform but level with the smoothed one."""
+    a = Config("a", "soft_cgt")
+    a_smooth, ref_smooth = ablations.with_label_smoothing(a), ablations.with_label_smoothing(ablations.REFERENCE)
+    table = pd.DataFrame(_rows("joint_uniform", [90, 91], [1, 1]) + _rows(ref_smooth.name, [92, 93], [1, 1])
+                         + _rows(a_smooth.name, [92, 93], [1, 1]))
+    (row,) = ablations.grid_verdicts(table, [a_smooth, ref_smooth]).to_dict("records")
+    assert row["against"] == ref_smooth.name and row["Δ acc τ = 0.9"] == "+0.00"
+    with pytest.raises(ValueError, match="like-for-like reference"):
+        ablations.grid_verdicts(table.query("config != @ref_smooth.name"), [a_smooth])
 
 
 def test_recipe_verdicts_compare_each_change_with_its_own_base():
@@ -77,3 +89,20 @@ def test_grid_names_must_be_unique():
 def test_label_smoothing_is_a_training_override_and_keeps_tau_infer():
     c = ablations.with_label_smoothing(Config("hard τ=0.8", "hard_cgt", {"tau_train": 0.8}, tau_infer=0.8))
     assert c.train == {"label_smoothing": 0.1} and c.tau_infer == 0.8 and c.options == {"tau_train": 0.8}
+
+
+def test_interference_summary_is_a_mean_over_seeds_with_its_interval():
+    """Two seeds, each with two records (the second half = the last one): cos(1, 3) is 0.2 and 0.4 → mean
+    0.3 with a t interval over the 2 seeds; norm shares likewise."""
+    def history(cos13: float, share1: float) -> list[dict]:
+        record = {"cosine": [[1, 0.5, cos13], [0.5, 1, 0.6], [cos13, 0.6, 1]],
+                  "norm_share": [share1, 0.3, 0.7 - share1]}
+        return [{"gradients": [record | {"step": 0}, record | {"step": 25}]}]
+
+    table = ablations.interference_summary({"joint_uniform": [history(0.2, 0.2), history(0.4, 0.4)]})
+    row = table.iloc[0]
+    half = verdicts.t_interval([0.2, 0.4])
+    assert row["seeds"] == 2
+    assert row["cos exits 1·3"] == f"0.300 [{half.low:.3f}, {half.high:.3f}]"
+    assert row["exit 1 norm share %"].startswith("30.0 [")
+    assert row["lowest pair cos"].startswith("0.300")

@@ -421,3 +421,82 @@ def test_progress_outside_unit_interval_is_rejected_or_clamped(progress):
         assert "progress" in str(exc)
         return
     assert (w >= 0).all(), w
+
+
+# ---------------------------------------------------------------- class balance, mixed, gradient equilibrium
+def test_inverse_frequency_by_hand():
+    """Counts [6, 2, 0, 4] of 12: weights 12 / (3 · n_c) = [2/3, 2, 0, 1]; the mean sample weight is 1."""
+    from cgt.losses import inverse_frequency
+
+    y = torch.tensor([0] * 6 + [1] * 2 + [3] * 4)
+    w = inverse_frequency(y, 4)
+    assert torch.allclose(w, torch.tensor([2 / 3, 2.0, 0.0, 1.0]))
+    assert w[y].mean().item() == pytest.approx(1.0)
+
+
+@covers("joint_balanced")
+def test_joint_balanced_weights_each_sample_by_its_class_in_the_training_loss():
+    """One batch, one step: the epoch's loss is Σ_e mean_i [w(y_i)/3 · CE_e(i)] with w the inverse
+    frequencies of the batch (= the whole training set here), worked out from the untrained model."""
+    import torch.nn.functional as F
+
+    from cgt.losses import inverse_frequency
+    from cgt.models import generic_mlp
+    from cgt.train import EpochSetup, TrainConfig, new_state, train_epoch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5), torch.tensor([0] * 8 + [1] * 3 + [2])
+    torch.manual_seed(1)
+    model = generic_mlp((5,), 3, width=8, depth=3)
+    cfg = TrainConfig(epochs=1, batch_size=12, device="cpu", lr=1e-9, weight_decay=0.0)
+    weights = inverse_frequency(y, 3)
+    model.train()
+    with torch.no_grad():
+        order = torch.randperm(12, generator=torch.Generator().manual_seed(cfg.seed * 100_003))
+        ce = torch.stack([F.cross_entropy(z, y[order], reduction="none") for z in model(x[order])])  # (E, B)
+    want = (weights[y[order]] / 3 * ce).mean(dim=1).sum().item()
+    stats = train_epoch(model, new_state(model, cfg), EpochSetup(cfg, "joint_balanced",
+                                                                 resolve_options("joint_balanced", 3),
+                                                                 class_weights=weights), x, y)
+    assert stats["loss"] == pytest.approx(want, rel=1e-5)
+    assert sum(stats["mean_weight"]) == pytest.approx(1.0)  # the mean class weight over the training set is 1
+
+
+@covers("mixed")
+def test_mixed_trains_the_last_exit_alone_then_every_exit():
+    """mixed, last_only_until = 0.5: λ = [0, 0, 1] before half-way, equal weights after."""
+    logits = torch.zeros(3, 3, 3)
+    before = exit_weights(logits, Y, "mixed", progress=0.4)
+    after = exit_weights(logits, Y, "mixed", progress=0.6)
+    assert torch.allclose(before, torch.tensor([[0.0, 0.0, 1.0]] * 3))
+    assert torch.allclose(after, torch.full((3, 3), 1 / 3))
+    with pytest.raises(ValueError, match="last_only_until"):
+        resolve_options("mixed", 3, last_only_until=1.0)
+
+
+@pytest.mark.parametrize("optimizer, same", [("adamw", True), ("sgd", False)])
+def test_gradient_equilibrium_is_a_no_op_under_adamw_and_not_under_sgd(optimizer, same):
+    """Gradient equilibrium rescales each block's gradient by a constant (1/(E − e), telescoped). One
+    optimiser step from the same weights on the same batch: under AdamW (invariant to a constant gradient
+    scale per parameter) the weights equal joint_uniform's up to Adam's ε; under SGD with momentum they differ."""
+    import copy
+
+    from cgt.models import generic_mlp
+    from cgt.train import EpochSetup, TrainConfig, new_state, train_epoch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    torch.manual_seed(1)
+    start = generic_mlp((6,), 3, width=16, depth=3)
+    cfg = TrainConfig(epochs=1, batch_size=32, device="cpu", optimizer=optimizer, lr=1e-2, weight_decay=0.0)
+    after = {}
+    for strategy in ("joint_uniform", "grad_equilibrium"):
+        model = copy.deepcopy(start)
+        train_epoch(model, new_state(model, cfg), EpochSetup(cfg, strategy, resolve_options(strategy, 3)), x, y)
+        after[strategy] = dict(model.named_parameters())
+    # blocks.0: Linear → BatchNorm → ReLU. The Linear's bias is left out: BatchNorm cancels any constant
+    # shift, so its gradient is zero up to rounding (~1e-9), where Adam's ε (1e-8) decides the step.
+    block_params = [n for n in after["joint_uniform"] if n.startswith("blocks.0.") and n != "blocks.0.0.bias"]
+    close = [torch.allclose(after["joint_uniform"][n], after["grad_equilibrium"][n], rtol=0, atol=1e-5)
+             for n in block_params]
+    assert all(close) is same

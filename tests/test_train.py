@@ -146,8 +146,9 @@ def test_gradient_interference_is_logged_without_changing_training(ip_data, tmp_
 
 
 def test_gradient_interference_matches_separate_backward_passes():
-    """Each exit's gradient on the shared blocks, computed by its own backward pass, gives the same cosines
-    and shares; an exit with zero weight has no direction (None) and no share."""
+    """Each exit's gradient, computed by its own backward pass, gives the same cosines and shares — each pair
+    compared on the blocks both exits reach, shares on block 0 (every exit's); an exit with zero weight has
+    no direction (None) and no share."""
     from cgt.interference import gradient_interference
     from cgt.models import generic_mlp
 
@@ -156,15 +157,24 @@ def test_gradient_interference_matches_separate_backward_passes():
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     w = torch.full((16, 3), 1 / 3)
     got = gradient_interference(net, net(x), y, w)
-    shared = [p for block in net.blocks[:-1] for p in block.parameters()]
-    flat = []
-    for e in range(3):
+
+    def gradient(e: int, blocks: int) -> torch.Tensor:
+        """Exit e's gradient on blocks 0..blocks-1, by its own backward pass."""
         net.zero_grad()
         (F.cross_entropy(net(x)[e], y) / 3).backward()
-        flat.append(torch.cat([p.grad.flatten() for p in shared]))
-    g = torch.stack(flat)
-    assert got["cosine"][0][1] == pytest.approx(float(F.cosine_similarity(g[0], g[1], dim=0)), rel=1e-4)
-    assert got["norm_share"] == pytest.approx((g.norm(dim=1) / g.norm(dim=1).sum()).tolist(), rel=1e-4)
+        return torch.cat([p.grad.flatten() for block in net.blocks[:blocks] for p in block.parameters()])
+
+    # exits 1 and 2 share block 0 only; exits 2 and 3 share blocks 0 and 1
+    assert got["cosine"][0][1] == pytest.approx(float(F.cosine_similarity(gradient(0, 1), gradient(1, 1), dim=0)),
+                                                rel=1e-4)
+    assert got["cosine"][1][2] == pytest.approx(float(F.cosine_similarity(gradient(1, 2), gradient(2, 2), dim=0)),
+                                                rel=1e-4)
+    on_block0 = torch.stack([gradient(e, 1).norm() for e in range(3)])
+    assert got["norm_share"] == pytest.approx((on_block0 / on_block0.sum()).tolist(), rel=1e-4)
+    assert got["norm_share_per_block"][2][:2] == [None, None] and got["norm_share_per_block"][2][2] == 1.0
+    # the biased measurement this replaces: exit 1's gradient padded with zeros on block 1 lowers its cosine
+    padded = torch.cat([gradient(0, 1), torch.zeros_like(gradient(1, 2)[len(gradient(0, 1)):])])
+    assert abs(float(F.cosine_similarity(padded, gradient(1, 2), dim=0))) < abs(got["cosine"][0][1])
     w[:, 1] = 0
     zeroed = gradient_interference(net, net(x), y, w)
     assert zeroed["cosine"][1][0] is None and zeroed["norm_share"][1] == 0

@@ -6,7 +6,7 @@ overrides, and the inference threshold that matches its training (τ_infer = τ_
 
     results = run_grid("indian_pines", "quick", GRIDS["full"], seeds=[0, 1, 2])
     table = config_table(results)        # one row per (configuration, seed)
-    verdicts = grid_verdicts(table)      # each configuration against joint_uniform, paired by seed
+    verdicts = grid_verdicts(table, GRIDS["full"])  # each against joint_uniform (same recipe), paired by seed
 """
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ DEFAULT_GRID = {"indian_pines": "full", "fashion_mnist": "reduced"}
 DEFAULT_SEEDS = 3
 """The grid trains the profile's first three seeds."""
 INTERFERENCE_METHODS = ("joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt")
-"""The methods whose gradients notebook 06 logs (first seed)."""
+"""The methods whose gradients notebook 06 logs."""
+INTERFERENCE_SEEDS = 3
+"""...for the profile's first three seeds: the summary's intervals are over seeds, the unit that varies."""
 LOG_GRADIENTS_EVERY = 25
 """Steps between gradient-interference records in notebook 06 (its default; overhead measured in the README)."""
 SELECTION_POINT = "val_budget_40"
@@ -157,11 +159,28 @@ def config_table(results: dict[str, list[EvaluatedRun]], configs: list[Config],
 POINTS = {"@τ_train": "τ_infer = τ_train", "@0.9": "τ = 0.9", "@val_budget_40": "matched cost (40 %)"}
 
 
-def grid_verdicts(table: pd.DataFrame, margin: float = verdicts.MARGIN) -> pd.DataFrame:
-    """Every configuration against joint_uniform at each point, paired by seed, with cgt.evaluation.verdicts' rule
-    (accuracy; at matched cost, quality alone)."""
-    return pd.DataFrame([{"config": name, **paired_verdicts(table, name, REFERENCE.name, margin)}
-                         for name in table["config"].unique() if name != REFERENCE.name])
+def reference_for(config: Config) -> Config:
+    """What a configuration is compared with: joint_uniform trained with the same recipe (like for like —
+    a label-smoothed configuration against a label-smoothed joint_uniform)."""
+    smoothing = config.train.get("label_smoothing")
+    return with_label_smoothing(REFERENCE, smoothing) if smoothing else REFERENCE
+
+
+def grid_verdicts(table: pd.DataFrame, configs: list[Config], margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """Every configuration against joint_uniform trained with the same recipe (`reference_for`) at each
+    point, paired by seed, with cgt.evaluation.verdicts' rule (accuracy; at matched cost, quality alone)."""
+    references = {reference_for(c).name for c in configs} | {REFERENCE.name}
+    present = set(table["config"])
+    rows = []
+    for c in configs:
+        if c.name in references:
+            continue
+        reference = reference_for(c).name
+        if reference not in present:
+            raise ValueError(f"configuration {c.name!r} needs its like-for-like reference {reference!r} in the table "
+                             f"(train it with run_grid)")
+        rows.append({"config": c.name, "against": reference, **paired_verdicts(table, c.name, reference, margin)})
+    return pd.DataFrame(rows)
 
 
 def recipe_verdicts(table: pd.DataFrame, pairs: list[tuple[Config, Config]],
@@ -211,23 +230,43 @@ def gate_vs_routing(results: dict[str, list[EvaluatedRun]], configs: list[Config
     return pd.DataFrame(rows)
 
 
-def interference_summary(histories: dict[str, list[dict]]) -> pd.DataFrame:
-    """Per method, over the second half of training's gradient records (cgt.interference): the mean cosine
-    between the first and the last exit's gradients on the shared blocks, the lowest mean cosine of any
-    pair, and each exit's mean share of the gradient norm."""
+def interference_summary(histories: dict[str, list[list[dict]]]) -> pd.DataFrame:
+    """Per method, over seeds (`histories`: method → one training history per seed): each seed's mean over
+    the second half of its gradient records (cgt.interference), then the mean over seeds with a 95 %
+    Student-t interval — the cosine between the first and the last exit's gradients on the block both
+    reach, the lowest pair cosine, and each exit's share of the gradient norm on block 0."""
     rows = []
-    for method, hist in histories.items():
-        records = [g for h in hist for g in h.get("gradients", [])]
-        late = records[len(records) // 2:]
-        if not late:
+    for method, per_seed in histories.items():
+        seeds = []
+        for hist in per_seed:
+            records = [g for h in hist for g in h.get("gradients", [])]
+            late = records[len(records) // 2:]
+            if late:
+                seeds.append(_late_interference(late))
+        if not seeds:
             continue
-        num_exits = len(late[0]["norm_share"])
-        pair_means = {(a, b): np.nanmean([np.nan if g["cosine"][a][b] is None else g["cosine"][a][b] for g in late])
-                      for a in range(num_exits) for b in range(a + 1, num_exits)}
-        row = {"method": method, "records": len(late),
-               f"cos exits 1·{num_exits}": round(float(pair_means[(0, num_exits - 1)]), 3),
-               "lowest pair cos": round(float(min(pair_means.values())), 3)}
+        num_exits = len(seeds[0]["shares"])
+        row = {"method": method, "seeds": len(seeds),
+               f"cos exits 1·{num_exits}": _over_seeds([s["cos_first_last"] for s in seeds], 3),
+               "lowest pair cos": _over_seeds([s["lowest"] for s in seeds], 3)}
         for e in range(num_exits):
-            row[f"exit {e + 1} norm share %"] = round(100 * float(np.mean([g["norm_share"][e] for g in late])), 1)
+            row[f"exit {e + 1} norm share %"] = _over_seeds([100 * s["shares"][e] for s in seeds], 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _late_interference(late: list[dict]) -> dict[str, Any]:
+    """One seed's late-training means: first-vs-last cosine, the lowest pair cosine, the norm shares."""
+    num_exits = len(late[0]["norm_share"])
+    pair_means = {(a, b): np.nanmean([np.nan if g["cosine"][a][b] is None else g["cosine"][a][b] for g in late])
+                  for a in range(num_exits) for b in range(a + 1, num_exits)}
+    return {"cos_first_last": float(pair_means[(0, num_exits - 1)]), "lowest": float(min(pair_means.values())),
+            "shares": [float(np.mean([g["norm_share"][e] for g in late])) for e in range(num_exits)]}
+
+
+def _over_seeds(values: list[float], decimals: int) -> str:
+    """'mean [95 % t interval]' over seeds (the mean alone for one seed)."""
+    if len(values) < 2:
+        return f"{values[0]:.{decimals}f}"
+    i = verdicts.t_interval(values)
+    return f"{i.mean:.{decimals}f} [{i.low:.{decimals}f}, {i.high:.{decimals}f}]"

@@ -98,9 +98,9 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
         configs = [ablations.REFERENCE, *ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]]
         grid = [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None)
                 for c in configs for s in grid_seeds]
-        logged = [RunRequest(dataset, profile, m, grid_seeds[0], split,
+        logged = [RunRequest(dataset, profile, m, s, split,
                              train_overrides={"log_gradients_every": ablations.LOG_GRADIENTS_EVERY})
-                  for m in ablations.INTERFERENCE_METHODS]
+                  for m in ablations.INTERFERENCE_METHODS for s in seeds[:ablations.INTERFERENCE_SEEDS]]
         return grid + logged
     return []
 

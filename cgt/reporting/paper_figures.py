@@ -21,7 +21,7 @@ from ..experiments.paths import figures_dir, runs_dir
 from ..experiments.provenance import project_relative, write_sidecar
 from ..experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target, load_dataset, load_finished
 from ..inference import early_exit_forward
-from ..methods import METHODS
+from ..methods import COMPARED
 from ..policy import PAPER_TAU
 from . import plots
 from .tables import (
@@ -69,7 +69,7 @@ def collect(profile: str, dataset: str, methods: list[str] | None = None, split:
     """Load every finished run of the profile (raises if one is missing: nothing is trained here) and
     add the common-target operating point (one validation-accuracy target per seed for all methods)."""
     t0 = time.perf_counter()
-    records = load_finished(dataset, profile, methods or list(METHODS), split=split)
+    records = load_finished(dataset, profile, methods or COMPARED, split=split)
     add_common_target(records)
     class_names = load_dataset(dataset, profile, split=split).class_names
     label = display_name(dataset) + ("_spatial" if split == "spatial" else "")
