@@ -31,7 +31,7 @@ from ..inference import exits_from_logits
 from ..policy import PAPER_TAU, check_policy, never_exit
 from ..runs import TrainedRun
 from .metrics import early_exit_metrics, per_exit_metrics
-from .thresholds import Candidates, candidates, pick, sweep_global
+from .thresholds import Candidates, budget_reached, candidates, pick, sweep_global
 
 
 @dataclass
@@ -90,8 +90,12 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
                                        f"last exit's accuracy")
     for budget in cfg.budgets:
         taus, met = pick(fitted, "budget", budget=budget)
+        reached = budget_reached(fitted, budget)
         points[budget_point_name(budget)] = at(taus, f"fitted on validation: most accurate at relative cost <= {budget}"
-                                                     + ("" if met else " (unreachable: all leave at exit 1)"))
+                                                     + ("" if met else " (unreachable: all leave at exit 1)")
+                                                     + ("" if reached or not met else
+                                                        " (cannot spend it: no setting costs >= 90 % of it)"))
+        points[budget_point_name(budget)]["budget_reached"] = reached
     points |= _risk_controlled_points(splits, at, cfg)
     sweep_val = sweep_global(val_logits, y_val, costs, cfg.policy)
     sweep_test = sweep_global(test_logits, y_test, costs, cfg.policy, grid=sweep_val.thresholds[:, 0])
@@ -135,16 +139,19 @@ def _budget_curve(fitted: Candidates, splits: dict, costs: ExitCosts, num_classe
     """Test accuracy and macro-F1 of the validation-fitted point at each budget, and their means over
     the budgets (the area under the curve divided by its width: one number per run, higher is better)."""
     test_logits, y_test = splits["test"]
-    curve = {"budget": list(cfg.curve_budgets), "test_accuracy": [], "test_f1_macro": [], "test_relative_cost": []}
+    val_logits, y_val = splits["val"]
+    curve = {"budget": list(cfg.curve_budgets), "test_accuracy": [], "test_f1_macro": [], "test_relative_cost": [],
+             "val_accuracy": []}
     for budget in cfg.curve_budgets:
-        taus, _ = pick(fitted, "budget", budget=budget)
-        m = early_exit_metrics(test_logits, y_test, *exits_from_logits(test_logits, [float(t) for t in taus], cfg.policy),
-                               costs, num_classes)
+        taus = [float(t) for t in pick(fitted, "budget", budget=budget)[0]]
+        m = early_exit_metrics(test_logits, y_test, *exits_from_logits(test_logits, taus, cfg.policy), costs, num_classes)
         curve["test_accuracy"].append(m["accuracy"])
         curve["test_f1_macro"].append(m["f1_macro"])
         curve["test_relative_cost"].append(m["avg_cost_relative"])
+        curve["val_accuracy"].append(float((exits_from_logits(val_logits, taus, cfg.policy)[0] == y_val).float().mean()))
     curve["auc_accuracy"] = float(np.mean(curve["test_accuracy"]))
     curve["auc_f1_macro"] = float(np.mean(curve["test_f1_macro"]))
+    curve["val_auc_accuracy"] = float(np.mean(curve["val_accuracy"]))  # what a rival is chosen by
     return curve
 
 
@@ -181,14 +188,17 @@ TABLE_COLUMNS = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_
 
 def metrics_table(all_metrics: list[dict], split: str = "test") -> pd.DataFrame:
     """One tidy row per (dataset, method, seed, operating point); on test, plus one `auc` row per run:
-    the mean test accuracy, macro-F1 and cost of the validation-fitted accuracy–cost curve."""
+    the mean test accuracy, macro-F1 and cost of the validation-fitted accuracy–cost curve. Every row
+    carries the point's validation accuracy (`val_accuracy`: what rivals and configurations are chosen
+    by) and `objective_met` (a common target reached; a budget the method can spend)."""
     rows = []
     for m in all_metrics:
         ident = {"dataset": m["run"]["dataset"], "method": m["run"]["method"], "seed": m["run"]["seed"]}
         for point, values in m["operating_points"].items():
             v = values[split]
             row = ident | {"operating_point": point, "thresholds": values["thresholds"],
-                           "objective_met": values.get("target_reached", True)}
+                           "objective_met": values.get("target_reached", values.get("budget_reached", True)),
+                           "val_accuracy": values["val"]["accuracy"]}
             row |= {c: v[c] for c in TABLE_COLUMNS if c in v}
             row |= {f"exit{e + 1}_pct": 100 * f for e, f in enumerate(v["exit_distribution"])}
             row |= {f"exit{e + 1}_acc": a for e, a in enumerate(m["per_exit"][split]["accuracy"])}
@@ -198,5 +208,6 @@ def metrics_table(all_metrics: list[dict], split: str = "test") -> pd.DataFrame:
             curve = m["budget_curve"]
             rows.append(ident | {"operating_point": "auc", "accuracy": curve["auc_accuracy"],
                                  "f1_macro": curve["auc_f1_macro"],
-                                 "avg_cost_relative": float(np.mean(curve["test_relative_cost"]))})
+                                 "avg_cost_relative": float(np.mean(curve["test_relative_cost"])),
+                                 "val_accuracy": curve.get("val_auc_accuracy", np.nan)})
     return pd.DataFrame(rows)

@@ -38,7 +38,7 @@ from ..cost import ExitCosts
 from ..inference import exits_from_logits
 from ..methods import JOINT_BASELINES
 from ..policy import check_policy
-from .thresholds import Candidates, candidates, pick
+from .thresholds import REACHED_FRACTION, Candidates, candidates, max_affordable_cost, pick
 from .verdicts import MARGIN, holm
 
 ALPHA = 0.05
@@ -47,9 +47,6 @@ PRIMARY_BUDGET = 0.5
 """The matched budget of the macro-F1 endpoint, relative to the full network's FLOPs."""
 CURVE_BUDGETS = tuple(np.round(np.arange(0.25, 1.0001, 0.05), 2).tolist())
 """Budgets of the validation-fitted accuracy–cost curve whose mean test accuracy is the AUC endpoint."""
-REACHED_FRACTION = 0.9
-"""A method 'reaches' a budget b when some threshold setting spends between 0.9·b and b on validation
-(it *can* spend the budget; whether spending it pays is the fit's business)."""
 RARE_TRAIN_SAMPLES = 30
 """A class with fewer training samples than this is 'rare' in the macro-F1 decomposition."""
 BOOTSTRAP_SAMPLES = 4000
@@ -89,8 +86,7 @@ def fit_at_budget(run: RunLogits, costs: ExitCosts, budget: float, policy: str =
     fitted = run.fitted(costs, policy)
     taus, _ = pick(fitted, "budget", budget=budget)
     taus = [float(t) for t in taus]
-    affordable = fitted.val.relative_cost[fitted.val.relative_cost <= budget + 1e-12]
-    out = {"thresholds": taus, "max_val_cost": float(affordable.max(initial=0.0))}
+    out = {"thresholds": taus, "max_val_cost": max_affordable_cost(fitted, budget)}
     for split, (logits, y) in {"val": (run.val, run.y_val), "test": (run.test, run.y_test)}.items():
         preds, exits = exits_from_logits(logits, taus, policy)
         fractions = np.bincount(exits.numpy(), minlength=logits.shape[0]) / len(y)

@@ -130,6 +130,22 @@ def pick(c: Candidates, objective: str, tolerance: float = 0.005, budget: float 
     return c.settings[most_accurate_first[0]], False
 
 
+REACHED_FRACTION = 0.9
+"""A method 'reaches' a budget b when some threshold setting spends between 0.9·b and b on validation
+(it *can* spend the budget; whether spending it pays is the fit's business)."""
+
+
+def max_affordable_cost(c: Candidates, budget: float) -> float:
+    """The most any candidate setting spends on validation within `budget` (0 when none fits)."""
+    cost = c.val.relative_cost
+    return float(cost[cost <= budget + 1e-12].max(initial=0.0))
+
+
+def budget_reached(c: Candidates, budget: float) -> bool:
+    """Whether the method can spend (nearly) `budget` on validation: REACHED_FRACTION of it."""
+    return max_affordable_cost(c, budget) >= REACHED_FRACTION * budget - 1e-12
+
+
 def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
                         policy: str = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
                         target: float | None = None, per_exit: int = 24) -> np.ndarray:
