@@ -27,12 +27,14 @@ test: data
 test-fast: data
 	$(PY) -m pytest -m "not slow"
 
-# The whole paper: every notebook, both datasets, every method, 5 seeds; the wall-clock benchmark of
-# the trained models; then the README results (every number in them from these artifacts).
+# The whole paper: every notebook, both datasets, every method, 5 seeds; the pre-registered verdicts
+# (PREREGISTRATION.md); the wall-clock benchmark of the trained models; then the README results (every
+# number in them from these artifacts).
 # PAPER_ARGS: e.g. "--workers 2" (train the runs first on 2 local processes) or "--scheduler tcp://HOST:8786".
 PAPER_ARGS ?=
 paper: data
 	$(PY) -m cgt paper --profile paper $(PAPER_ARGS)
+	$(PY) -m cgt verdicts --profile paper
 	$(PY) -m cgt bench --profile paper
 	$(PY) -m cgt results --profile paper
 

@@ -136,6 +136,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    from .reporting.primary_tables import write_primary
+
+    written = write_primary(args.profile)
+    print(f"pre-registered verdicts (PREREGISTRATION.md) written: {', '.join(str(p) for p in written[::2])}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .deployment.exported import export_run
 
@@ -223,6 +231,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", nargs="+", default=None, choices=list(BUILTIN))
     p.add_argument("--stdout", action="store_true", help="print the section instead of editing README.md")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("verdicts", help="the pre-registered analysis (PREREGISTRATION.md) of a profile's finished runs")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.set_defaults(func=cmd_verdicts)
 
     p = sub.add_parser("export", help="write a finished run as one ONNX graph per exit segment (ONNX Runtime early exit)")
     p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")

@@ -151,3 +151,19 @@ def test_primary_family_end_to_end_on_two_groups():
 def test_fewer_than_two_paired_replicates_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         compare([run("hard_cgt", (0,), 0.9, 0.9)], [run("joint_uniform", (1,), 0.9, 0.9)], COSTS, K)
+
+
+def test_the_shown_table_rounds_for_reading_and_keeps_costs_and_reach():
+    from cgt.reporting.primary_tables import shown
+
+    family = categorise(pd.DataFrame([{
+        "dataset": "indian_pines", "protocol": "blocked", "CGT": "soft_cgt", "comparator": "joint_uniform",
+        "endpoint": "f1_matched", "n": 10, "delta": 1.23456, "ci_low": -0.5, "ci_high": 2.9,
+        "p_superiority": 0.2, "p_non_inferiority": 0.01, "p_inferiority": 0.99, "cgt_cost": 0.21234,
+        "rival_cost": 0.2, "cgt_reached": "0/10", "rival_reached": "10/10", "delta_rare": 1.0, "delta_rest": 0.23456}]))
+    (row,) = shown(family).to_dict("records")
+    assert row["protocol"] == "blocked CV" and row["verdict"] == primary.NON_INFERIOR
+    assert row["Δ, points [95% bootstrap CI]"] == "+1.23 [-0.50, +2.90]"
+    assert row["rel. cost CGT / comparator"] == "0.212 / 0.200"
+    assert row["budget reached CGT / comparator"] == "0/10 / 10/10"
+    assert row["Δ from rare / other classes"] == "+1.00 / +0.23"

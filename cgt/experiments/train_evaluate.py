@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
+import numpy as np
+
 from .. import distributed
 from ..cost import ExitCosts, exit_costs
 from ..data import BUILTIN, PreparedData, load, resolve
@@ -40,6 +42,8 @@ class EvaluatedRun:
     run: TrainedRun
     metrics: dict
     costs: ExitCosts
+    train_counts: np.ndarray | None = None
+    """(K,) training samples per class of the data this run trained on (rare-class analyses)."""
 
 
 SPLITS = ("random", "spatial")
@@ -192,7 +196,7 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
         print(f"{data.name} {method} seed {seed}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
               f"at tau 0.9 acc {tp['paper_tau']['test']['accuracy']:.4f} "
               f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
-    return EvaluatedRun(method, seed, run, metrics, costs)
+    return EvaluatedRun(method, seed, run, metrics, costs, data.counts()["train"])
 
 
 def _relative_run(run: TrainedRun) -> str:

@@ -5,5 +5,6 @@
     dataviz        figures and tables of the data before training
     views          the notebooks' shared views (tables and figures, one call each)
     paper_figures  notebook 04: every table and figure from the finished runs of a profile
+    primary_tables the pre-registered verdicts (cgt.evaluation.primary) of a profile's runs, as tables
     readme         the README's results block, from artifacts only
 """
