@@ -121,18 +121,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from .experiments.paths import figures_dir, project_root, runs_dir
-    from .reporting.readme import publish_timing, results_markdown, update_readme, write_block
+    from .reporting.readme import headline_markdown, publish_timing, update_readme
+    from .reporting.results_pages import write_pages
 
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
-    datasets = args.dataset or list(BUILTIN)
-    section = results_markdown(fig_dir, datasets, [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
-    block = write_block(fig_dir, section)
+    datasets = sorted({p.name[len("metrics_"):-len("_all_runs.csv")] for p in fig_dir.glob("metrics_*_all_runs.csv")})
+    if not datasets:
+        raise FileNotFoundError(f"no result tables in {fig_dir}: run `python -m cgt paper --profile {args.profile}` first")
+    block = headline_markdown(fig_dir)
     if PROFILES[args.profile].publishes and not args.stdout:
-        update_readme(project_root() / "README.md", section)
-        print(f"README.md results section regenerated from {fig_dir} (also in {block})")
+        pages = write_pages(fig_dir, project_root() / "results", datasets,
+                            [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
+        update_readme(project_root() / "README.md", block)
+        print(f"README.md answer block and {len(pages)} results pages (results/) regenerated from {fig_dir}")
     else:
-        print(section)
+        print(block)
     return 0
 
 
@@ -226,10 +230,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="paper", choices=profiles)
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("results", help="regenerate the README's results section from the tables 04_figures wrote")
+    p = sub.add_parser("results", help="regenerate the README's answer block and the results pages (results/)")
     p.add_argument("--profile", default="paper", choices=profiles)
-    p.add_argument("--dataset", nargs="+", default=None, choices=list(BUILTIN))
-    p.add_argument("--stdout", action="store_true", help="print the section instead of editing README.md")
+    p.add_argument("--stdout", action="store_true", help="print the answer block instead of writing README.md and results/")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("verdicts", help="the pre-registered analysis (PREREGISTRATION.md) of a profile's finished runs")

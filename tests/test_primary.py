@@ -167,3 +167,11 @@ def test_the_shown_table_rounds_for_reading_and_keeps_costs_and_reach():
     assert row["rel. cost CGT / comparator"] == "0.212 / 0.200"
     assert row["budget reached CGT / comparator"] == "0/10 / 10/10"
     assert row["Δ from rare / other classes"] == "+1.00 / +0.23"
+
+
+def test_the_answer_per_dataset_follows_the_preregistered_rule():
+    S, N, C, I = primary.SUPPORTED, primary.NON_INFERIOR, primary.CONTRADICTED, primary.INCONCLUSIVE
+    assert primary.dataset_answer([S, N, I, I, N, N]) == primary.REPRODUCED
+    assert primary.dataset_answer([S, C, N, N, N, N]) == primary.CANNOT_TELL      # mixed
+    assert primary.dataset_answer([N, N, C, N, N, N]) == primary.NOT_REPRODUCED
+    assert primary.dataset_answer([N, I, N, N, N, N]) == primary.CANNOT_TELL     # one row could not tell

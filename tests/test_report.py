@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cgt.evaluation import verdicts
-from cgt.reporting import readme
+from cgt.reporting import readme, results_pages
 from cgt.reporting.tables import (
     comparisons,
     format_pm,
@@ -121,21 +121,21 @@ def test_per_class_f1_skips_classes_without_test_samples(table):
     assert list(f1.columns) == ["joint_uniform", "hard_cgt", "soft_cgt", "soft_cgt_linear"]
 
 
-def test_readme_block_is_made_of_the_tables(table, tmp_path):
+def test_the_results_pages_are_made_of_the_tables(table, tmp_path):
     """The sentences about the claim are counted from the verdict tables; nothing else is invented."""
     verdict = verdict_table(table, "paper_tau")
     for name, df in {"verdicts_paper_tau": verdict, "verdicts_val_common_target": verdict,
                      "verdicts_matched_cost": matched_cost_table(table, ["val_budget_40"]),
                      "vs_paper": paper_comparison(summarise(table, "paper_tau"))}.items():
         write_table(df, tmp_path / f"table_toy_{name}")
-    bullets = readme.reading(tmp_path, "toy")
+    bullets = results_pages.reading(tmp_path, "toy")
     assert bullets[0].startswith("* **At the paper's fixed τ = 0.9** (3 comparisons, n = 5 paired seeds)")
     assert "accuracy: 1 supported, 1 cheaper, non-inferior, 1 contradicted" in bullets[0]
     assert "favourable: `hard_cgt` vs `joint_uniform`; `soft_cgt` vs `joint_uniform`" in bullets[0]
     assert "more accurate: `hard_cgt` vs `joint_uniform` (val_budget_40)" in bullets[2]
     # soft_cgt: macro 88 / 88 / 88, weighted 90 / 90 / 90 against the paper's 95 / 96 / 95
     assert "is closer to our weighted averaging (90.0 / 90.0 / 90.0; macro: 88.0 / 88.0 / 88.0)" in \
-        readme.averaging_sentence(tmp_path, ["toy"])
+        results_pages.averaging_sentence(tmp_path, ["toy"])
 
 
 def _gpu_record(speedups: list[float]) -> dict:
@@ -156,20 +156,20 @@ def _gpu_record(speedups: list[float]) -> dict:
 def test_gpu_and_scaling_parts_quote_the_artifact(tmp_path):
     import json
 
-    assert "Not measured on a GPU" in "\n".join(readme.gpu_section(tmp_path))
+    assert "Not measured on a GPU" in "\n".join(results_pages.gpu_section(tmp_path))
     (tmp_path / "cuda_check.json").write_text(json.dumps(_gpu_record([0.5, 1.25])))
-    text = "\n".join(readme.gpu_section(tmp_path))
+    text = "\n".join(results_pages.gpu_section(tmp_path))
     assert "| cuda | fp32 | 2 | 1.50 | 0.800 / 0.850 / 0.900 |" in text and "commit `abcdef0`" in text
     assert "in 1 exits and 0 predictions" in text and "| 1024 | 1.00 | 2.00 | 0.50× |" in text
     assert "At batch 1024 the early-exit pass is *slower*" in text
     (tmp_path / "cuda_check.json").write_text(json.dumps(_gpu_record([1.5, 1.25])))
-    assert "*slower*" not in "\n".join(readme.gpu_section(tmp_path))
-    scaling = "\n".join(readme.scaling_section(tmp_path))
+    assert "*slower*" not in "\n".join(results_pages.gpu_section(tmp_path))
+    scaling = "\n".join(results_pages.scaling_section(tmp_path))
     assert "| speed-up over 1 worker | 1.00× | 2.50× |" in scaling and "not measured yet" in scaling
     (tmp_path / "runner_scaling.json").write_text(json.dumps(
         {**_gpu_record([1, 1])["runner_scaling"], "device": "cpu: x86_64, 2 threads", "cpu_cores": 2,
          "git": {"commit": "1234567"}}))
-    scaling = "\n".join(readme.scaling_section(tmp_path))
+    scaling = "\n".join(results_pages.scaling_section(tmp_path))
     assert "`figures/runner_scaling.json` (cpu: x86_64, 2 threads, 2 cores" in scaling and "not measured yet" not in scaling
 
 
@@ -189,14 +189,14 @@ def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):
     (tmp_path / "pipeline_workers_quick.json").write_text(json.dumps(
         {"profile": "quick", "device": "cpu: x86_64, 2 threads", "git": {"commit": "1234567abc"},
          "rows": [{"workers": 1, "wall_s": 900.0}, {"workers": 2, "wall_s": 600.0}], "speedup": 1.5}))
-    text = "\n".join(readme.scaling_section(tmp_path))
+    text = "\n".join(results_pages.scaling_section(tmp_path))
     assert "serially 15.0 min, with `--workers 2` 10.0 min (1.50× faster)." in text and "Less than" not in text
     # beside a run-list measurement on the same kind of machine that gained more, the gap is explained
     rows = [{"workers": n, "runs": 16, "wall_s": w, "mean_run_s": 6.0, "speedup_vs_1_worker": sp}
             for n, w, sp in ((1, 100.0, 1.0), (2, 54.3, 1.84))]
     (tmp_path / "runner_scaling.json").write_text(json.dumps(
         {**_gpu_record([1, 1])["runner_scaling"], "rows": rows, "device": "cpu", "cpu_cores": 2, "git": {"commit": "1"}}))
-    assert "Less than the 1.84× of the run list above" in "\n".join(readme.scaling_section(tmp_path))
+    assert "Less than the 1.84× of the run list above" in "\n".join(results_pages.scaling_section(tmp_path))
 
 
 def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_path):
@@ -211,9 +211,30 @@ def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_pa
     write_table(df, tmp_path / "table_toy_ablation_verdicts")
     write_table(pd.DataFrame({"config": ["joint_uniform"], "exit 1: train weight %": [33.3],
                               "exit 1: test routed %": [71.0]}), tmp_path / "table_toy_ablation_gating")
-    text = "\n".join(readme.ablation_section(tmp_path, "toy"))
+    text = "\n".join(results_pages.ablation_section(tmp_path, "toy"))
     assert f"On toy, {ablations.GRID_WORDS['reduced']}. {len(names)} configurations" in text
     assert f"{verdicts.NON_INFERIOR}" in text and f"(favourable: `{names[0]}`)" in text
     assert "Training-time gating against test-time routing" in text and "exit 1: test routed %" in text
     assert ablations.grid_of(names + ["joint_uniform"]) == "reduced"
     assert ablations.grid_of([c.name for c in ablations.GRIDS["full"]]) == "full" and ablations.grid_of(["x"]) is None
+
+
+def test_the_readme_answer_block_is_made_of_the_artifacts(table, tmp_path):
+    """Without pre-registered verdicts the block says so; with them, each dataset gets its answer by the
+    pre-registered rule, and the headline table quotes the matched-budget point's means and the verdicts."""
+    from cgt.evaluation import primary
+
+    rows = [row(m, s, point="val_budget_50", accuracy=0.9 + 0.01 * k, f1=0.8, cost=0.5)
+            for k, m in enumerate(["joint_uniform", "hard_cgt"]) for s in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics_fashion_mnist_all_runs.csv", index=False)
+    block = readme.headline_markdown(tmp_path)
+    assert "Not answered yet at this commit" in block
+    assert "| `joint_uniform` | 90.00 | 80.00 | 0.500 | — |" in block
+    assert "| `hard_cgt` | 91.00 | 80.00 | 0.500 | — |" in block
+    verdict_rows = [{"dataset": "fashion_mnist", "protocol": "random", "CGT": "hard_cgt", "comparator": "joint_uniform",
+                     "endpoint": e, "delta": d, "ci_low": d - 1, "ci_high": d + 1, "verdict": v}
+                    for e, d, v in (("auc", 1.5, primary.SUPPORTED), ("f1_matched", 0.1, primary.NON_INFERIOR))]
+    pd.DataFrame(verdict_rows).to_csv(tmp_path / "table_primary_verdicts_raw.csv", index=False)
+    block = readme.headline_markdown(tmp_path)
+    assert "**fashion_mnist** (random; against `joint_uniform`, chosen on validation): **reproduced**" in block
+    assert f"| `hard_cgt` | 91.00 | 80.00 | 0.500 | {primary.SUPPORTED} · {primary.NON_INFERIOR} |" in block

@@ -279,6 +279,23 @@ def categorise(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     return out
 
 
+REPRODUCED, NOT_REPRODUCED, CANNOT_TELL = "reproduced", "not reproduced", "cannot tell"
+
+
+def dataset_answer(categories: Sequence[str]) -> str:
+    """The pre-registered answer for one dataset from its rows' verdicts: reproduced when some row is
+    supported and none contradicted; not reproduced when none is supported and every row is non-inferior
+    or contradicted (the data can tell, and CGT is not better); otherwise cannot tell."""
+    categories = list(categories)
+    if not categories:
+        raise ValueError("no verdicts to answer from")
+    if SUPPORTED in categories and CONTRADICTED not in categories:
+        return REPRODUCED
+    if SUPPORTED not in categories and all(c in (NON_INFERIOR, CONTRADICTED) for c in categories):
+        return NOT_REPRODUCED
+    return CANNOT_TELL
+
+
 def primary_family(groups: dict[tuple[str, str], dict], cgt_methods: Sequence[str], policy: str = "max_softmax",
                    samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The whole pre-registered family. `groups`: (dataset, protocol) → {"runs": [RunLogits], "costs":

@@ -6,5 +6,6 @@
     views          the notebooks' shared views (tables and figures, one call each)
     paper_figures  notebook 04: every table and figure from the finished runs of a profile
     primary_tables the pre-registered verdicts (cgt.evaluation.primary) of a profile's runs, as tables
-    readme         the README's results block, from artifacts only
+    results_pages  the results pages (results/*.md): every detailed table once, from artifacts only
+    readme         the README's answer block: the verdicts, one headline table per dataset and protocol
 """

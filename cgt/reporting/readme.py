@@ -1,6 +1,7 @@
-"""The README's results block, assembled from artifacts only: the tables and figures notebook 04 wrote,
-the pipeline's timing record, the benchmark's bench.json. Every number and every sentence about the
-paper's claim below the results marker is generated here; nothing between the markers is typed.
+"""The README's answer block, assembled from artifacts only: the pre-registered verdicts, one headline table
+per dataset and protocol, one figure, the commands' measured times. Every number in it is generated here;
+nothing between the markers is typed. The detailed tables live once each on the results pages
+(cgt.reporting.results_pages).
 
     python -m cgt results [--profile paper] [--stdout]
 """
@@ -8,20 +9,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ..evaluation import verdicts
-from ..experiments import ablations
+from ..evaluation import primary
+from ..evaluation.evaluate import budget_point_name
 from ..experiments.provenance import project_relative, write_sidecar
 from ..fileio import atomic_path, read_json, write_json_atomic
-from ..methods import CGT_METHODS, JOINT_BASELINES
-from .tables import PAPER_REPORTED, QUALITY
+from ..methods import CGT_METHODS, display_order
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 TIMING = "pipeline_timing.json"
 RUNNER_STEP = "training runs"
-POINT_WORDS = {"paper_tau": "at the paper's fixed τ = 0.9",
-               "val_common_target": "at the common validation-fitted operating point"}
+HEADLINE_POINT = budget_point_name(primary.PRIMARY_BUDGET)
+"""The headline tables' operating point: the pre-registered matched budget, fitted on validation."""
+PROTOCOLS = {  # table label (metrics_<label>_all_runs.csv) → (dataset, protocol, what it is for)
+    "fashion_mnist": ("fashion_mnist", "random", "Fashion-MNIST, its own train/test split (primary)"),
+    "indian_pines_blocked": ("indian_pines", "blocked", "Indian Pines, spatially blocked cross-validation (primary)"),
+    "indian_pines_spatial": ("indian_pines", "spatial", "Indian Pines, directional spatial split (stress test)"),
+    "indian_pines": ("indian_pines", "random", "Indian Pines, random pixel split (the paper's; patches leak)"),
+}
 
 
 def publish_timing(runs_profile_dir: Path, fig_dir: Path) -> dict | None:
@@ -40,28 +47,8 @@ def publish_timing(runs_profile_dir: Path, fig_dir: Path) -> dict | None:
     return published
 
 
-def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
-    md, csv = fig_dir / f"table_{ds}_{name}.md", fig_dir / f"table_{ds}_{name}.csv"
-    if not md.exists() or not csv.exists():
-        raise FileNotFoundError(f"missing result table {md}: run `python -m cgt paper` first")
-    return md.read_text(), pd.read_csv(csv)
-
-
-def _newer_table(fig_dir: Path, ds: str, name: str) -> str:
-    """A table that pipeline runs older than it do not write: its Markdown, or a note saying so."""
-    if not (fig_dir / f"table_{ds}_{name}.md").exists():
-        return (f"*Not in these figures: `table_{ds}_{name}` is written by pipeline runs newer than the one that "
-                f"wrote them; the next `make paper` adds it.*")
-    return _table(fig_dir, ds, name)[0]
-
-
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _signed(value, digits: int = 2) -> str:
-    """A paired difference as the tables print it (+0.38); read back from CSV it lost its sign."""
-    return f"{value:+.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
 def _describe(t: dict) -> str:
@@ -101,400 +88,6 @@ def timing_sentence(fig_dir: Path, datasets: list[str]) -> str:
                    "earlier commit is reused only while that code is unchanged.")
 
 
-def rule_paragraph() -> str:
-    d = verdicts.MARGIN
-    return (f"**How the claim is judged** (`cgt/evaluation/verdicts.py`; margins fixed before any run was looked at). For each "
-            f"CGT variant against each fixed-weight joint baseline, every seed gives a paired difference (same seed = "
-            f"same initialisation and data order), CGT − baseline, in relative cost and in points of accuracy or "
-            f"macro-F1; intervals are Student-t over the seeds, ± is the sample SD. **supported**: the cost "
-            f"difference's 95 % CI lies below 0 and the quality difference's 95 % CI above 0; **cheaper, "
-            f"non-inferior**: cost 95 % CI below 0 and the quality difference's 90 % CI lower bound above −δ "
-            f"(δ = {d} points); **contradicted**: quality 95 % CI entirely below −δ, or cost 95 % CI entirely above 0; "
-            f"**inconclusive** otherwise (fewer than 2 seeds: *insufficient seeds*). At matched cost the quality "
-            f"difference alone decides (*more accurate* / *non-inferior* / *contradicted* / *inconclusive*). "
-            f"The tables are exploratory: each states its number of comparisons, and p-values (two-sided paired "
-            f"t-tests) are Holm-adjusted over all of a table's comparisons and both quality metrics.")
-
-
-def _counts_sentence(df: pd.DataFrame, label: str) -> str:
-    counts = df[f"verdict ({label})"].value_counts()
-    order = [verdicts.SUPPORTED, verdicts.NON_INFERIOR, verdicts.MORE_ACCURATE, verdicts.NON_INFERIOR_MATCHED,
-             verdicts.CONTRADICTED, verdicts.INCONCLUSIVE, verdicts.INSUFFICIENT]
-    return ", ".join(f"{counts[c]} {c}" for c in order if c in counts)
-
-
-def _named(df: pd.DataFrame, label: str, categories: tuple[str, ...], with_point: bool = False) -> str:
-    rows = df[df[f"verdict ({label})"].isin(categories)]
-    return "; ".join(f"`{r['CGT']}` vs `{r['vs']}`" + (f" ({r['at']})" if with_point else "") for _, r in rows.iterrows())
-
-
-def reading(fig_dir: Path, ds: str) -> list[str]:
-    """Bullet points on the claim for one dataset, derived from its verdict tables."""
-    bullets = []
-    for point, words in POINT_WORDS.items():
-        _, df = _table(fig_dir, ds, f"verdicts_{point}")
-        if df.empty:
-            continue
-        parts = []
-        for label in QUALITY.values():
-            named = _named(df, label, (verdicts.SUPPORTED, verdicts.NON_INFERIOR))
-            parts.append(f"{label}: {_counts_sentence(df, label)}" + (f" (favourable: {named})" if named else ""))
-        bullets.append(f"* **{words.capitalize()}** ({len(df)} comparisons, n = {df['n (seeds)'].min()} paired "
-                       f"seeds): " + "; ".join(parts) + ".")
-    _, df = _table(fig_dir, ds, "verdicts_matched_cost")
-    if not df.empty:
-        parts = []
-        for label in QUALITY.values():
-            named = _named(df, label, (verdicts.MORE_ACCURATE,), with_point=True)
-            parts.append(f"{label}: {_counts_sentence(df, label)}" + (f" (more accurate: {named})" if named else ""))
-        bullets.append(f"* **At matched cost** ({len(df)} comparisons over the budgets "
-                       f"{', '.join(sorted(set(df['at'])))}): " + "; ".join(parts) + ".")
-    return bullets
-
-
-def averaging_sentence(fig_dir: Path, datasets: list[str], min_gap: float = 1.0) -> str:
-    """Which F1 averaging the paper's SoftCGT numbers fit better, judged only on the datasets where
-    macro and weighted averages differ (on balanced classes they coincide and cannot tell)."""
-    paper = PAPER_REPORTED.set_index("method").loc["soft_cgt"]
-    sentences = ["The paper does not say how its F1 / precision / recall are averaged "
-                 "(weighted recall is by definition the overall accuracy)."]
-    for ds in datasets:
-        _, df = _table(fig_dir, ds, "vs_paper")
-        rows = {r["averaging"]: r for _, r in df[df["method"] == "soft_cgt"].iterrows()}
-        if set(rows) != {"macro", "weighted"}:
-            continue
-        gap = abs(rows["macro"]["F1 ours"] - rows["weighted"]["F1 ours"])
-        if gap < min_gap:
-            sentences.append(f"On {ds} our SoftCGT's macro and weighted F1 differ by {gap:.1f} points, so the "
-                             f"averaging cannot be told from it.")
-            continue
-        distance = {a: sum(abs(r[f"{k} ours"] - paper[k.lower()]) for k in ("F1", "precision", "recall"))
-                    for a, r in rows.items()}
-        closer = min(distance, key=distance.get)
-        shown = {a: f"{r['F1 ours']:.1f} / {r['precision ours']:.1f} / {r['recall ours']:.1f}" for a, r in rows.items()}
-        sentences.append(f"On {ds} they differ by {gap:.1f} points (its rare classes), and the paper's "
-                         f"{paper['f1']:.0f} / {paper['precision']:.0f} / {paper['recall']:.0f} (F1 / precision / "
-                         f"recall) is closer to our {closer} averaging ({shown[closer]}; "
-                         f"{'weighted' if closer == 'macro' else 'macro'}: "
-                         f"{shown['weighted' if closer == 'macro' else 'macro']}), so {closer} averaging is the "
-                         f"more likely reading — a hint, not a proof, since the paper's networks and split are not ours.")
-    return " ".join(sentences)
-
-
-def bench_table(fig_dir: Path) -> list[str]:
-    """The latency protocol's records (figures/bench.json) as a table, and the targets, met or not."""
-    from ..deployment.bench import target_check
-
-    path = fig_dir / "bench.json"
-    if not path.exists():
-        return ["No benchmark artifact (`figures/bench.json`): run `python -m cgt bench --profile paper`."]
-    records = read_json(path)
-    lines = ["| dataset | engine | batch | threads | µs / sample (median [IQR]) | measured speed-up | "
-             "FLOPs-predicted | measured / predicted |", "|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['dataset']} | {r['engine']} | {r['batch_size']} | {r['threads']} | "
-                     f"{r['median_us_per_sample']:.1f} [{r['iqr_us_per_sample']:.1f}] | {r['measured_speedup']:.2f}× | "
-                     f"{r['predicted_speedup']:.2f}× | {100 * r['ratio']:.0f} % |")
-    lines.append("")
-    for t in target_check(records):
-        lines.append(f"* {t['dataset']}, batch {t['batch_size']}: the best early-exit row ({t['best_engine']}, "
-                     f"{t['best_threads']} thread(s)) reaches {100 * t['best_ratio']:.0f} % of the FLOPs-predicted "
-                     f"speed-up — target {100 * t['target_ratio']:.0f} %: **{'met' if t['met'] else 'not met'}**"
-                     + ("; some early-exit row is slower than its engine's full network"
-                        if t["early_exit_slower_anywhere"] else "") + ".")
-    lines += authors_timing_sentences(records)
-    components = fig_dir / "bench_components.json"
-    if components.exists():
-        lines += where_time_goes_sentences(records, read_json(components))
-    return lines
-
-
-def authors_timing_sentences(records: list[dict]) -> list[str]:
-    """What timing 'every exit computed, then select' (the authors' evaluation) shows and hides."""
-    out = []
-    for ds in dict.fromkeys(r["dataset"] for r in records):
-        rows = [r for r in records if r["dataset"] == ds]
-        theirs = [r["measured_speedup"] for r in rows if r["engine"] == "torch_all_exits_then_select"]
-        ours = [r["measured_speedup"] for r in rows if r["engine"] == "torch_early_exit"]
-        if theirs and ours:
-            out.append(f"* {ds}, timed the authors' way (every exit computed, then the thresholds applied): "
-                       f"{min(theirs):.2f}–{max(theirs):.2f}× the full network's speed over the settings above, "
-                       f"against {min(ours):.2f}–{max(ours):.2f}× for the PyTorch early-exit pass on the same "
-                       f"samples. That timing cannot show a speed-up whatever the exits decide: every sample "
-                       f"pays for every block and every head.")
-    return out
-
-
-def where_time_goes_sentences(records: list[dict], components: dict) -> list[str]:
-    """Per dataset: ONNX Runtime's per-segment times against the FLOPs model, and eager PyTorch's
-    per-block and per-head times (bench_components.json)."""
-    out = []
-    for ds, c in components.items():
-        for b in c["onnx_segments"]:
-            best = max((r["measured_speedup"] for r in records if r["dataset"] == ds and r["threads"] == 1
-                        and r["batch_size"] == b["batch_size"] and r["engine"].startswith("onnx_early_exit")),
-                       default=float("nan"))
-            out.append(f"* Where the time goes on {ds}, ONNX Runtime, batch {b['batch_size']}, 1 thread: the exit "
-                       f"segments take {' / '.join(f'{v:.1f}' for v in b['segment_us'])} µs per sample (full "
-                       f"network {b['full_us']:.1f}), so reaching exits 1 / 2 / 3 costs "
-                       f"{' / '.join(f'{100 * v:.0f}' for v in b['cumulative_time_share'])} % of the full network's "
-                       f"time where FLOPs say {' / '.join(f'{100 * v:.0f}' for v in b['cumulative_flops_share'])} %. "
-                       f"For the measured exit fractions these times predict a {b['time_predicted_speedup']:.2f}× "
-                       f"speed-up, the FLOPs {b['flops_predicted_speedup']:.2f}×; the best ONNX Runtime early-exit "
-                       f"row measures {best:.2f}× ({100 * best / b['time_predicted_speedup']:.0f} % of the "
-                       f"time-predicted, {100 * best / b['flops_predicted_speedup']:.0f} % of the FLOPs-predicted).")
-        out.append(f"* Eager PyTorch on {ds}, batch 1: blocks {' / '.join(f'{v:.0f}' for v in c['torch_block_us'])} µs "
-                   f"per call, heads {' / '.join(f'{v:.0f}' for v in c['torch_head_us'])} µs, while the exits' "
-                   f"cumulative FLOPs shares are {' / '.join(f'{v:.3f}' for v in c['flops_share'])}: at this size a "
-                   f"layer's time is mostly per-operator overhead, not arithmetic.")
-    return out
-
-
-def dataset_section(fig_dir: Path, ds: str) -> list[str]:
-    """One dataset's (or split's) part of the results block: readings, tables, verdicts, figures."""
-    rel = fig_dir.name
-    parts = [*reading(fig_dir, ds), "",
-             "FLOPs per sample at each exit (cumulative: every block and head passed), and the network's "
-             "parameter count:", "", _table(fig_dir, ds, "costs")[0], "",
-             f"![accuracy vs cost, {ds}]({rel}/accuracy_vs_cost_{ds}.png)", "",
-             "At the common validation-fitted operating point (test split; mean ± sample SD over seeds):", "",
-             _table(fig_dir, ds, "val_common_target")[0], "",
-             "At the paper's fixed τ = 0.9 (test split; mean ± sample SD over seeds):", "",
-             _table(fig_dir, ds, "paper_tau")[0], ""]
-    for point, words in POINT_WORDS.items():
-        md, df = _table(fig_dir, ds, f"verdicts_{point}")
-        parts += [f"The claim {words} (exploratory; {len(df)} comparisons, Holm-adjusted p over "
-                  f"{2 * len(df)} tests):", "", md, ""]
-    md, df = _table(fig_dir, ds, "verdicts_matched_cost")
-    parts += [f"At matched cost — validation-fitted points at fixed budgets, and `auc`, the mean test accuracy "
-              f"of the validation-fitted accuracy–cost curve over budgets 0.25–1.00 (exploratory; {len(df)} "
-              f"comparisons):", "", md, "",
-              "Beside the numbers the paper reports (dataset not stated in the paper's sources; ours = mean over "
-              "seeds at τ = 0.9, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
-    parts += ["Calibration per exit (from the cached logits): the temperature fitted on validation (NLL), test ECE "
-              "before and after scaling, and the test AUROC of (1 − confidence) for the exit's own mistakes — what "
-              "an exit decision relies on (mean over seeds):", "", _newer_table(fig_dir, ds, "calibration"), ""]
-    parts += ["Risk-controlled thresholds (one global τ chosen on validation with a guarantee on the loss \"early exit "
-              "wrong where the last exit is right\", which bounds the accuracy lost against the full network; CRC in "
-              "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",
-              _newer_table(fig_dir, ds, "risk_control"), ""]
-    if ds.startswith("indian_pines"):
-        parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
-                  "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
-                  f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
-    return parts
-
-
-def spatial_section(fig_dir: Path, ds: str) -> list[str]:
-    """The dataset on the spatial split: what it is, the drop from the random split, what it left out,
-    then the same tables and verdicts as on the random split."""
-    if not (fig_dir / f"table_{ds}_split_comparison.csv").exists():
-        return [f"### {ds}, spatial split (no patch leakage)", "",
-                f"Not in these figures: they were written by a pipeline run that predates the spatial split "
-                f"(`figures/table_{ds}_split_comparison.csv` is missing). The next `make paper` adds it.", ""]
-    md, df = _table(fig_dir, ds, "split_comparison")
-    counts_md, counts = _table(fig_dir, f"{ds}_spatial", "split_counts")
-    drops = {name: df[f"{name} drop"] for name in ("OA", "macro-F1")}
-    return [f"### {ds}, spatial split (no patch leakage)", "",
-            f"The paper's random pixel split puts training pixels inside nearly every test patch. On the spatial "
-            f"split (`split=\"spatial\"`: each class cut into disjoint regions, a guard band of the patch radius "
-            f"between training and evaluation pixels; split seed = training seed, {len(counts)} seeds) no "
-            f"evaluation patch contains a training pixel. Without the leak, OA falls by "
-            f"{drops['OA'].min():.1f}–{drops['OA'].max():.1f} points and macro-F1 by "
-            f"{drops['macro-F1'].min():.1f}–{drops['macro-F1'].max():.1f} points across the methods (τ = 0.9; "
-            f"OA, AA, κ, macro-F1 in %, mean ± sample SD over seeds):", "", md, "",
-            "Pixels per split, and the classes each seed's split could not place in validation or test (their "
-            "fields are too small to hold a training part, a guard band and an evaluation part; a class absent "
-            "from test but predicted there counts with F1 = 0 in the macro average):", "", counts_md, "",
-            *dataset_section(fig_dir, f"{ds}_spatial")]
-
-
-def ablation_section(fig_dir: Path, ds: str) -> list[str]:
-    """'When does CGT help?' for one dataset, from notebook 06's tables: which gate settings the paired
-    rule finds favourable or contradicted at each point, and what the gradient measurements show."""
-    head = [f"#### {ds}", ""]
-    if not (fig_dir / f"table_{ds}_ablation_verdicts.csv").exists():
-        return head + [_newer_table(fig_dir, ds, "ablation_verdicts"), ""]
-    md, df = _table(fig_dir, ds, "ablation_verdicts")
-    grid = ablations.grid_of(df["config"].tolist())
-    bullets = []
-    for column in [c for c in df.columns if c.startswith("verdict ")]:
-        counts = df[column].value_counts()
-        favourable = df.loc[df[column].isin([verdicts.SUPPORTED, verdicts.NON_INFERIOR, verdicts.MORE_ACCURATE]),
-                            "config"].tolist()
-        bullets.append(f"* {column[len('verdict '):]}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-                       + (f" (favourable: {'; '.join(f'`{c}`' for c in favourable)})" if favourable else "") + ".")
-    parts = head + [(f"On {ds}, {ablations.GRID_WORDS[grid]}. " if grid else "")
-                    + f"{len(df)} configurations against `joint_uniform`, paired by seed (n = {df['n (seeds)'].min()}):",
-                    "", *bullets, "", md, "",
-                    f"![ablation heatmap, {ds}]({fig_dir.name}/ablation_heatmap_{ds}.png)", ""]
-    parts += recipe_sentences(fig_dir, ds)
-    if (fig_dir / f"table_{ds}_ablation_gating.csv").exists():
-        parts += ["Training-time gating against test-time routing (first seed): each exit's share of the loss "
-                  "weight in the last training epoch — what the gate let it learn — beside the share of test "
-                  "samples routed to it at τ_infer:", "", _table(fig_dir, ds, "ablation_gating")[0], ""]
-    if (fig_dir / f"table_{ds}_ablation_interference.csv").exists():
-        imd, idf = _table(fig_dir, ds, "ablation_interference")
-        cos = next(c for c in idf.columns if c.startswith("cos exits 1·"))
-        sentences = [f"`{r['method']}`: {cos} {r[cos]:+.3f}, lowest pair {r['lowest pair cos']:+.3f}, the last exit "
-                     f"holds {r[idf.columns[-1]]:.0f} % of the gradient norm" for _, r in idf.iterrows()]
-        conflict = [r["method"] for _, r in idf.iterrows() if r["lowest pair cos"] < 0]
-        parts += ["Gradient interference on the shared blocks, second half of training (one seed): "
-                  + "; ".join(sentences) + ". "
-                  + (f"Conflicting directions (a pair's mean cosine below 0) appear in {', '.join(f'`{m}`' for m in conflict)}."
-                     if conflict else "No pair of exits has a negative mean cosine in any method: the gradients "
-                                      "pull the shared blocks in broadly the same direction."), "", imd, "",
-                  f"![gradient interference, {ds}]({fig_dir.name}/ablation_interference_{ds}.png)", ""]
-    return parts
-
-
-def recipe_sentences(fig_dir: Path, ds: str) -> list[str]:
-    """The label-smoothing check of notebook 06: each method's best configuration (chosen on validation)
-    trained again with the authors' label smoothing, against itself, paired by seed."""
-    path = fig_dir / f"table_{ds}_ablation_recipe.csv"
-    try:
-        if pd.read_csv(path).empty:
-            return []
-    except (FileNotFoundError, pd.errors.EmptyDataError):  # no check run (label_smoothing = 0 writes no rows)
-        return []
-    md, df = _table(fig_dir, ds, "ablation_recipe")
-    points = [c[len("verdict "):] for c in df.columns if c.startswith("verdict ")]
-    effects = [f"`{r['config']}` against `{r['against']}`: "
-               + ", ".join(f"{p} Δ acc {_signed(r[f'Δ acc {p}'])} points, Δ cost {_signed(r[f'Δ cost {p}'], 3)} ({r[f'verdict {p}']})"
-                           for p in points)
-               for _, r in df.iterrows()]
-    return ["The recipe check — the best configuration of each method (highest mean validation accuracy at "
-            "matched cost; chosen without test data) trained again with label smoothing, paired by seed: "
-            + "; ".join(effects) + ".", "", md, "",
-            f"![best configurations, {ds}]({fig_dir.name}/ablation_best_{ds}.png)", ""]
-
-
-def gpu_section(fig_dir: Path) -> list[str]:
-    """What `python -m cgt.pipeline.cuda_check` measured on a GPU machine (figures/cuda_check.json)."""
-    path = fig_dir / "cuda_check.json"
-    if not path.exists():
-        return ["Not measured on a GPU: `python -m cgt.pipeline.cuda_check --out figures/cuda_check.json` on a CUDA machine "
-                "writes the artifact this part is generated from.", ""]
-    c = read_json(path)
-    commit = (c["git"].get("commit") or "unknown")[:7]
-    rows = ["| device | precision | epochs | seconds per epoch (the last one) | validation accuracy per exit after them |",
-            "|---|---|---|---|---|"]
-    for r in c["training"]:
-        where = r["device"] + (f", {r['threads']} threads" if r.get("threads") else "")
-        rows.append(f"| {where} | {r['precision']} | {len(r['epoch_seconds'])} | {r['epoch_seconds'][-1]:.2f} | "
-                    f"{' / '.join(f'{a:.3f}' for a in r['val_acc_per_exit'])} |")
-    inf = c["inference"]
-    batches = ["| batch | full network, µs per sample | early exit, µs per sample | speed-up |", "|---|---|---|---|"]
-    batches += [f"| {b['batch']} | {b['full_us_per_sample']:.2f} | {b['early_exit_us_per_sample']:.2f} | "
-                f"{b['speedup']:.2f}× |" for b in inf["batches"]]
-    slower = [b["batch"] for b in inf["batches"] if b["speedup"] < 1]
-    return [f"Measured on {c['device']} with torch {c['torch']} ({c['measured'][:10]}, commit `{commit}`; "
-            f"`figures/cuda_check.json`): Fashion-MNIST, the paper profile's training settings, SoftCGT, seed 0, "
-            f"{c['training'][0]['train_samples']:,} training images.", "", *rows, "",
-            f"Early exit on the GPU at τ = {inf['tau']} ({inf['test_samples']:,} test images; exits taken "
-            f"{' / '.join(f'{100 * f:.1f} %' for f in inf['exit_fractions'])}): its decisions differ from the ones "
-            f"computed from the full network's cached per-exit logits in {inf['exit_disagreements']} exits and "
-            f"{inf['prediction_disagreements']} predictions.", "", *batches, "",
-            *([f"At batch {', '.join(map(str, slower))} the early-exit pass is *slower* than the full network on the "
-               "GPU. Not profiled; the likely reason is that a network this small is bound by kernel launches rather "
-               "than arithmetic, and compacting the undecided samples between blocks adds launches and a "
-               "host-device synchronisation per exit that the skipped blocks do not pay back.", ""] if slower else [])]
-
-
-def scaling_section(fig_dir: Path) -> list[str]:
-    """The runner's scaling (`python -m cgt scaling`, and the same part of cuda_check) over a machine's cores."""
-    found = [(p.name, read_json(p)) for p in sorted(fig_dir.glob("runner_scaling*.json"))]
-    gpu = fig_dir / "cuda_check.json"
-    if gpu.exists():
-        c = read_json(gpu)
-        found.append((gpu.name, {**c["runner_scaling"], "device": "the CPU of the GPU machine",
-                                 "git": c["git"], "cpu_cores": c["cpu_cores"]}))
-    parts = [] if found else ["The runner's scaling was not measured yet: `python -m cgt scaling --workers 1 2` "
-                              "writes `figures/runner_scaling.json`.", ""]
-    for name, r in found:
-        head = "| workers × 1 thread | " + " | ".join(str(row["workers"]) for row in r["rows"]) + " |"
-        parts += [f"`figures/{name}` ({r['device']}, {r['cpu_cores']} cores, commit "
-                  f"`{(r['git'].get('commit') or 'unknown')[:7]}`): {r['rows'][0]['runs']} Indian Pines runs "
-                  f"({r['profile']} profile, {r['epochs']} epochs) trained from scratch.", "", head,
-                  "|---" * (len(r["rows"]) + 1) + "|",
-                  "| wall time (s) | " + " | ".join(f"{row['wall_s']:.1f}" for row in r["rows"]) + " |",
-                  "| speed-up over 1 worker | " + " | ".join(f"{row['speedup_vs_1_worker']:.2f}×" for row in r["rows"]) + " |",
-                  "| mean seconds per run | " + " | ".join(f"{row['mean_run_s']:.1f}" for row in r["rows"]) + " |", ""]
-    if found and not any(n.startswith("runner_scaling") for n, _ in found):
-        parts += ["On this project's 2-core development machine the scaling was not measured yet "
-                  "(`python -m cgt scaling --workers 1 2`).", ""]
-    same_machine = {row["workers"]: row["speedup_vs_1_worker"] for n, r in found if n.startswith("runner_scaling")
-                    for row in r["rows"]}
-    for path in sorted(fig_dir.glob("pipeline_workers_*.json")):
-        r = read_json(path)
-        serial, parallel = r["rows"]
-        text = (f"The whole `{r['profile']}` pipeline from nothing (`figures/{path.name}`; {r['device']}, commit "
-                f"`{(r['git'].get('commit') or 'unknown')[:7]}`): serially {serial['wall_s'] / 60:.1f} min, with "
-                f"`--workers {parallel['workers']}` {parallel['wall_s'] / 60:.1f} min ({r['speedup']:.2f}× faster).")
-        if same_machine.get(parallel["workers"], 0) > r["speedup"]:
-            text += (f" Less than the {same_machine[parallel['workers']]:.2f}× of the run list above, which compares "
-                     "1-thread workers with *one* 1-thread worker: a serial pipeline already trains each run on every "
-                     "core as intra-op threads, so workers gain only what several 1-thread processes do better than "
-                     "one multi-threaded run, and the notebooks (evaluation, tables, figures) execute one after "
-                     "another either way.")
-        parts += [text, ""]
-    return parts
-
-
-def _has_rival_column(fig_dir: Path, datasets: list[str]) -> bool:
-    """Whether the verdict tables name why each baseline is compared (tables of newer pipeline runs)."""
-    path = fig_dir / f"table_{datasets[0]}_verdicts_paper_tau.csv" if datasets else None
-    return bool(path and path.exists() and "rival" in pd.read_csv(path, nrows=0).columns)
-
-
-def results_markdown(fig_dir: Path, datasets: list[str], spatial: list[str] = ()) -> str:
-    """The README's results block, from the tables and figures 04_figures wrote (and the timing and
-    benchmark artifacts next to them); `spatial`: datasets also shown on the spatial split."""
-    parts = [timing_sentence(fig_dir, datasets), "", rule_paragraph(), "",
-             f"CGT variants: {', '.join(f'`{m}`' for m in CGT_METHODS)}; fixed-weight joint baselines: "
-             f"{', '.join(f'`{m}`' for m in JOINT_BASELINES)}"
-             + ("; each verdict table also compares them with the strongest baseline at its operating point "
-                "(highest mean test accuracy among all baselines; column `rival`)" if _has_rival_column(fig_dir, datasets)
-                else "") + ". The common operating point gives every method the same "
-             "validation-accuracy target per seed — the best joint baseline's last-exit validation accuracy minus "
-             "0.5 points — and takes each method's cheapest per-exit thresholds reaching it on validation.", ""]
-    for ds in datasets:
-        parts += [f"### {ds}", "", *dataset_section(fig_dir, ds)]
-    for ds in spatial:
-        parts += spatial_section(fig_dir, ds)
-    parts += ["### When does CGT help? (notebook 06)", "",
-              "A grid of gate settings per dataset (`cgt/experiments/ablations.py`: τ_train, normalisation, ε_leak, sigmoid "
-              "scale, fixed λ), each at τ_infer = τ_train, at τ = 0.9 and at matched validation-fitted cost, "
-              "judged against `joint_uniform` with the same paired rule.", ""]
-    for ds in datasets:
-        parts += ablation_section(fig_dir, ds)
-    parts += ["### Which F1 averaging?", "", averaging_sentence(fig_dir, datasets), "",
-              "### Wall clock (`figures/bench.json`)", "", *bench_table(fig_dir), "",
-              "### On a GPU (`figures/cuda_check.json`)", "", *gpu_section(fig_dir),
-              "### Training runs on workers", "", *scaling_section(fig_dir),
-              "### The executed notebooks", "", *notebook_links(fig_dir.parent / "paper"), ""]
-    return "\n".join(parts)
-
-
-def notebook_links(folder: Path) -> list[str]:
-    """Links to the published executed notebooks (`python -m cgt publish`), each with its HTML export."""
-    notebooks = sorted(folder.glob("*.ipynb"))
-    if not notebooks:
-        return ["No executed notebooks are published (`python -m cgt publish --profile paper` writes them to `paper/`)."]
-    return ["Every notebook as the paper run executed it, outputs and figures included (nothing to run):", ""] + [
-        f"* [{p.stem}]({folder.name}/{p.name}) ([HTML]({folder.name}/{p.with_suffix('.html').name}))" for p in notebooks]
-
-
-def write_block(fig_dir: Path, section: str) -> Path:
-    """The block as its own artifact (figures/README_results.md) with a sidecar, before it enters the README."""
-    path = fig_dir / "README_results.md"
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(section)
-    sources = sorted(project_relative(p) for p in fig_dir.glob("table_*.csv")) + [TIMING, "bench.json"]
-    write_sidecar(path, params={"sources": sources})
-    return path
-
-
 def update_readme(readme: Path, section: str) -> None:
     """Replace the text between the results markers of the README (atomically)."""
     text = readme.read_text()
@@ -504,3 +97,74 @@ def update_readme(readme: Path, section: str) -> None:
     _, tail = rest.split(RESULTS_END, 1)
     with atomic_path(readme) as tmp:
         Path(tmp).write_text(f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}")
+
+
+# ---------------------------------------------------------------- the answer block
+def primary_rows(fig_dir: Path) -> pd.DataFrame | None:
+    """The pre-registered verdicts at full precision, or None when they were not computed for these figures."""
+    path = fig_dir / "table_primary_verdicts_raw.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def answer_lines(fig_dir: Path) -> list[str]:
+    """One line per dataset: the pre-registered answer and the verdicts it rests on."""
+    rows = primary_rows(fig_dir)
+    if rows is None:
+        return ["**Not answered yet at this commit:** the pre-registered verdicts ([PREREGISTRATION.md]"
+                "(PREREGISTRATION.md)) are computed by `make paper` from the runs they govern, and these figures "
+                "predate them. The tables below are exploratory."]
+    lines = []
+    for dataset, group in rows.groupby("dataset", sort=False):
+        answer = primary.dataset_answer(group["verdict"])
+        detail = "; ".join(f"`{r['CGT']}` {primary.ENDPOINTS[r['endpoint']]}: {r['verdict']} "
+                           f"({r['delta']:+.2f} points [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}])"
+                           for _, r in group.iterrows())
+        protocol = group["protocol"].iloc[0]
+        lines.append(f"* **{dataset}** ({protocol}; against `{group['comparator'].iloc[0]}`, chosen on validation): "
+                     f"**{answer}** — {detail}.")
+    return lines
+
+
+def headline_table(fig_dir: Path, label: str) -> list[str]:
+    """Method, accuracy, macro-F1 and relative cost at the matched budget (mean over replicates), and the
+    primary verdicts of the CGT rows, for one dataset and protocol."""
+    path = fig_dir / f"metrics_{label}_all_runs.csv"
+    if not path.exists():
+        return []
+    dataset, protocol, words = PROTOCOLS[label]
+    df = pd.read_csv(path)
+    at = df[df["operating_point"] == HEADLINE_POINT]
+    means = at.groupby("method")[["accuracy", "f1_macro", "avg_cost_relative"]].mean()
+    replicates = at.groupby("method").size()
+    verdicts = primary_rows(fig_dir)
+    n = f"{replicates.min()}" if replicates.min() == replicates.max() else f"{replicates.min()}–{replicates.max()}"
+    lines = [f"**{words}** — test split, validation-fitted thresholds at relative cost ≤ {primary.PRIMARY_BUDGET:g}, "
+             f"mean over {n} replicates:", "",
+             "| method | accuracy % | macro-F1 % | rel. cost | pre-registered verdict (AUC · macro-F1) |",
+             "|---|---|---|---|---|"]
+    for method in display_order(means.index):
+        m = means.loc[method]
+        verdict = "—"
+        if verdicts is not None and method in CGT_METHODS:
+            mine = verdicts[(verdicts["CGT"] == method) & (verdicts["protocol"] == protocol)
+                            & (verdicts["dataset"].str.replace("-", "_").str.lower() == dataset)]
+            if not mine.empty:
+                verdict = " · ".join(mine.sort_values("endpoint")["verdict"])
+        lines.append(f"| `{method}` | {100 * m['accuracy']:.2f} | {100 * m['f1_macro']:.2f} | "
+                     f"{m['avg_cost_relative']:.3f} | {verdict} |")
+    return lines + [""]
+
+
+def headline_markdown(fig_dir: Path) -> str:
+    """The README's answer block: the answer per dataset, one table per dataset and protocol, one figure,
+    how long reproducing takes, and where everything else is."""
+    parts = ["### The answer", "", *answer_lines(fig_dir), ""]
+    for label in PROTOCOLS:
+        parts += headline_table(fig_dir, label)
+    figure = next((f"{fig_dir.name}/accuracy_vs_cost_{label}.png" for label in PROTOCOLS
+                   if (fig_dir / f"accuracy_vs_cost_{label}.png").exists()), None)
+    if figure:
+        parts += [f"![accuracy against relative cost, {figure.split('_cost_')[1][:-4]}]({figure})", ""]
+    parts += [timing_sentence(fig_dir, [label for label in PROTOCOLS if (fig_dir / f"metrics_{label}_all_runs.csv").exists()]),
+              "", "Every table, figure and exploratory verdict: [results/](results/index.md).", ""]
+    return "\n".join(parts)
