@@ -30,17 +30,43 @@ def setting(tmp_path):
     notebook = tmp_path / "01.ipynb"
     notebook.write_text('{"cells": []}')
     executed = tmp_path / "executed.ipynb"
-    executed.write_text(json.dumps({"cells": [{"outputs": [{"text": "ds m seed 0: cached; ... [run ds/m/seed0-abc]"}]}]}))
+    executed.write_text(json.dumps({"cells": []}))
+    record = tmp_path / "executed.runs.jsonl"  # what cgt.experiments.train_evaluate appends, one line per run
+    record.write_text(json.dumps({"run": "ds/m/seed0-abc", "cached": True}) + "\n"
+                      + json.dumps({"run": "ds/m/seed0-abc", "cached": True}) + "\n")
     output = tmp_path / "table.csv"
     output.write_text("a,b\n")
     cache = StepCache(runs)
     inputs = cache.inputs(notebook, {"profile": "smoke", "dataset": "ds"})
-    cache.record("01", inputs, runs_read(executed), [executed, output])
-    return {"runs": runs, "notebook": notebook, "executed": executed, "output": output, "inputs": inputs}
+    cache.record("01", inputs, [r["run"] for r in runs_read(record)], [executed, output])
+    return {"runs": runs, "notebook": notebook, "executed": executed, "output": output, "inputs": inputs,
+            "record": record}
 
 
-def test_the_runs_a_notebook_read_are_found_in_its_output(setting):
-    assert runs_read(setting["executed"]) == ["ds/m/seed0-abc"]
+def test_the_runs_a_notebook_read_come_from_its_json_record_once_each(setting):
+    assert runs_read(setting["record"]) == [{"run": "ds/m/seed0-abc", "cached": True}]
+    assert runs_read(setting["record"].with_name("none.jsonl")) == []
+
+
+def test_a_torn_run_record_is_refused_by_name(setting):
+    with open(setting["record"], "a") as f:
+        f.write('{"run": "ds/m/see')  # a kernel killed mid-line
+    with pytest.raises(ValueError, match=r"executed.runs.jsonl, line 3: not a run record"):
+        runs_read(setting["record"])
+
+
+def test_a_notebook_appends_each_run_it_reads_to_the_record(tmp_path, monkeypatch):
+    """The writer side: cgt.experiments.train_evaluate appends one JSON line per run when the pipeline asks."""
+    from types import SimpleNamespace
+
+    from cgt.experiments import train_evaluate
+
+    record = tmp_path / "r.jsonl"
+    monkeypatch.setenv(train_evaluate.RUN_RECORD_ENV, str(record))
+    for cached in (False, True):
+        train_evaluate._record_run(SimpleNamespace(run_dir=tmp_path / "ds" / "m" / "seed0-abc", cached=cached))
+    assert runs_read(record) == [{"run": "ds/m/seed0-abc", "cached": False}]
+    assert len(record.read_text().splitlines()) == 2
 
 
 def test_unchanged_step_is_skipped_even_by_a_new_cache_object(setting):

@@ -8,6 +8,8 @@ loads finished runs, and a missing one is an error that says how to make it.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,11 @@ from .paths import data_dir as default_data_dir
 from .paths import prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
 from .provenance import write_sidecar
+
+RUN_RECORD_ENV = "CGT_RUN_RECORD"
+"""When set (the pipeline sets it for each notebook it executes), every run a notebook trains or loads
+is appended to this JSON-lines file as {"run": <folder relative to the profile's runs folder>,
+"cached": bool}: the structured record the pipeline's step cache reads — never the printed text."""
 
 ModelChoice = Union[dict[str, int], Callable[[PreparedData], EarlyExitNet], None]
 """None: the dataset's default network; a dict: options of the generic network (width, depth) for
@@ -190,6 +197,7 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
     write_sidecar(run.run_dir / "metrics.json", params={"run": run.config, "eval": vars(eval_cfg)},
                   seed=seed, data_checksums={data.name: data.checksum},
                   device=resolve_device(device), wall_time_s=wall)
+    _record_run(run)
     if progress:
         status = "cached" if run.cached else f"trained in {wall:.0f} s"
         tp = metrics["operating_points"]
@@ -200,8 +208,18 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
 
 
 def _relative_run(run: TrainedRun) -> str:
-    """The run's folder relative to its profile's runs folder (how cgt.pipeline.stepcache finds what a notebook read)."""
+    """The run's folder relative to its profile's runs folder."""
     return "/".join(run.run_dir.parts[-3:])  # <dataset>/<method>/seed<k>-<key>
+
+
+def _record_run(run: TrainedRun) -> None:
+    """Append the run to the pipeline's record of what this notebook read ($CGT_RUN_RECORD), if any.
+    One short line appended per run: a kernel killed mid-write leaves at most a torn last line, which
+    the reader refuses (the step then runs again)."""
+    path = os.environ.get(RUN_RECORD_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"run": _relative_run(run), "cached": run.cached}) + "\n")
 
 
 COMMON_TARGET = "val_common_target"

@@ -16,7 +16,7 @@ redone.
 """
 from __future__ import annotations
 
-import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from ..data.custom import is_npz
 from ..experiments.paths import figures_dir, project_root, runs_dir
 from ..experiments.profiles import get_profile, profile_environment
 from ..experiments.provenance import device_description, git_state
+from ..experiments.train_evaluate import RUN_RECORD_ENV
 from ..fileio import read_json, write_bytes_atomic, write_json_atomic
 from . import runner
 from .nbtools import quiet_kernel_manager
@@ -143,6 +144,9 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
                 record.append({"step": step.label, "seconds": 0.0, "runs_trained": 0, "runs_cached": 0, "skipped": True})
                 continue
             log(f"[{i}/{len(steps)}] {step.label}: running, because {reason} ({_elapsed(t_start)} elapsed)")
+            run_record = output.with_suffix(".runs.jsonl")  # what the notebook trains or loads, in its own words
+            run_record.unlink(missing_ok=True)
+            os.environ[RUN_RECORD_ENV] = str(run_record)  # the kernel inherits it
             try:
                 pm.execute_notebook(str(notebook), str(output), parameters=step.parameters,
                                     cwd=str(src), kernel_name="python3", progress_bar=False, log_output=False,
@@ -150,7 +154,10 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             except pm.PapermillExecutionError as exc:
                 raise PipelineError(f"{step.label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                     f"  executed notebook (open it to see the traceback): {output}") from None
-            trained, cached = _run_counts(output)
+            finally:
+                os.environ.pop(RUN_RECORD_ENV, None)
+            read = runs_read(run_record)
+            trained, cached = sum(not r["cached"] for r in read), sum(bool(r["cached"]) for r in read)
             seconds = time.perf_counter() - t0
             log(f"[{i}/{len(steps)}] {step.label}: done in {seconds:.0f} s; "
                 + (f"{trained} run(s) trained, {cached} from cache" if trained or cached else "no training"))
@@ -158,7 +165,7 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
                 runs, written = runs_so_far, [p for p in figures_dir(profile).iterdir()
                                               if p.is_file() and p.stat().st_mtime >= started]
             else:
-                runs, written = runs_read(output), []
+                runs, written = [r["run"] for r in read], []
             runs_so_far += runs
             cache.record(step.output_name, inputs, runs, [output, *written])
             outputs.append(output)
@@ -243,7 +250,3 @@ def _elapsed(t0: float) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
-def _run_counts(executed: Path) -> tuple[int, int]:
-    """(runs trained, runs taken from the cache) by an executed notebook (it prints one line per run)."""
-    text = json.dumps(json.loads(executed.read_text()).get("cells", []))
-    return text.count(": trained in"), text.count(": cached;")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,9 +20,6 @@ from ..experiments.provenance import project_relative
 from ..fileio import read_json, sha256_file, write_json_atomic
 
 RECORD = "steps.json"
-RUN_LINE = re.compile(r"\[run ([^\]]+)\]")
-"""How an executed notebook names a run it trained or loaded, relative to the profile's runs folder
-(printed by cgt.experiments.train_evaluate)."""
 
 
 def package_version(package_dir: Path | None = None) -> str:
@@ -43,11 +39,21 @@ def run_state(run_dir: Path) -> str | None:
     return sha256_file(run_dir / "complete.json") if is_complete(run_dir) else None
 
 
-def runs_read(executed: Path) -> list[str]:
-    """Folders (relative to the profile's runs folder) of the runs an executed notebook trained or
-    loaded, in order."""
-    text = json.dumps(json.loads(executed.read_text()).get("cells", []))
-    return list(dict.fromkeys(RUN_LINE.findall(text)))
+def runs_read(record: Path) -> list[dict[str, Any]]:
+    """The runs a notebook trained or loaded, in order, from the JSON-lines record it wrote
+    (cgt.experiments.train_evaluate, $CGT_RUN_RECORD): [{"run": folder relative to the profile's runs
+    folder, "cached": bool}], one entry per run (a run read twice counts once). No record: none read."""
+    if not record.exists():
+        return []
+    entries = {}
+    for number, line in enumerate(record.read_text().splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            entries.setdefault(entry["run"], entry)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{record}, line {number}: not a run record ({line[:80]!r}); the notebook was "
+                             f"interrupted while writing it — run the step again") from None
+    return list(entries.values())
 
 
 @dataclass
