@@ -17,6 +17,7 @@ from .deployment.exported import ExportError
 from .experiments.profiles import PROFILES
 from .experiments.train_evaluate import SPLITS
 from .methods import COMPARED, METHODS
+from .policy import PAPER_TAU
 
 DATASET_HELP = f"{' | '.join(BUILTIN)} | path/to/your_data.npz"
 
@@ -241,14 +242,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a finished run as one ONNX graph per exit segment (ONNX Runtime early exit)")
     p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output folder (default: <run>/onnx)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
-    p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--tau", type=float, default=PAPER_TAU)
     p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
     p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
     p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")

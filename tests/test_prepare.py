@@ -21,7 +21,7 @@ from cgt.data.splits import guarded_spatial_split, missing_classes, stratified_s
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.2, "val": 0.1}
-IP_COUNTS = [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972, 2455, 593, 205, 1265, 386, 93]  # PAPER.md §6
+IP_COUNTS = [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972, 2455, 593, 205, 1265, 386, 93]  # the scene's published class counts (Baumgardner et al. 2015)
 
 
 # ---------------------------------------------------------------- fixtures

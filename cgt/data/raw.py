@@ -39,7 +39,7 @@ class RawFile:
     url: str
     """Canonical download URL."""
     content_sha256: str
-    """sha256 of the content (see `content_digest`), from the project's PAPER.md §6."""
+    """sha256 of the content (see `content_digest`), as data/README.md lists it."""
     array_key: str | None = None
     """For .mat/.npy files: the array's key in the .mat file; None for gzipped idx files."""
     dtype: str | None = None

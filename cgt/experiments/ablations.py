@@ -11,7 +11,6 @@ overrides, and the inference threshold that matches its training (τ_infer = τ_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from ..evaluation import verdicts
 from ..evaluation.metrics import early_exit_metrics
 from ..inference import exits_from_logits
+from ..policy import PAPER_TAU
 from .train_evaluate import EvaluatedRun, run_methods
 
 
@@ -32,7 +32,7 @@ class Config:
     """Strategy options on top of the method's own (cgt.methods)."""
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig overrides (e.g. label smoothing)."""
-    tau_infer: float = 0.9
+    tau_infer: float = PAPER_TAU
     """The inference threshold that matches training: τ_infer = τ_train."""
 
 
@@ -61,7 +61,7 @@ GRIDS: dict[str, list[Config]] = {
     "full": hard_grid() + soft_grid() + schedule_grid(),
     "reduced": hard_grid(taus=(0.5, 0.9), leaks=(1e-3,)),
 }
-"""`full`: every gate setting of issue 13 (Indian Pines); `reduced`: τ_train × normalisation for HardCGT
+"""`full`: every gate setting of the grid (Indian Pines); `reduced`: τ_train × normalisation for HardCGT
 (Fashion-MNIST, whose runs cost five times more)."""
 GRID_WORDS = {
     "full": "the full grid: HardCGT τ_train ∈ {0.5, 0.8, 0.9} × normalisation on/off × ε_leak ∈ {10⁻³, 10⁻¹}, "
@@ -145,8 +145,8 @@ def config_table(results: dict[str, list[EvaluatedRun]], configs: list[Config],
             points = r.metrics["operating_points"]
             row = {"config": name, "seed": r.seed,
                    "acc @τ_train": 100 * at_train["accuracy"], "cost @τ_train": at_train["avg_cost_relative"],
-                   "acc @0.9": 100 * points["paper_tau"]["test"]["accuracy"],
-                   "cost @0.9": points["paper_tau"]["test"]["avg_cost_relative"],
+                   f"acc @{PAPER_TAU}": 100 * points["paper_tau"]["test"]["accuracy"],
+                   f"cost @{PAPER_TAU}": points["paper_tau"]["test"]["avg_cost_relative"],
                    f"acc @{budget_point}": 100 * points[budget_point]["test"]["accuracy"],
                    f"cost @{budget_point}": points[budget_point]["test"]["avg_cost_relative"],
                    "oracle acc": 100 * r.metrics["per_exit"]["test"]["oracle_accuracy"]}
@@ -156,7 +156,7 @@ def config_table(results: dict[str, list[EvaluatedRun]], configs: list[Config],
     return pd.DataFrame(rows)
 
 
-POINTS = {"@τ_train": "τ_infer = τ_train", "@0.9": "τ = 0.9", "@val_budget_40": "matched cost (40 %)"}
+POINTS = {"@τ_train": "τ_infer = τ_train", f"@{PAPER_TAU}": f"τ = {PAPER_TAU}", "@val_budget_40": "matched cost (40 %)"}
 
 
 def reference_for(config: Config) -> Config:

@@ -202,7 +202,7 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
         status = "cached" if run.cached else f"trained in {wall:.0f} s"
         tp = metrics["operating_points"]
         print(f"{data.name} {method} seed {seed}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
-              f"at tau 0.9 acc {tp['paper_tau']['test']['accuracy']:.4f} "
+              f"at tau {eval_cfg.paper_tau} acc {tp['paper_tau']['test']['accuracy']:.4f} "
               f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
     return EvaluatedRun(method, seed, run, metrics, costs, data.counts()["train"])
 

@@ -23,10 +23,11 @@ from ..experiments.provenance import device_description, git_state
 from ..experiments.train_evaluate import load_dataset
 from ..fileio import write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits
+from ..policy import PAPER_TAU
 from ..train import TrainConfig, predict_logits, train_run
 from .scaling import fresh_runs_folder, runner_scaling
 
-TAU = 0.9
+TAU = PAPER_TAU
 METHOD = "soft_cgt"
 
 

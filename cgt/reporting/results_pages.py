@@ -18,11 +18,12 @@ from ..experiments import ablations
 from ..experiments.provenance import project_relative, write_sidecar
 from ..fileio import atomic_path, read_json
 from ..methods import CGT_METHODS, JOINT_BASELINES
+from ..policy import PAPER_TAU
 from .tables import PAPER_REPORTED, QUALITY
 
 FIGURE_LINK = "../figures"
 """Where a page's images are, relative to the page (results/ beside figures/)."""
-POINT_WORDS = {"paper_tau": "at the paper's fixed τ = 0.9",
+POINT_WORDS = {"paper_tau": f"at the paper's fixed τ = {PAPER_TAU}",
                "val_common_target": "at the common validation-fitted operating point"}
 
 
@@ -196,7 +197,7 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
              f"![accuracy vs cost, {ds}]({rel}/accuracy_vs_cost_{ds}.png)", "",
              "At the common validation-fitted operating point (test split; mean ± sample SD over seeds):", "",
              _table(fig_dir, ds, "val_common_target")[0], "",
-             "At the paper's fixed τ = 0.9 (test split; mean ± sample SD over seeds):", "",
+             f"At the paper's fixed τ = {PAPER_TAU} (test split; mean ± sample SD over seeds):", "",
              _table(fig_dir, ds, "paper_tau")[0], ""]
     for point, words in POINT_WORDS.items():
         md, df = _table(fig_dir, ds, f"verdicts_{point}")
@@ -207,7 +208,7 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
               f"of the validation-fitted accuracy–cost curve over budgets 0.25–1.00 (exploratory; {len(df)} "
               f"comparisons):", "", md, "",
               "Beside the numbers the paper reports (dataset not stated in the paper's sources; ours = mean over "
-              "seeds at τ = 0.9, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
+              f"seeds at τ = {PAPER_TAU}, macro and weighted averages):", "", _table(fig_dir, ds, "vs_paper")[0], ""]
     parts += ["Calibration per exit (from the cached logits): the temperature fitted on validation (NLL), test ECE "
               "before and after scaling, and the test AUROC of (1 − confidence) for the exit's own mistakes — what "
               "an exit decision relies on (mean over seeds):", "", _table(fig_dir, ds, "calibration")[0], ""]
@@ -216,7 +217,7 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
               "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",
               _table(fig_dir, ds, "risk_control")[0], ""]
     if ds.startswith("indian_pines"):
-        parts += ["F1 per class at τ = 0.9 (%, mean over seeds) — the rare classes are where macro and weighted "
+        parts += [f"F1 per class at τ = {PAPER_TAU} (%, mean over seeds) — the rare classes are where macro and weighted "
                   "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
                   f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
     return parts
@@ -234,7 +235,7 @@ def spatial_section(fig_dir: Path, ds: str) -> list[str]:
             f"between training and evaluation pixels; split seed = training seed, {len(counts)} seeds) no "
             f"evaluation patch contains a training pixel. Without the leak, OA falls by "
             f"{drops['OA'].min():.1f}–{drops['OA'].max():.1f} points and macro-F1 by "
-            f"{drops['macro-F1'].min():.1f}–{drops['macro-F1'].max():.1f} points across the methods (τ = 0.9; "
+            f"{drops['macro-F1'].min():.1f}–{drops['macro-F1'].max():.1f} points across the methods (τ = {PAPER_TAU}; "
             f"OA, AA, κ, macro-F1 in %, mean ± sample SD over seeds):", "", md, "",
             "Pixels per split, and the classes each seed's split could not place in validation or test (their "
             "fields are too small to hold a training part, a guard band and an evaluation part; a class absent "
@@ -245,7 +246,7 @@ def spatial_section(fig_dir: Path, ds: str) -> list[str]:
 def ablation_section(fig_dir: Path, ds: str) -> list[str]:
     """'When does CGT help?' for one dataset, from notebook 06's tables: which gate settings the paired
     rule finds favourable or contradicted at each point, and what the gradient measurements show."""
-    head = [f"## When does CGT help? The gate settings of notebook 06", ""]
+    head = ["## When does CGT help? The gate settings of notebook 06", ""]
     md, df = _table(fig_dir, ds, "ablation_verdicts")
     grid = ablations.grid_of(df["config"].tolist())
     bullets = []

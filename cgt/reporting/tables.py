@@ -12,7 +12,7 @@ from ..evaluation import verdicts
 from ..fileio import atomic_path
 from ..methods import BASELINES, CGT_METHODS, JOINT_BASELINES, display_order
 
-# PAPER.md §3: the only numbers known from the paper; the dataset is not stated in our sources.
+# The only numbers known from the paper (its abstract and third-party summaries); the dataset is not stated there.
 PAPER_REPORTED = pd.DataFrame([
     {"method": "soft_cgt", "f1": 95.0, "precision": 96.0, "recall": 95.0, "exit1_pct": 60.0, "exit2_pct": 21.3, "exit3_pct": 18.7},
     {"method": "hard_cgt", "f1": 92.0, "precision": 93.0, "recall": 92.0, "exit1_pct": np.nan, "exit2_pct": np.nan, "exit3_pct": np.nan},
@@ -201,15 +201,6 @@ def _holm_columns(df: pd.DataFrame) -> pd.DataFrame:
     for k, col in enumerate(p_cols):
         df[f"{col} (Holm)"] = [f"{v:.3f}" if not np.isnan(v) else "—" for v in adjusted.reshape(-1, len(p_cols))[:, k]]
     return df.drop(columns=p_cols)
-
-
-def category_counts(verdict_tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, dict[str, int]]]:
-    """{table name: {quality label: {category: count}}}: what the README's sentences are made from."""
-    out = {}
-    for name, df in verdict_tables.items():
-        out[name] = {label: df[f"verdict ({label})"].value_counts().to_dict() if not df.empty else {}
-                     for label in QUALITY.values()}
-    return out
 
 
 def to_markdown(df: pd.DataFrame) -> str:
