@@ -73,6 +73,7 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
     device = next(model.parameters()).device
     preds = torch.empty(len(x), dtype=torch.long)
     exits = torch.empty(len(x), dtype=torch.long)
+    track = isinstance(policy, LearnedPolicy)  # only its scores read the earlier predictions: thresholds stay lean
     for start in range(0, len(x), batch_size):
         h = x[start:start + batch_size].to(device)
         pending = torch.arange(start, start + len(h))  # dataset indices of the rows of h
@@ -84,7 +85,8 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
                 done = torch.ones(len(h), dtype=torch.bool, device=device)
             else:
                 done = exit_accepts(policy, e, logits, earlier, taus[e])
-                earlier = torch.cat([earlier, logits.argmax(-1)[None]])
+                if track:
+                    earlier = torch.cat([earlier, logits.argmax(-1)[None]])
             done_cpu = done.cpu()
             preds[pending[done_cpu]] = logits.argmax(-1)[done].cpu()
             exits[pending[done_cpu]] = e
@@ -92,7 +94,9 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
                 break
             if bool(done_cpu.any()):  # keep only the undecided rows for the next block
                 keep = ~done
-                h, pending, earlier = h[keep], pending[~done_cpu], earlier[:, keep]
+                h, pending = h[keep], pending[~done_cpu]
+                if track:
+                    earlier = earlier[:, keep]
     return EarlyExitOutput(preds, exits)
 
 

@@ -13,7 +13,8 @@ from sklearn.linear_model import LogisticRegression
 
 from cgt.cost import ExitCosts, exit_costs
 from cgt.evaluation.evaluate import EvalConfig, evaluate_logits
-from cgt.evaluation.learned_policy import (compare_policies, exit_targets, feature_table, fit_learned_policy)
+from cgt.evaluation.learned_policy import (compare_policies, exit_differences, exit_targets, feature_table,
+                                           fit_learned_policy)
 from cgt.evaluation.thresholds import candidates
 from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.learned_policy import FEATURES, LearnedPolicy, check_exit_policy, exit_features
@@ -250,17 +251,29 @@ def gap_threshold(scores: np.ndarray, q: float) -> float:
     return float(np.float32((s[best] + s[best + 1]) / 2))
 
 
+def with_agreement_weight(policy: LearnedPolicy, weight: float) -> LearnedPolicy:
+    """The policy with exit 2's weight on agrees_previous set by hand (the fitted one may be small)."""
+    coef = policy.coef.copy()
+    coef[1, FEATURES.index("agrees_previous")] = weight
+    return LearnedPolicy(coef, policy.intercept, policy.target, policy.classes_seen)
+
+
+@pytest.mark.parametrize("agreement", [None, 3.0], ids=["fitted", "agreement-heavy"])
 @pytest.mark.parametrize("batch_size", [1, 64])
-def test_early_exit_forward_with_the_learned_policy_equals_evaluation_from_logits(trained, batch_size):
+def test_early_exit_forward_with_the_learned_policy_equals_evaluation_from_logits(trained, batch_size, agreement):
     """The real pass (deeper blocks only for undecided samples, agreement from the exits each sample
-    passed) takes the same exits and predictions as exits_from_logits on the cached logits."""
+    passed) takes the same exits and predictions as exits_from_logits on the cached logits — for the
+    fitted policy, and for one whose exit-2 decisions hinge on the agreement with exit 1."""
     policy, logits = trained["policy"], trained["logits"]
-    assert np.abs(policy.coef[1, 3:]).max() > 0.1  # exit 2's score really uses the agreement with exit 1
+    if agreement is not None:
+        policy = with_agreement_weight(policy, agreement)
     s = policy.scores(logits).numpy()
     taus = [gap_threshold(s[0], 0.5), gap_threshold(s[1], 0.4)]
     assert all(np.abs(s[e] - taus[e]).min() > 1e-6 for e in range(2))  # precondition: no score on a threshold
     want_preds, want_exits = exits_from_logits(logits, taus, policy)
     assert (torch.bincount(want_exits, minlength=3) > 0).all()  # every exit takes samples
+    if agreement is not None:  # the agreement feature really decides some samples here
+        assert not torch.equal(want_exits, exits_from_logits(logits, taus, with_agreement_weight(policy, 0.0))[1])
     out = early_exit_forward(trained["model"], trained["x"], taus, policy, batch_size=batch_size)
     assert torch.equal(out.exit_index, want_exits) and torch.equal(out.predictions, want_preds)
 
@@ -276,3 +289,17 @@ def test_the_learned_policy_is_refused_before_any_block_runs(trained):
     finally:
         handle.remove()
     assert seen == [0]
+
+
+def test_exit_differences_by_hand():
+    """On the hand case at budget 0.75: max-softmax sends s0, s1, s2 out at exit 1 (s1 wrong there), the
+    margin policy s0 and s2, keeping s1 for exit 2 (right); s3 goes on in both. Only s1 is listed."""
+    logits, y = hand_two_exits()
+    margin_only = LearnedPolicy(np.array([[0.0, 10.0, 0, 0, 0]]), np.array([-0.5]))
+    rows = compare_policies(logits, y, logits, y, HAND_COSTS, 3, budgets=(0.75,), learned=margin_only)
+    taus = rows.set_index("policy")["thresholds"]
+    d = exit_differences(logits, y, taus["threshold"], taus["learned"], margin_only)
+    assert d["sample"].tolist() == [1] and d["threshold_exit"].tolist() == [1] and d["learned_exit"].tolist() == [2]
+    assert d["threshold_right"].tolist() == [False] and d["learned_right"].tolist() == [True]
+    assert d["max_prob_at_first"].iloc[0] == pytest.approx(0.5, abs=1e-6)
+    assert d["margin_at_first"].iloc[0] == pytest.approx(0.01, abs=1e-6)

@@ -142,12 +142,13 @@ def compare_policies(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits:
 
 
 def compare_policies_run(run: TrainedRun, costs: ExitCosts, num_classes: int, budgets=(0.3, 0.4, 0.5),
-                         threshold_policy: str = "max_softmax", target: str = "correct") -> pd.DataFrame:
+                         threshold_policy: str = "max_softmax", learned: LearnedPolicy | None = None,
+                         target: str = "correct") -> pd.DataFrame:
     """`compare_policies` for a finished run, with its dataset, method and seed in front (one tidy row per
     (dataset, method, seed, policy, budget), as evaluate.metrics_table)."""
     lg = run.logits
     table = compare_policies(lg["val"], lg["y_val"], lg["test"], lg["y_test"], costs, num_classes, budgets,
-                             threshold_policy, target=target)
+                             threshold_policy, learned, target)
     ident = {"dataset": run.config["dataset"], "method": run.config["method"], "seed": run.config["train"]["seed"]}
     for i, (k, v) in enumerate(ident.items()):
         table.insert(i, k, v)
@@ -170,3 +171,24 @@ def feature_table(exit_logits: torch.Tensor, y: torch.Tensor, learned: LearnedPo
         f["agrees_with_last"] = (preds[e] == preds[-1]).numpy()
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def exit_differences(exit_logits: torch.Tensor, y: torch.Tensor, threshold_taus, learned_taus,
+                     learned: LearnedPolicy, threshold_policy: str = "max_softmax") -> pd.DataFrame:
+    """The samples the two policies send out by different exits: per sample, each policy's exit (1-based),
+    prediction and whether it is right, with the features the learned policy saw at the earlier of the
+    two exits — the examples that show what the learned score changes."""
+    preds_t, exits_t = exits_from_logits(exit_logits, threshold_taus, threshold_policy)
+    preds_l, exits_l = exits_from_logits(exit_logits, learned_taus, learned)
+    differ = torch.nonzero(exits_t != exits_l).flatten()
+    table = pd.DataFrame({"sample": differ.numpy(), "label": y[differ].numpy(),
+                          "threshold_exit": exits_t[differ].numpy() + 1, "threshold_pred": preds_t[differ].numpy(),
+                          "learned_exit": exits_l[differ].numpy() + 1, "learned_pred": preds_l[differ].numpy()})
+    table["threshold_right"] = table.threshold_pred == table.label
+    table["learned_right"] = table.learned_pred == table.label
+    first = torch.minimum(exits_t, exits_l)[differ]  # always an early exit: the two differ
+    preds = exit_logits.argmax(-1)
+    features = torch.stack([exit_features(exit_logits[e], preds[:e]) for e in range(exit_logits.shape[0] - 1)])
+    features = features[first, differ].numpy()                                # (differing samples, F)
+    table[[f"{name}_at_first" for name in FEATURES]] = features
+    return table
