@@ -18,7 +18,7 @@ the rule is this file and a few numbers per exit: `LearnedPolicy.arrays()` gives
 what an exported model must carry. Fitting lives upstairs (cgt.evaluation.learned_policy), on
 validation logits only.
 
-"One policy interface": everywhere an exit policy is taken (cgt.inference, cgt.evaluation.thresholds),
+"One policy interface": everywhere an exit policy is taken (cgt.inference, cgt.evaluation.thresholds and risk),
 it is either a policy name of cgt.policy ("max_softmax", "entropy") or a `LearnedPolicy`; the
 functions at the bottom of this file dispatch between them, so every caller decides through one rule.
 """

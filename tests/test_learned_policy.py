@@ -303,3 +303,23 @@ def test_exit_differences_by_hand():
     assert d["threshold_right"].tolist() == [False] and d["learned_right"].tolist() == [True]
     assert d["max_prob_at_first"].iloc[0] == pytest.approx(0.5, abs=1e-6)
     assert d["margin_at_first"].iloc[0] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_risk_control_accepts_the_learned_policy():
+    """gap_losses under a learned policy = 'early exit wrong where the last is right' at exits_from_logits'
+    decisions, per global λ; CRC then certifies a λ on validation as for max-softmax."""
+    from cgt.evaluation.risk import conservative_first, gap_losses, risk_controlled_threshold
+
+    logits, y = synthetic(300)
+    policy = fit_learned_policy(logits, y, target="agrees_with_last")
+    grid = conservative_first(policy, n=20)
+    assert grid[0] == 1.0 and (np.diff(grid) < 0).all()  # learned scores leave when high: 1 is "never exit"
+    losses = gap_losses(logits, y, grid, policy)
+    last_right = logits[-1].argmax(-1) == y
+    for j in (0, 7, 19):
+        preds, _ = exits_from_logits(logits, float(grid[j]), policy)
+        np.testing.assert_array_equal(losses[:, j], ((preds != y) & last_right).numpy().astype(float))
+    lam = risk_controlled_threshold(logits, y, "crc", 0.05, policy=policy)
+    assert lam in conservative_first(policy) and 0.0 <= lam < 1.0
+    with pytest.raises(ValueError, match=r"fitted for a 3-exit model; these features come from a 2-exit model"):
+        gap_losses(logits[1:], y, grid, policy)
