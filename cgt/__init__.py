@@ -12,6 +12,8 @@ Ground floor — the method, in the order data flows through it:
                    files (raw), seeded splitters (splits), the cached tensors a notebook gets (prepared)
     models         early-exit networks: backbone blocks + one head per block; the paper's and generic ones
     policy         the exit rule: score, which way it passes τ, the "never / always exit" thresholds, PAPER_TAU
+    learned_policy the learned exit rule (per-exit logistic scores on confidence and agreement features) and
+                   the one policy interface: a policy name or a LearnedPolicy
     losses         exit-weighting strategies (HardCGT, SoftCGT, the baselines): per-sample, per-exit weights
     methods        the compared methods: named strategies with options, in display order
     train          TrainConfig and the training loop (seeded, resumable, DDP-aware)

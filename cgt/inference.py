@@ -5,6 +5,9 @@ Two ways to get the same decisions:
   * `early_exit_forward` — the real thing: per batch, block e+1 runs only on the samples that no
     exit up to e has accepted.
 tests/test_inference.py asserts both give identical predictions and exit indices on real data.
+
+`policy` is a policy name of cgt.policy or a cgt.learned_policy.LearnedPolicy (its scores use the
+earlier exits' predictions, which the real pass keeps for the samples still undecided).
 """
 from __future__ import annotations
 
@@ -15,23 +18,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .learned_policy import ExitPolicy, LearnedPolicy, check_exit_policy, exit_accepts
 from .models import EarlyExitNet
-from .policy import accepts, accepts_row, check_policy, check_thresholds
+from .policy import accepts_row, check_thresholds
 
 def exits_from_logits(exit_logits: torch.Tensor, thresholds: float | Sequence[float],
-                      policy: str = "max_softmax") -> tuple[torch.Tensor, torch.Tensor]:
+                      policy: ExitPolicy = "max_softmax") -> tuple[torch.Tensor, torch.Tensor]:
     """Decisions from cached logits (E, N, K) → (predictions (N,), exit index (N,), 0-based)."""
-    check_policy(policy)
     if exit_logits.ndim != 3:
         raise ValueError(f"exit logits must be (exits, samples, classes); got shape {tuple(exit_logits.shape)}")
     num_exits, n, _ = exit_logits.shape
+    check_exit_policy(policy, num_exits)
     taus = check_thresholds(thresholds, num_exits)
     accept = torch.ones(num_exits, n, dtype=torch.bool)
-    for e in range(num_exits - 1):
-        accept[e] = accepts(exit_logits[e], float(taus[e]), policy)
+    preds = exit_logits.argmax(-1)
+    for e in range(num_exits - 1):  # the same call the real pass makes at exit e
+        accept[e] = exit_accepts(policy, e, exit_logits[e], preds[:e], float(taus[e]))
     exit_index = accept.int().argmax(dim=0)  # first accepting exit
-    preds = exit_logits.argmax(-1).gather(0, exit_index[None]).squeeze(0)
-    return preds, exit_index
+    return preds.gather(0, exit_index[None]).squeeze(0), exit_index
 
 
 @torch.inference_mode()
@@ -58,27 +62,31 @@ class EarlyExitOutput:
 
 @torch.inference_mode()
 def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float | Sequence[float],
-                       policy: str = "max_softmax", batch_size: int = 256) -> EarlyExitOutput:
+                       policy: ExitPolicy = "max_softmax", batch_size: int = 256) -> EarlyExitOutput:
     """Run `model` with early exits: deeper blocks only see the samples still undecided."""
-    check_policy(policy)
     num_exits = model.num_exits
+    check_exit_policy(policy, num_exits)
     taus = check_thresholds(thresholds, num_exits).tolist()
     model.eval()
-    if batch_size == 1:
+    if batch_size == 1 and not isinstance(policy, LearnedPolicy):  # the learned rule takes the batched path
         return _early_exit_one_by_one(model, x, taus, policy)
     device = next(model.parameters()).device
     preds = torch.empty(len(x), dtype=torch.long)
     exits = torch.empty(len(x), dtype=torch.long)
+    track = isinstance(policy, LearnedPolicy)  # only its scores read the earlier predictions: thresholds stay lean
     for start in range(0, len(x), batch_size):
         h = x[start:start + batch_size].to(device)
         pending = torch.arange(start, start + len(h))  # dataset indices of the rows of h
+        earlier = torch.empty(0, len(h), dtype=torch.long, device=device)  # argmax of exits 0 … e − 1, per row
         for e in range(num_exits):
             h = model.blocks[e](h)
             logits = model.heads[e](h)
             if e == num_exits - 1:
                 done = torch.ones(len(h), dtype=torch.bool, device=device)
             else:
-                done = accepts(logits, taus[e], policy)
+                done = exit_accepts(policy, e, logits, earlier, taus[e])
+                if track:
+                    earlier = torch.cat([earlier, logits.argmax(-1)[None]])
             done_cpu = done.cpu()
             preds[pending[done_cpu]] = logits.argmax(-1)[done].cpu()
             exits[pending[done_cpu]] = e
@@ -87,6 +95,8 @@ def early_exit_forward(model: EarlyExitNet, x: torch.Tensor, thresholds: float |
             if bool(done_cpu.any()):  # keep only the undecided rows for the next block
                 keep = ~done
                 h, pending = h[keep], pending[~done_cpu]
+                if track:
+                    earlier = earlier[:, keep]
     return EarlyExitOutput(preds, exits)
 
 

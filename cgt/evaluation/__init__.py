@@ -5,6 +5,7 @@
     evaluate       a finished run's metrics at every operating point (incl. matched cost, the budget curve)
     calibration    per exit: validation-fitted temperature, ECE, how well confidence predicts mistakes
     risk           thresholds with a guarantee on the accuracy lost: conformal risk control, Learn then Test
+    learned_policy the learned exit policy fitted on validation, compared with thresholds at the same budgets
     verdicts       the one rule every comparison follows: paired t intervals, margins fixed in advance
     primary        the pre-registered analysis: comparator chosen on validation, matched realised cost,
                    paired class-stratified bootstrap, Holm over the whole family

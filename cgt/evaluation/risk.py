@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from ..policy import check_policy, passes, scores, threshold_grid
+from ..learned_policy import ExitPolicy, check_exit_policy, direction, early_exit_scores
+from ..policy import check_policy, passes, threshold_grid
 
 METHODS = ("crc", "ltt")
 DELTA = 0.1
@@ -56,13 +57,14 @@ def _check_size(method: str, n: int, eps: float, delta: float) -> None:
                          + (f", delta={delta}" if method == "ltt" else "") + f": it needs at least {need}")
 
 
-def gap_losses(logits: torch.Tensor, y: torch.Tensor, grid, policy: str = "max_softmax") -> np.ndarray:
+def gap_losses(logits: torch.Tensor, y: torch.Tensor, grid, policy: ExitPolicy = "max_softmax") -> np.ndarray:
     """(n, len(grid)) 0/1 losses L_i(λ) for each global threshold λ of `grid` (ordered by the caller),
-    all thresholds at once: the scores are computed once and compared with every λ."""
-    check_policy(policy)
+    all thresholds at once: the scores are computed once and compared with every λ. A learned policy
+    (cgt.learned_policy) shares one λ across its exits' scores, each an estimated P(this exit is right)."""
+    check_exit_policy(policy, logits.shape[0])
     grid = torch.as_tensor(np.asarray(grid, dtype=np.float32))
-    score = scores(logits[:-1], policy)                                          # (E − 1, n)
-    accept = passes(score[None], grid[:, None, None], policy)                    # (G, E − 1, n)
+    score = early_exit_scores(logits, policy)                                    # (E − 1, n)
+    accept = passes(score[None], grid[:, None, None], direction(policy))         # (G, E − 1, n)
     accept = torch.cat([accept, torch.ones_like(accept[:, :1])], dim=1)           # the last exit takes the rest
     exit_index = accept.int().argmax(dim=1)                                       # (G, n): first accepting exit
     preds = _predictions_at(logits.argmax(-1), exit_index)
@@ -76,11 +78,12 @@ def _predictions_at(exit_preds: torch.Tensor, exit_index: torch.Tensor) -> torch
     return exit_preds[exit_index, torch.arange(n)[None, :].expand_as(exit_index)]
 
 
-def conservative_first(policy: str, n: int = 100) -> np.ndarray:
+def conservative_first(policy: ExitPolicy, n: int = 100) -> np.ndarray:
     """The candidate thresholds, from 'never exit early' to the most aggressive."""
-    check_policy(policy)
-    grid = threshold_grid(policy, n)
-    return grid[::-1] if policy == "max_softmax" else grid  # max-softmax: high τ is conservative; entropy: low
+    name = direction(policy)
+    check_policy(name)
+    grid = threshold_grid(name, n)
+    return grid[::-1] if name == "max_softmax" else grid  # max-softmax: high τ is conservative; entropy: low
 
 
 def crc_threshold(losses: np.ndarray, eps: float) -> int:
@@ -120,7 +123,7 @@ def ltt_threshold(losses: np.ndarray, eps: float, delta: float = DELTA) -> int:
 
 
 def risk_controlled_threshold(logits: torch.Tensor, y: torch.Tensor, method: str, eps: float, delta: float = DELTA,
-                              policy: str = "max_softmax", losses: np.ndarray | None = None) -> float:
+                              policy: ExitPolicy = "max_softmax", losses: np.ndarray | None = None) -> float:
     """The global threshold `method` picks on calibration logits (E, n, K) and labels (n,); `losses`: their
     gap_losses on conservative_first(policy), when already computed (several methods and ε share them)."""
     check_levels(eps, delta)

@@ -3,6 +3,8 @@
 Every function here works from cached per-exit logits, so hundreds of threshold settings are
 evaluated in a fraction of a second. A *setting* is one τ per early exit, shape (E − 1,).
 The reported test numbers apply thresholds that were chosen here on the validation split.
+A policy is a name of cgt.policy or a learned policy (cgt.learned_policy): its per-exit thresholds are
+chosen here the same way.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import numpy as np
 import torch
 
 from ..cost import ExitCosts
-from ..policy import always_exit, check_policy, passes, scores, threshold_grid
+from ..learned_policy import ExitPolicy, always_exit_threshold, check_exit_policy, direction, early_exit_scores
+from ..policy import passes, threshold_grid
 
 
 @dataclass
@@ -31,21 +34,21 @@ class SettingsEval:
 
 
 def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, thresholds: np.ndarray,
-                      policy: str = "max_softmax", chunk: int = 256) -> SettingsEval:
+                      policy: ExitPolicy = "max_softmax", chunk: int = 256) -> SettingsEval:
     """Evaluate many threshold settings at once from logits (E, N, K); same rule as
     `inference.exits_from_logits` (first exit whose score passes; the last always accepts)."""
-    check_policy(policy)
     num_exits = exit_logits.shape[0]
+    check_exit_policy(policy, num_exits)
     thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float32))
     if thresholds.shape[1] != num_exits - 1:
         raise ValueError(f"settings have {thresholds.shape[1]} thresholds; need {num_exits - 1} per setting")
-    exit_scores = scores(exit_logits[:-1], policy).numpy()                    # (E−1, N)
+    exit_scores = early_exit_scores(exit_logits, policy).numpy()              # (E−1, N)
     correct = (exit_logits.argmax(-1) == y).numpy()                          # (E, N)
     cum_rel = costs.relative
     acc, cost, fractions = [], [], []
     for start in range(0, len(thresholds), chunk):
         taus = thresholds[start:start + chunk, :, None]                       # (S, E−1, 1)
-        leave = passes(exit_scores[None], taus, policy)                       # (S, E−1, N)
+        leave = passes(exit_scores[None], taus, direction(policy))           # (S, E−1, N)
         accept = np.concatenate([leave, np.ones((len(taus), 1, exit_scores.shape[1]), bool)], axis=1)  # (S, E, N)
         exit_idx = accept.argmax(axis=1)                                      # (S, N)
         acc.append(correct[exit_idx, np.arange(correct.shape[1])].mean(axis=1))
@@ -55,16 +58,16 @@ def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCos
     return SettingsEval(thresholds, np.concatenate(acc), np.concatenate(cost), np.concatenate(fractions))
 
 
-def sweep_global(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, policy: str = "max_softmax",
+def sweep_global(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, policy: ExitPolicy = "max_softmax",
                  grid: np.ndarray | None = None) -> SettingsEval:
     """One τ shared by every early exit, over a grid: the accuracy/cost curve."""
-    grid = threshold_grid(policy) if grid is None else np.asarray(grid)
+    grid = threshold_grid(direction(policy)) if grid is None else np.asarray(grid)
     return evaluate_settings(exit_logits, y, costs, np.repeat(grid[:, None], exit_logits.shape[0] - 1, axis=1), policy)
 
 
-def per_exit_candidates(val_logits: torch.Tensor, policy: str, per_exit: int = 24) -> list[np.ndarray]:
+def per_exit_candidates(val_logits: torch.Tensor, policy: ExitPolicy, per_exit: int = 24) -> list[np.ndarray]:
     """Candidate τ per early exit: quantiles of that exit's validation scores (plus the extremes)."""
-    exit_scores = scores(val_logits[:-1], policy).numpy()
+    exit_scores = early_exit_scores(val_logits, policy).numpy()
     extremes = [0.0, 1.0]
     return [np.unique(np.concatenate([np.quantile(s, np.linspace(0, 1, per_exit)), extremes])) for s in exit_scores]
 
@@ -80,10 +83,10 @@ class Candidates:
     """Their accuracy and cost on validation."""
     last_exit_accuracy: float
     """Validation accuracy of the last exit alone."""
-    policy: str
+    policy: ExitPolicy
 
 
-def candidates(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, policy: str = "max_softmax",
+def candidates(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, policy: ExitPolicy = "max_softmax",
                per_exit: int = 24) -> Candidates:
     grids = per_exit_candidates(val_logits, policy, per_exit)
     settings = np.array(list(itertools.product(*grids)), dtype=np.float32)
@@ -126,7 +129,7 @@ def pick(c: Candidates, objective: str, tolerance: float = 0.005, budget: float 
     if chosen:
         return c.settings[chosen[0]], True
     if objective == "budget":  # e.g. a budget below exit 1's cost: exit everything as early as possible
-        return np.full(c.settings.shape[1], always_exit(c.policy), np.float32), False
+        return np.full(c.settings.shape[1], always_exit_threshold(c.policy), np.float32), False
     return c.settings[most_accurate_first[0]], False
 
 
@@ -147,7 +150,7 @@ def budget_reached(c: Candidates, budget: float) -> bool:
 
 
 def fit_operating_point(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts, objective: str,
-                        policy: str = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
+                        policy: ExitPolicy = "max_softmax", tolerance: float = 0.005, budget: float = 0.5,
                         target: float | None = None, per_exit: int = 24) -> np.ndarray:
     """Per-exit thresholds (E − 1,) chosen on validation data (see `pick` for the objectives)."""
     if objective not in OBJECTIVES:  # before the candidates are evaluated
