@@ -238,3 +238,28 @@ def test_the_readme_answer_block_is_made_of_the_artifacts(table, tmp_path):
     block = readme.headline_markdown(tmp_path)
     assert "**fashion_mnist** (random; against `joint_uniform`, chosen on validation): **reproduced**" in block
     assert f"| `hard_cgt` | 91.00 | 80.00 | 0.500 | {primary.SUPPORTED} · {primary.NON_INFERIOR} |" in block
+
+
+def test_the_learned_policy_table_pairs_policies_and_methods_by_replicate():
+    """joint_uniform gains 1 point from the learned policy, hard_cgt 3; with it, hard_cgt is 2.5 points above
+    joint_uniform (seed-to-seed jitter keeps the intervals finite); an unreachable row is left out."""
+    from cgt.reporting.tables import learned_policy_table
+
+    jitter = [0.001, -0.001, 0.0]
+    rows = []
+    for s, j in enumerate(jitter):
+        for method, thr, learned in (("joint_uniform", 0.90, 0.91), ("hard_cgt", 0.905, 0.935)):
+            rows.append({"method": method, "seed": s, "policy": "threshold", "budget": 0.4, "accuracy": thr + j,
+                         "avg_cost_relative": 0.4, "objective_met": True})
+            rows.append({"method": method, "seed": s, "policy": "learned", "budget": 0.4,
+                         "accuracy": learned + 2 * j * (method == "hard_cgt"), "avg_cost_relative": 0.39,
+                         "objective_met": True})
+        rows.append({"method": "hard_cgt", "seed": s, "policy": "learned", "budget": 0.1, "accuracy": np.nan,
+                     "avg_cost_relative": np.nan, "objective_met": False})
+    table = learned_policy_table(pd.DataFrame(rows), "joint_uniform").set_index("comparison")
+    assert set(table["budget"]) == {0.4}
+    assert table.loc["joint_uniform + learned vs joint_uniform + threshold", "Δ accuracy, points [95% CI]"].startswith("+1.00")
+    assert table.loc["hard_cgt + learned vs hard_cgt + threshold", "Δ accuracy, points [95% CI]"].startswith("+3.00")
+    row = table.loc["hard_cgt + learned vs joint_uniform + learned"]
+    assert row["Δ accuracy, points [95% CI]"].startswith("+2.50") and row["n"] == 3
+    assert row["rel. cost (new / base)"] == "0.390 / 0.390"

@@ -212,6 +212,12 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
     parts += ["Calibration per exit (from the cached logits): the temperature fitted on validation (NLL), test ECE "
               "before and after scaling, and the test AUROC of (1 − confidence) for the exit's own mistakes — what "
               "an exit decision relies on (mean over seeds):", "", _table(fig_dir, ds, "calibration")[0], ""]
+    parts += ["A learned exit policy (per exit, a logistic model on max-probability, margin, entropy and agreement "
+              "with earlier exits, fitted on validation; `cgt/learned_policy.py`) against max-softmax thresholds at "
+              "the same budgets: does it help joint training as much as CGT does, and does CGT + learned policy beat "
+              "the joint baseline chosen on validation + learned policy (exploratory; accuracy in points, paired by "
+              "replicate):", "", _table(fig_dir, ds, "learned_policy")[0] if (fig_dir / f"table_{ds}_learned_policy.md").exists()
+              else "*Not in these figures: the next `make paper` writes `table_" + ds + "_learned_policy`.*", ""]
     parts += ["Risk-controlled thresholds (one global τ chosen on validation with a guarantee on the loss \"early exit "
               "wrong where the last exit is right\", which bounds the accuracy lost against the full network; CRC in "
               "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",

@@ -182,6 +182,39 @@ def matched_cost_table(table: pd.DataFrame, points: list[str], margin: float = v
     return _holm_columns(pd.DataFrame(rows))
 
 
+def _replicate_key(df: pd.DataFrame) -> list[str]:
+    """What pairs rows across methods: the seed, and the fold where the protocol has folds."""
+    return ["seed", "fold"] if "fold" in df and df["fold"].notna().any() else ["seed"]
+
+
+def learned_policy_table(rows: pd.DataFrame, comparator: str, margin: float = verdicts.MARGIN) -> pd.DataFrame:
+    """Does a learned exit policy change the answer? From `compare_policies_run` rows (every method, both
+    policies, each budget): per budget, (a) learned − threshold for each method, paired by replicate —
+    does the policy help joint training as much as CGT? — and (b) each CGT variant + learned policy against
+    `comparator` + learned policy. Accuracy in points at the realised costs shown; quality alone decides
+    (exploratory)."""
+    ok = rows[rows["objective_met"].astype(bool)]
+    key = _replicate_key(ok)
+    out = []
+    for budget, at in ok.groupby("budget", sort=True):
+        pivot = at.pivot_table(index=[*key, "method"], columns="policy", values=["accuracy", "avg_cost_relative"])
+        pairs = [(m, "threshold", m, "learned") for m in display_order(at["method"].unique())]
+        pairs += [(comparator, "learned", c, "learned") for c in CGT_METHODS if c in set(at["method"])]
+        for base_m, base_p, new_m, new_p in pairs:
+            a = pivot.xs(new_m, level="method")
+            b = pivot.xs(base_m, level="method")
+            common = a.index.intersection(b.index)
+            d = 100 * (a.loc[common, ("accuracy", new_p)] - b.loc[common, ("accuracy", base_p)]).to_numpy(float)
+            d = d[~np.isnan(d)]
+            out.append({"budget": budget, "comparison": f"{new_m} + {new_p} vs {base_m} + {base_p}",
+                        "n": len(d),
+                        "rel. cost (new / base)": f"{a.loc[common, ('avg_cost_relative', new_p)].mean():.3f} / "
+                                                  f"{b.loc[common, ('avg_cost_relative', base_p)].mean():.3f}",
+                        "Δ accuracy, points [95% CI]": _interval(d, 2) + f" ({verdicts.sign_pattern(d)} higher)",
+                        "verdict": verdicts.matched_cost_verdict(d, margin)})
+    return pd.DataFrame(out)
+
+
 def _interval(d: np.ndarray, decimals: int) -> str:
     if len(d) < 2:
         return "—" if len(d) == 0 else f"{d.mean():+.{decimals}f}"
