@@ -210,3 +210,16 @@ def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_pa
     assert "Training-time gating against test-time routing" in text and "exit 1: test routed %" in text
     assert ablations.grid_of(names + ["joint_uniform"]) == "reduced"
     assert ablations.grid_of([c.name for c in ablations.GRIDS["full"]]) == "full" and ablations.grid_of(["x"]) is None
+
+
+def test_markdown_tables_are_rounded_for_display_and_csv_keeps_full_precision(tmp_path):
+    """Percentages and points to 2 decimals, relative cost and AUROC to 3, p-values to 3 significant digits,
+    counts as integers, NaN as a dash; the CSV beside the table keeps every digit."""
+    df = pd.DataFrame({"method": ["hard_cgt"], "acc @τ_train": [98.28988335889214],
+                       "cost @τ_train": [0.6191409596782315], "Δ acc matched cost (40 %)": [-0.123456],
+                       "Δ cost matched cost (40 %)": [0.0123456], "failure AUROC": [0.87654],
+                       "p accuracy (Holm)": [0.000123456], "n (seeds)": [5.0], "F1": [np.nan]})
+    write_table(df, tmp_path / "t")
+    row = (tmp_path / "t.md").read_text().splitlines()[2]
+    assert row == "| hard_cgt | 98.29 | 0.619 | -0.12 | 0.012 | 0.877 | 0.000123 | 5 | — |"
+    assert pd.read_csv(tmp_path / "t.csv")["acc @τ_train"][0] == 98.28988335889214
