@@ -6,4 +6,5 @@
     views          the notebooks' shared views (tables and figures, one call each)
     paper_figures  notebook 04: every table and figure from the finished runs of a profile
     readme         the README's results block, from artifacts only
+    site           the results site (`make site`, MkDocs hooks): results pages, executed notebooks, local MathJax
 """
