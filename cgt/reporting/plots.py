@@ -140,22 +140,25 @@ def soft_residuals(tau_train: float, sigmoid_scales: Sequence[float] = (1.0, 10.
 
 
 def pixel_maps(image_shape: Sequence[int], pixels: np.ndarray, predictions: np.ndarray, exit_index: np.ndarray,
-               num_classes: int, num_exits: int, title: str = ""):
-    """Indian Pines: predicted class map and exit-depth map (which pixels leave at which exit)."""
+               class_names: Sequence[str], num_exits: int, title: str = ""):
+    """Indian Pines: predicted class map (its key names the classes) and exit-depth map (which pixels
+    leave at which exit)."""
+    num_classes = len(class_names)
     h, w = image_shape
     pred_map = np.full(h * w, np.nan)
     exit_map = np.full(h * w, np.nan)
     pred_map[pixels] = predictions
     exit_map[pixels] = exit_index + 1
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     im0 = axes[0].imshow(pred_map.reshape(h, w), cmap=plt.get_cmap("tab20", num_classes), vmin=-0.5, vmax=num_classes - 0.5,
                          interpolation="nearest")
     axes[0].set_title("predicted class")
-    fig.colorbar(im0, ax=axes[0], fraction=0.046, ticks=range(num_classes))
+    key = fig.colorbar(im0, ax=axes[0], fraction=0.046, ticks=range(num_classes))
+    key.ax.set_yticklabels(class_names, fontsize=7)
     im1 = axes[1].imshow(exit_map.reshape(h, w), cmap=plt.get_cmap("viridis", num_exits), vmin=0.5, vmax=num_exits + 0.5,
                          interpolation="nearest")
     axes[1].set_title("exit taken")
-    fig.colorbar(im1, ax=axes[1], fraction=0.046, ticks=range(1, num_exits + 1))
+    fig.colorbar(im1, ax=axes[1], fraction=0.046, ticks=range(1, num_exits + 1), label="exit")
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title)
@@ -167,8 +170,11 @@ def examples_per_exit(images: np.ndarray, exit_index: np.ndarray, predictions: n
                       class_names: Sequence[str], num_exits: int, per_exit: int = 8):
     """Fashion-MNIST: the first test images that leave at each exit (title: predicted / true)."""
     fig, axes = plt.subplots(num_exits, per_exit, figsize=(1.3 * per_exit, 1.6 * num_exits), squeeze=False)
+    shown = wrong = 0
     for e in range(num_exits):
         idx = np.flatnonzero(exit_index == e)[:per_exit]
+        shown += len(idx)
+        wrong += int((predictions[idx] != labels[idx]).sum())
         for j, ax in enumerate(axes[e]):
             ax.axis("off")
             if j < len(idx):
@@ -177,7 +183,9 @@ def examples_per_exit(images: np.ndarray, exit_index: np.ndarray, predictions: n
                 colour = "black" if predictions[i] == labels[i] else "red"
                 ax.set_title(_wrapped(class_names[predictions[i]]), fontsize=7, color=colour)
         axes[e][0].text(-0.3, 0.5, f"exit {e + 1}", transform=axes[e][0].transAxes, ha="right", va="center")
-    fig.suptitle("test images by the exit they leave at (red: wrong)", fontsize=9)
+    # the caption says what the colour means only when the figure shows it (a claim a reader can check)
+    mistakes = f"red: wrong, {wrong} of {shown}" if wrong else f"all {shown} predicted correctly"
+    fig.suptitle(f"test images by the exit they leave at (title: predicted class; {mistakes})", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -240,22 +248,34 @@ def gradient_interference(histories: Mapping[str, list[dict]]):
     return fig
 
 
-def config_heatmap(means: pd.DataFrame):
+def config_heatmap(means: pd.DataFrame,
+                   title: str = "ablation grid: means over seeds\ncolour: rank in column (bright = higher acc., lower cost)"):
     """Configuration × metric (means over seeds); colour = rank within the column (bright: better —
-    higher accuracy, lower cost), so each metric's best and worst stand out whatever its unit."""
+    higher accuracy, lower cost), so each metric's best and worst stand out whatever its unit; the
+    colour key says so."""
     ranks = means.rank(pct=True)
     for column in ranks:
         if "cost" in column:
             ranks[column] = 1 - ranks[column]
     fig, ax = plt.subplots(figsize=(1.1 * means.shape[1] + 3, 0.42 * means.shape[0] + 1.5))
-    sns.heatmap(ranks, annot=means.round(2), fmt="", cmap="viridis", cbar=False, ax=ax)
+    sns.heatmap(ranks, annot=means.round(2), fmt="", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                cbar_kws={"label": "rank in column (1 = best)", "shrink": 0.8})
     ax.set_xlabel("")
     ax.set_ylabel("")
+    ax.set_title(title)
     ax.tick_params(axis="x", rotation=40)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
     fig.tight_layout()
     return fig
+
+
+def label_figure(fig, context: str) -> None:
+    """Put `context` (dataset and split) at the head of a figure's title, so it stands alone: before its
+    suptitle when it has one, else as its suptitle."""
+    existing = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    fig.suptitle(f"{context}: {existing}" if existing else context, fontsize=10)
+    fig.tight_layout()
 
 
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
