@@ -49,3 +49,24 @@ def test_ablation_heatmap_has_a_title_and_a_colour_key():
     assert fig.axes[0].get_title().startswith("ablation grid")
     assert fig.axes[1].get_ylabel() == "rank in column (1 = best)"
     plt.close(fig)
+
+
+def _metrics(method: str, val_acc: float, test_acc: float) -> dict:
+    point = {"val": {"accuracy": val_acc, "avg_cost_relative": 0.5}, "test": {"accuracy": test_acc, "avg_cost_relative": 0.5}}
+    return {"run": {"method": method}, "operating_points": {"p": point},
+            "sweep": {"test_accuracy": [0.5, test_acc], "test_relative_cost": [0.3, 1.0]},
+            "per_exit": {"test": {"accuracy": [0.5, test_acc]}}, "costs": {"relative_cost": [0.3, 1.0]}}
+
+
+def test_accuracy_cost_curves_emphasise_cgt_and_the_joint_baseline_best_on_validation():
+    """joint_depth is best on validation, joint_uniform on test: validation decides, test never does."""
+    runs = [_metrics("joint_uniform", 0.80, 0.95), _metrics("joint_depth", 0.90, 0.85),
+            _metrics("last_exit", 0.99, 0.99), _metrics("hard_cgt", 0.70, 0.70)]
+    by_method = {m["run"]["method"]: [m] for m in runs}
+    assert plots.emphasised(by_method, "p") == {"hard_cgt", "joint_depth"}
+    fig = plots.accuracy_vs_cost(runs, point="p")
+    alphas = {line.get_label(): line.get_alpha() for line in fig.axes[0].get_lines()}
+    assert alphas == {"joint_uniform": 0.35, "joint_depth": 1.0, "last_exit": 0.35, "hard_cgt": 1.0}
+    legend = fig.axes[0].get_legend()
+    assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # outside the axes
+    plt.close(fig)
