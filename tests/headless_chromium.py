@@ -26,6 +26,9 @@ import websocket
 IN_PAGE = ("data:", "blob:", "about:")
 """URL schemes whose content is in the page itself: never a request that can fail or leave the site."""
 
+BROWSER_OWN = ("/favicon.ico",)
+"""Paths the browser asks every origin for by itself, whatever the page says: not the page's requests."""
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 MATH_SETTLED = """(() => {
@@ -178,7 +181,8 @@ def failed_requests(events: list[dict], origin: str) -> list[str]:
     anywhere but `origin` (data:, blob: and about: URLs are in the page itself)."""
     urls = {e["params"]["requestId"]: e["params"]["request"]["url"]
             for e in events if e.get("method") == "Network.requestWillBeSent"}
-    urls = {request_id: url for request_id, url in urls.items() if not url.startswith(IN_PAGE)}
+    urls = {request_id: url for request_id, url in urls.items()
+            if not url.startswith(IN_PAGE) and urllib.parse.urlparse(url).path not in BROWSER_OWN}
     failed = []
     for request_id, url in urls.items():
         if not url.startswith(origin):
@@ -187,7 +191,8 @@ def failed_requests(events: list[dict], origin: str) -> list[str]:
         params = e.get("params", {})
         if e.get("method") == "Network.loadingFailed" and params["requestId"] in urls and not params.get("canceled"):
             failed.append(f"{urls.get(params['requestId'], '?')} ({params.get('errorText')})")
-        elif e.get("method") == "Network.responseReceived" and params["response"]["status"] >= 400:
+        elif e.get("method") == "Network.responseReceived" and params["requestId"] in urls \
+                and params["response"]["status"] >= 400:
             failed.append(f"{params['response']['url']} (HTTP {params['response']['status']})")
     return sorted(set(failed))
 

@@ -51,7 +51,8 @@ def test_failed_requests_reads_the_devtools_log():
     origin = "http://127.0.0.1:1/"
     sent = lambda i, url: {"method": "Network.requestWillBeSent", "params": {"requestId": i, "request": {"url": url}}}
     events = [sent("1", origin + "ok.js"), sent("2", origin + "gone.png"), sent("3", "https://cdn.example/x.js"),
-              sent("4", "data:image/png;base64,AA"), sent("5", origin + "stopped.js"),
+              sent("4", "data:image/png;base64,AA"), sent("5", origin + "stopped.js"), sent("6", origin + "favicon.ico"),
+              {"method": "Network.responseReceived", "params": {"requestId": "6", "response": {"url": origin + "favicon.ico", "status": 404}}},
               {"method": "Network.responseReceived", "params": {"requestId": "1", "response": {"url": origin + "ok.js", "status": 200}}},
               {"method": "Network.responseReceived", "params": {"requestId": "2", "response": {"url": origin + "gone.png", "status": 404}}},
               {"method": "Network.loadingFailed", "params": {"requestId": "3", "errorText": "net::ERR_NAME_NOT_RESOLVED"}},
@@ -122,3 +123,21 @@ def test_every_page_of_the_site_loads_offline_with_its_math_images_and_links(bui
                 problems += [f"{page}: {kind}: {item}" for item in getattr(report, kind)]
             problems += [f"{page}: broken link: {link}" for link in broken_links(report.links, server.base, built_site)]
     assert problems == []
+
+
+@pytest.mark.slow
+def test_published_html_export_renders_its_math_offline(tmp_path, monkeypatch):
+    """cgt.pipeline.notebooks.publish_notebooks on a real executed notebook (headings with $\\tau$): the
+    export loads MathJax from the folder beside it, makes no failed or off-site request, and no heading
+    keeps raw $…$."""
+    from cgt.pipeline.notebooks import publish_notebooks
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
+    executed = tmp_path / "runs" / "smoke" / "notebooks"
+    executed.mkdir(parents=True)
+    shutil.copy(ROOT / "paper" / "04_figures.ipynb", executed)
+    publish_notebooks("smoke", tmp_path / "paper")
+    assert "$\\tau" in (tmp_path / "paper" / "04_figures.html").read_text()  # math to typeset in a heading
+    with SiteServer(tmp_path / "paper") as server, Chromium() as browser:
+        report = browser.check_page(server.base + "04_figures.html", server.base)
+    assert (report.failed_requests, report.broken_images, report.raw_math_headings) == ([], [], [])
