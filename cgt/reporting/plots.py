@@ -205,6 +205,10 @@ def examples_per_exit(images: np.ndarray, exit_index: np.ndarray, predictions: n
                 colour = "black" if predictions[i] == labels[i] else "red"
                 ax.set_title(_wrapped(class_names[predictions[i]]), fontsize=7, color=colour)
         axes[e][0].text(-0.3, 0.5, f"exit {e + 1}", transform=axes[e][0].transAxes, ha="right", va="center")
+        if len(idx) == 0:  # an empty row is a finding, not a rendering fault: say so
+            note = axes[e][0].text(0.0, 0.5, "no test image leaves at this exit", transform=axes[e][0].transAxes,
+                                   ha="left", va="center", fontsize=8, color="grey")
+            note.set_in_layout(False)  # it spills over the empty cells beside it; the layout must not shrink for it
     # the caption says what the colour means only when the figure shows it (a claim a reader can check)
     mistakes = f"red: wrong, {wrong} of {shown}" if wrong else f"all {shown} predicted correctly"
     fig.suptitle(f"test images by the exit they leave at (title: predicted class; {mistakes})", fontsize=9)
