@@ -70,3 +70,13 @@ def test_accuracy_cost_curves_emphasise_cgt_and_the_joint_baseline_best_on_valid
     legend = fig.axes[0].get_legend()
     assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # outside the axes
     plt.close(fig)
+
+
+def test_notebook_views_name_dataset_and_split_from_the_runs():
+    from types import SimpleNamespace
+
+    from cgt.reporting.views import figure_context
+
+    run = lambda params: SimpleNamespace(run=SimpleNamespace(config={"data_params": params}))
+    assert figure_context([run({"dataset": "indian_pines", "split": "spatial"})]) == "indian_pines, spatial split"
+    assert figure_context([run({"dataset": "fashion_mnist"})]) == "fashion_mnist, random split"
