@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA_DIR ?= data/raw
 
-.PHONY: setup data test test-fast lab paper quick smoke clean-venv
+.PHONY: setup data test test-fast lab paper quick smoke site clean-venv
 
 # The stamp depends on pyproject.toml: changing a pin re-installs.
 $(STAMP): pyproject.toml
@@ -44,6 +44,11 @@ quick: data
 
 smoke: data
 	$(PY) -m cgt paper --profile smoke
+
+# The results site in site/ (not committed): docs/, the results pages and the executed notebooks in paper/,
+# rendered from their stored outputs (nothing is executed); MathJax is served from the site, so it reads offline.
+site: setup
+	$(PY) -m mkdocs build --strict
 
 # JupyterLab's settings for this environment: no first-run "fetch Jupyter news?" prompt, no update check
 # (the lab runs offline against the project; change them in the lab's Settings editor if you like).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 
@@ -48,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .experiments.train_evaluate import run_methods
 
     methods = list(COMPARED) if args.method == ["all"] else args.method
+    if not args.quiet:  # the per-epoch lines of cgt.train, when stdout is a log file rather than a terminal
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     options = _json_object("--options", args.options)
     run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split,

@@ -9,6 +9,7 @@ checkpointed).
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .interference import gradient_interference
 from .losses import STRATEGIES, early_head_fit_loss, exit_weights, inverse_frequency, lambdas_at, weighted_exit_loss
 from .models import EarlyExitNet
 from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,9 +182,10 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
         stats["epoch_time_s"] = time.perf_counter() - t0
         state.history.append(stats)
         state.epoch = epoch + 1
-        if label is not None and not _terminal():  # a log file gets one plain line per epoch, not a bar
-            print(f"{label}: loss {stats['loss']:.4f}, val acc per exit "
-                  f"{' / '.join(f'{a:.3f}' for a in stats['val_acc'])} ({stats['epoch_time_s']:.0f} s)", flush=True)
+        if label is not None and not _terminal():  # off a terminal one line per epoch, not a bar, to the log:
+            # `cgt train` shows it; a notebook (no handler) shows only run_methods' one summary line per run
+            _log.info(f"{label}: loss {stats['loss']:.4f}, val acc per exit "
+                      f"{' / '.join(f'{a:.3f}' for a in stats['val_acc'])} ({stats['epoch_time_s']:.0f} s)")
         if ctx.is_main:
             with atomic_path(folder / "checkpoint.pt") as tmp:
                 torch.save(state.checkpoint(identity), tmp)

@@ -263,3 +263,16 @@ def test_the_learned_policy_table_pairs_policies_and_methods_by_replicate():
     row = table.loc["hard_cgt + learned vs joint_uniform + learned"]
     assert row["Δ accuracy, points [95% CI]"].startswith("+2.50") and row["n"] == 3
     assert row["rel. cost (new / base)"] == "0.390 / 0.390"
+
+
+def test_markdown_tables_are_rounded_for_display_and_csv_keeps_full_precision(tmp_path):
+    """Percentages and points to 2 decimals, relative cost and AUROC to 3, p-values to 3 significant digits,
+    counts as integers, NaN as a dash; the CSV beside the table keeps every digit."""
+    df = pd.DataFrame({"method": ["hard_cgt"], "acc @τ_train": [98.28988335889214],
+                       "cost @τ_train": [0.6191409596782315], "Δ acc matched cost (40 %)": [-0.123456],
+                       "Δ cost matched cost (40 %)": [0.0123456], "failure AUROC": [0.87654],
+                       "p accuracy (Holm)": [0.000123456], "n (seeds)": [5.0], "F1": [np.nan]})
+    write_table(df, tmp_path / "t")
+    row = (tmp_path / "t.md").read_text().splitlines()[2]
+    assert row == "| hard_cgt | 98.29 | 0.619 | -0.12 | 0.012 | 0.877 | 0.000123 | 5 | — |"
+    assert pd.read_csv(tmp_path / "t.csv")["acc @τ_train"][0] == 98.28988335889214

@@ -3,6 +3,7 @@ recorded, and otherwise the reason names what changed."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     cell = new_code_cell("print(figures)", outputs=[new_output("stream", text=f"writing to {project_root()}/figures\n")])
     nbformat.write(new_notebook(cells=[cell]), executed / "04_figures.ipynb")
     written = publish_notebooks("smoke", tmp_path / "paper")
-    assert sorted(p.name for p in written) == ["04_figures.html", "04_figures.ipynb", "notebook.css"]
+    assert sorted(p.name for p in written) == ["04_figures.html", "04_figures.ipynb", "mathjax", "notebook.css"]
     for path in written[:2]:
         assert str(project_root()) not in path.read_text() and "writing to figures" in path.read_text()
     # the template's CSS is committed once, beside the pages, and linked from each
@@ -143,3 +144,8 @@ def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     head = html[:html.index("</head>")]
     assert "<style" not in head and '<link rel="stylesheet" href="notebook.css">' in head
     assert len((tmp_path / "paper" / "notebook.css").read_text()) > 10_000
+    # MathJax and nothing else is loaded by <script src>, from the folder beside the pages: no CDN
+    scripts = re.findall(r'<script src="([^"]*)"', html)
+    assert scripts == ["mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/cgt"]
+    assert (tmp_path / "paper" / "mathjax" / "MathJax.js").is_file()
+    assert (tmp_path / "paper" / "mathjax" / "config" / "local" / "cgt.js").is_file()

@@ -109,6 +109,18 @@ def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp
 
 
 # ---------------------------------------------------------------- history
+def test_per_epoch_lines_go_to_the_log_not_to_a_notebooks_output(ip_data, tmp_path, capsys, caplog):
+    """Off a terminal (a notebook, a log file) nothing per epoch is printed; one log record per epoch goes to
+    the `cgt.train` logger, which `cgt train` shows and a notebook (no handler) does not."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="cgt.train"):
+        train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=True)
+    assert " ep 1/2" not in capsys.readouterr().out
+    lines = [r.getMessage() for r in caplog.records if r.name == "cgt.train"]
+    assert [line.split(":")[0] for line in lines] == ["joint_uniform s0 ep 1/2", "joint_uniform s0 ep 2/2"]
+
+
 def test_history_records_every_epoch(ip_data, tmp_path):
     """history.json holds, per epoch: loss, E train/val accuracies, E mean weights, λ and the epoch time."""
     run = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path, progress=False)

@@ -1,6 +1,7 @@
 """Running the whole paper: notebooks in order, training runs on workers, what can be skipped.
 
     notebooks      the notebooks in order through papermill (`python -m cgt paper`), and their publication
+    mathjax        the math renderer of the published pages, copied beside them from a pinned package (no CDN)
     stepcache      which pipeline steps can be skipped: their inputs and outputs are unchanged
     runner         a pipeline's training runs planned first, then trained by local worker processes or Dask
     scaling        how the runner scales over a machine's cores (`python -m cgt scaling`)

@@ -32,6 +32,7 @@ from ..experiments.provenance import device_description, git_state
 from ..experiments.train_evaluate import RUN_RECORD_ENV
 from ..fileio import read_json, write_bytes_atomic, write_json_atomic
 from . import runner
+from .mathjax import copy_mathjax, script_url
 from .nbtools import quiet_kernel_manager
 from .stepcache import StepCache, runs_read
 
@@ -195,11 +196,12 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
         raise FileNotFoundError(f"no executed notebooks in {src}: run `python -m cgt paper --profile {profile}` first")
     dest = Path(dest or project_root() / "paper")
     exporter, written, stylesheets = HTMLExporter(), [], set()
+    exporter.mathjax_url = script_url(MATHJAX_DIR)  # served from beside the pages: math renders offline
     root = str(project_root()) + "/"
     for nb_path in executed:
         text = nb_path.read_text().replace(root, "")  # project-relative paths, not this machine's
         html, _ = exporter.from_notebook_node(nbformat.reads(text, as_version=4))
-        html, css = _shared_stylesheet(html)
+        html, css = _shared_stylesheet(_without_requirejs(html))
         stylesheets.add(css)
         for path, data in ((dest / nb_path.name, text.encode()),
                            (dest / nb_path.with_suffix(".html").name, html.encode())):
@@ -211,7 +213,19 @@ def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path
     if len(stylesheets) != 1:  # one exporter, one template: the styles cannot differ between notebooks
         raise PipelineError(f"the HTML exports carry {len(stylesheets)} different stylesheets; expected one")
     write_bytes_atomic(dest / STYLESHEET, stylesheets.pop().encode())
-    return [*written, dest / STYLESHEET]
+    copy_mathjax(dest / MATHJAX_DIR)
+    return [*written, dest / STYLESHEET, dest / MATHJAX_DIR]
+
+
+MATHJAX_DIR = "mathjax"
+"""The folder beside the HTML exports that serves MathJax to them (cgt.pipeline.mathjax)."""
+_REQUIREJS = re.compile(r'<script src="[^"]*require(?:\.min)?\.js"></script>\s*')
+
+
+def _without_requirejs(html: str) -> str:
+    """The page without nbconvert's RequireJS <script>, which loads from a CDN and serves only interactive
+    widget outputs; the notebooks have none, and a published page makes no request off its own folder."""
+    return _REQUIREJS.sub("", html, count=1)
 
 
 STYLESHEET = "notebook.css"

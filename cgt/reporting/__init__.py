@@ -8,4 +8,5 @@
     primary_tables the pre-registered verdicts (cgt.evaluation.primary) of a profile's runs, as tables
     results_pages  the results pages (results/*.md): every detailed table once, from artifacts only
     readme         the README's answer block: the verdicts, one headline table per dataset and protocol
+    site           the results site (`make site`, MkDocs hooks): results pages, executed notebooks, local MathJax
 """

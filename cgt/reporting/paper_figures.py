@@ -141,10 +141,16 @@ def _sidecar(res: DatasetResults, profile: str, path: Path, seconds: float) -> N
 def save(res: DatasetResults, profile: str, fig, name: str) -> None:
     t0 = time.perf_counter()
     stem = figures_dir(profile) / f"{name}_{res.dataset}"
+    plots.label_figure(fig, figure_context(res))
     paths = plots.save_figure(fig, stem)
     for path in paths:
         res.files.append(path)
         _sidecar(res, profile, path, time.perf_counter() - t0)
+
+
+def figure_context(res: DatasetResults) -> str:
+    """What every saved figure's title starts with: the dataset and its split."""
+    return f"{display_name(res.source)}, {res.split} split"
 
 
 def standard_figures(res: DatasetResults, profile: str) -> list:
@@ -179,7 +185,7 @@ def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", t
     out = early_exit_forward(rec.run.model, data.x["test"], tau, batch_size=512)
     if name == "exit_depth_map":
         fig = plots.pixel_maps(data.extras["image_shape"], data.extras["pixels_test"], out.predictions.numpy(),
-                               out.exit_index.numpy(), data.num_classes, rec.run.model.num_exits,
+                               out.exit_index.numpy(), data.class_names, rec.run.model.num_exits,
                                title=f"{method}, test pixels, tau = {tau}")
     else:
         mean, std = float(data.extras["pixel_mean"]), float(data.extras["pixel_std"])
@@ -259,6 +265,7 @@ def save_ablation_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, An
         write_sidecar(f"{stem}.csv", params=params, seed=seeds)
         written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
     for name, fig in figures.items():
+        plots.label_figure(fig, f"{display_name(dataset)}, random split")  # the ablation grid trains on the random split
         for path in plots.save_figure(fig, out / f"ablation_{name}_{dataset}"):
             write_sidecar(path, params=params, seed=seeds)
             written.append(path)

@@ -19,6 +19,7 @@ import torch
 from IPython.display import display
 
 from ..cost import ExitCosts
+from ..data import display_name
 from ..evaluation.evaluate import metrics_table
 from ..experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target
 from ..losses import exit_weights
@@ -51,7 +52,8 @@ def show_training_curves(runs: Sequence[EvaluatedRun], keys: Sequence[str] = ("v
     labels = {"val_acc": "validation accuracy", "mean_weight": "mean loss weight", "train_acc": "training accuracy"}
     histories = {(r.method, r.seed): r.run.history for r in runs}
     for key in keys:
-        plots.per_exit_over_epochs(histories, key, labels.get(key, key))
+        fig = plots.per_exit_over_epochs(histories, key, labels.get(key, key))
+        plots.label_figure(fig, figure_context(runs))
         plt.show()
 
 
@@ -63,10 +65,16 @@ def show_evaluation(runs: Sequence[EvaluatedRun]) -> None:
     table = metrics_table([r.metrics for r in runs])
     exit_columns = [c for c in table.columns if c.startswith("exit") and c.endswith("_pct")]
     display(table[table["operating_point"].isin(["paper_tau", fitted])][EVALUATION_COLUMNS + exit_columns])
-    plots.accuracy_vs_cost([r.metrics for r in runs], point=fitted)
-    plt.show()
-    plots.exit_distribution(table, "paper_tau")
-    plt.show()
+    for fig in (plots.accuracy_vs_cost([r.metrics for r in runs], point=fitted),
+                plots.exit_distribution(table, "paper_tau")):
+        plots.label_figure(fig, figure_context(runs))
+        plt.show()
+
+
+def figure_context(runs: Sequence[EvaluatedRun]) -> str:
+    """'<dataset>, <split> split' of the runs a view shows: what each of its figures' titles starts with."""
+    params = runs[0].run.config["data_params"]
+    return f"{display_name(params['dataset'])}, {params.get('split', 'random')} split"
 
 
 def explain_gates(model, x: torch.Tensor, y: torch.Tensor, method: str, progress: float = 1.0,
