@@ -20,7 +20,7 @@ import importlib.util
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +172,13 @@ def split_map(gt: np.ndarray, opts: IndianPinesOptions, val_fraction: float, see
     labelled = np.flatnonzero(gt.ravel() > 0)  # background (label 0) is excluded everywhere
     idx = stratified_split(gt.ravel()[labelled], fractions, seed, rest="test")
     return split_map_of(gt.shape, {s: labelled[i] for s, i in idx.items()})
+
+
+def fold_maps(gt: np.ndarray, opts: IndianPinesOptions, val_fraction: float, seed: int) -> dict[int, np.ndarray]:
+    """fold → the split map of that fold, for every fold of a split with folds (`opts.fold` is ignored)."""
+    if opts.split not in FOLDED_SPLITS:
+        raise ValueError(f"split={opts.split!r} has no folds; only {list(FOLDED_SPLITS)} has")
+    return {f: split_map(gt, replace(opts, fold=f), val_fraction, seed) for f in range(opts.folds)}
 
 
 def prepare(cfg: DataConfig, opts: IndianPinesOptions) -> PreparedArrays:
