@@ -87,13 +87,15 @@ def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split:
 
 def protocol_folds(dataset: str, profile: str, split: str, folds: list[int] | None = None,
                    **data_overrides: Any) -> list[int | None]:
-    """The folds a run list covers: [None] for a split without folds (a list of folds is then an error),
-    every fold 0 … K−1 of the profile's protocol when `folds` is None, else `folds` (each checked)."""
+    """The folds a run list covers: [None] for a split without folds (a list of folds is then an error);
+    when `folds` is None, the profile's plan for the protocol (cgt.experiments.profiles.ProtocolPlan),
+    whose None is every fold 0 … K−1; else `folds` (each checked)."""
     check_split(split, dataset)
     if split not in FOLDED:
         if folds is not None:
             raise ValueError(f"folds={folds}: split {split!r} has no folds; only {list(FOLDED)} has")
         return [None]
+    folds = get_profile(profile).plan_for(resolve(dataset).name, split).folds if folds is None else folds
     if folds is None:
         cfg = data_config(profile, dataset, **(data_overrides | {"split": split, "fold": 0}))
         return list(range(resolve(dataset).resolve_options(cfg).folds))
@@ -127,7 +129,7 @@ def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | Non
     """Check every name and option, then load the data; fails before any training."""
     check_methods(methods, options)
     fold_list = protocol_folds(dataset, profile, split, folds)
-    seeds = get_profile(profile).seeds if seeds is None else seeds
+    seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
     cells = [(fold, seed) for fold in fold_list for seed in seeds]
     if split == "random":
