@@ -54,3 +54,26 @@ def test_the_floor_needs_all_three_splits():
     del pixels["val"]
     with pytest.raises(ValueError, match=r"pixels lack the split\(s\) \['val'\]"):
         floor_rows(cube, pixels, labels, "random", None, 0)
+
+
+def test_floor_table_of_the_smoke_profile_has_every_protocol_and_a_sidecar(tmp_path, monkeypatch, raw_dir):
+    """One row per model for each protocol × fold × seed the smoke profile runs, folds as integers."""
+    import json
+
+    import pandas as pd
+
+    from cgt.experiments.floors import floor_summary, write_floor_table
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    cfg = FloorConfig(svm_c=(10.0,), svm_gamma=(0.01,), forest_trees=10)
+    table, path = write_floor_table("smoke", cfg=cfg)
+    assert path.name == "table_indian_pines_floor.csv" and path.is_relative_to(tmp_path)
+    written = pd.read_csv(path)
+    assert list(written.columns) == FLOOR_COLUMNS and len(written) == 6
+    assert written[["protocol", "model"]].drop_duplicates().shape[0] == 6
+    assert written.loc[written["protocol"] == "blocked", "fold"].tolist() == [0, 0]
+    assert written.loc[written["protocol"] != "blocked", "fold"].isna().all()
+    assert (written[["oa", "aa", "kappa", "macro_f1"]].abs() <= 1).all().all()
+    sidecar = json.loads(path.with_name(path.name + ".provenance.json").read_text())
+    assert sidecar["params"]["floor"]["svm_c"] == [10.0] and len(sidecar["data_checksums"]) == 3
+    assert floor_summary(table)["n"].tolist() == [1] * 6

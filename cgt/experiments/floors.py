@@ -49,7 +49,9 @@ def floor_table(profile: str, protocols: list[str] | None = None, data_dir: str 
                 labels = {s: data.y[s].numpy() for s in SPLITS}
                 rows += floor_rows(cube, pixels, labels, protocol, fold, seed, cfg)
                 checksums[f"{protocol} fold {fold} seed {seed}"] = data.checksum
-    return pd.DataFrame(rows, columns=FLOOR_COLUMNS), checksums
+    table = pd.DataFrame(rows, columns=FLOOR_COLUMNS)
+    table["fold"] = table["fold"].astype("Int64")  # empty (not NaN, not 0.0) where the protocol has no folds
+    return table, checksums
 
 
 def write_floor_table(profile: str, protocols: list[str] | None = None, data_dir: str | None = None,
