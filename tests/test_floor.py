@@ -66,7 +66,7 @@ def test_floor_table_of_the_smoke_profile_has_every_protocol_and_a_sidecar(tmp_p
 
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
     cfg = FloorConfig(svm_c=(10.0,), svm_gamma=(0.01,), forest_trees=10)
-    table, path = write_floor_table("smoke", cfg=cfg)
+    table, path = write_floor_table("smoke", cfg=cfg, workers=2)
     assert path.name == "table_indian_pines_floor.csv" and path.is_relative_to(tmp_path)
     written = pd.read_csv(path)
     assert list(written.columns) == FLOOR_COLUMNS and len(written) == 6
