@@ -172,3 +172,16 @@ def test_split_command_writes_the_fold_map_anyone_can_check(gt, maps, tmp_path, 
         assert (int(f["fold"]), int(f["folds"]), int(f["radius"]), str(f["split"])) == (3, 5, RADIUS, "blocked")
     np.testing.assert_array_equal(m, maps[3])
     assert pixels_in_window(m == TRAIN, RADIUS)[(m == VAL) | (m == TEST)].max() == 0
+
+
+def test_protocol_folds_come_from_the_profile_plan_and_are_checked():
+    from cgt.experiments.train_evaluate import protocol_folds
+
+    assert protocol_folds("indian_pines", "paper", "blocked") == [0, 1, 2, 3, 4]
+    assert protocol_folds("indian_pines", "smoke", "blocked") == [0]  # the smoke plan runs fold 0 only
+    assert protocol_folds("indian_pines", "smoke", "blocked", [4, 2]) == [4, 2]
+    assert protocol_folds("indian_pines", "paper", "spatial") == [None]
+    with pytest.raises(ValueError, match=r"folds=\[1\]: split 'random' has no folds"):
+        protocol_folds("indian_pines", "paper", "random", [1])
+    with pytest.raises(ValueError, match=r"fold=5 must be in 0 … 4"):
+        protocol_folds("indian_pines", "paper", "blocked", [0, 5])
