@@ -53,11 +53,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     options = _json_object("--options", args.options)
-    run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split,
+    _check_fold_flag(args)
+    run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split, folds=args.fold,
                 options={m: options for m in methods},
                 model=_json_object("--model-options", args.model_options) or None, data_dir=args.data_dir,
                 device=args.device, train_overrides=overrides, force=args.force, progress=not args.quiet)
     return 0
+
+
+def _check_fold_flag(args: argparse.Namespace) -> None:
+    """--fold only with a split made of folds (the fold's range is checked with the protocol's K)."""
+    from .experiments.train_evaluate import FOLDED
+
+    if args.fold is not None and args.split not in FOLDED:
+        given = args.fold if isinstance(args.fold, int) else " ".join(map(str, args.fold))
+        raise ValueError(f"--fold {given}: --split {args.split} has no folds; only --split {' | '.join(FOLDED)} has")
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -66,10 +76,19 @@ def cmd_split(args: argparse.Namespace) -> int:
     from .experiments.train_evaluate import check_split, load_dataset
     from .fileio import atomic_path
 
+    from .experiments.train_evaluate import FOLDED
+
     check_split(args.split, args.dataset)
+    _check_fold_flag(args)
+    folded = args.split in FOLDED
+    protocol = {k: v for k, v in (("tile", args.tile), ("folds", args.folds)) if v is not None}
+    if protocol and not folded:
+        raise ValueError(f"--tile/--folds: --split {args.split} has no folds; only --split {' | '.join(FOLDED)} has")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r} must name a .npz file")
-    data = load_dataset(args.dataset, args.profile, args.data_dir, args.split, split_seed=args.seed)
+    fold = (args.fold or 0) if folded else None
+    data = load_dataset(args.dataset, args.profile, args.data_dir, args.split, split_seed=args.seed, fold=fold,
+                        **protocol)
     if "split_map" not in data.extras:
         scenes = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
         raise ValueError(f"{args.dataset!r} has no spatial layout, so no split map; datasets with one: {scenes}")
@@ -77,9 +96,13 @@ def cmd_split(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, split_map=split_map, codes=np.array(["unlabelled", *SPLIT_CODES]),
-                                dataset=args.dataset, split=args.split, seed=args.seed)
+                                dataset=args.dataset, split=args.split, seed=args.seed,
+                                **({"fold": fold, "folds": data.params["folds"], "tile": data.params["tile"]}
+                                   if folded else {}),
+                                **({"radius": data.params["patch_size"] // 2} if args.split != "random" else {}))
     counts = ", ".join(f"{name} {int((split_map == code).sum())}" for name, code in SPLIT_CODES.items())
-    print(f"{args.out}: {args.dataset} {args.split} split, seed {args.seed}, {split_map.shape[0]}×{split_map.shape[1]} "
+    which = f"fold {fold} of {data.params['folds']}, " if folded else ""
+    print(f"{args.out}: {args.dataset} {args.split} split, {which}seed {args.seed}, {split_map.shape[0]}×{split_map.shape[1]} "
           f"map (0 unlabelled, {', '.join(f'{c} {n}' for n, c in SPLIT_CODES.items())}); pixels: {counts}")
     return 0
 
@@ -182,6 +205,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="indian_pines", choices=list(BUILTIN))
     p.add_argument("--split", default="spatial", choices=list(SPLITS))
     p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--fold", type=int, default=None, help="blocked: the fold tested, 0 … K−1 (default 0)")
+    p.add_argument("--folds", type=int, default=None, help="blocked: K, the number of folds (default: the profile's)")
+    p.add_argument("--tile", type=int, default=None, help="blocked: side of the square tiles in pixels (default: the profile's)")
     p.add_argument("--profile", default="paper", choices=profiles, help="preparation settings (patch size) of this profile")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output .npz file")
@@ -193,7 +219,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
     p.add_argument("--split", default="random", choices=list(SPLITS),
-                   help="random (the paper's) | spatial (Indian Pines: disjoint regions, guard band; split seed = seed)")
+                   help="random (the paper's, leaking) | spatial (Indian Pines: the extrapolation stress test) | blocked "
+                        "(Indian Pines: blocked K-fold cross-validation, the leak-free protocol); split seed = seed")
+    p.add_argument("--fold", type=int, nargs="+", default=None, help="blocked: the folds to train (default: all)")
     p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, "
                                                    "e.g. '{\"tau_train\": 0.8}'")
     p.add_argument("--epochs", type=int, default=None)

@@ -258,3 +258,33 @@ def test_common_target_is_shared_by_every_method_of_a_seed():
         assert point["target"] == targets[r.seed]
         assert point["target_reached"] == (point["val"]["accuracy"] >= targets[r.seed] - 1e-12)
     assert COMMON_TARGET in set(metrics_table([r.metrics for r in runs])["operating_point"])
+
+
+def test_with_folds_the_common_target_is_per_fold_and_seed_and_the_table_has_the_fold():
+    """Two folds of one seed: each (fold, seed) cell gets its own target, from its own joint baseline."""
+    from pathlib import Path
+
+    from cgt.experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target
+    from cgt.runs import TrainedRun
+
+    runs = []
+    for fold in (0, 3):
+        for method, shift in (("joint_uniform", 0), ("hard_cgt", 1)):
+            val, y_val = random_logits(10 * fold + shift)
+            test, y_test = random_logits(100 + fold)
+            run = TrainedRun(Path("."), {}, [], None, {"val": val, "y_val": y_val, "test": test, "y_test": y_test},
+                             cached=True)
+            m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
+            m["run"] = {"dataset": "toy", "method": method, "seed": 0, "fold": fold}
+            runs.append(EvaluatedRun(method, 0, run, m, COSTS, fold))
+    targets = add_common_target(runs)
+    assert sorted(targets) == [(0, 0), (3, 0)]
+    for (fold, _), target in targets.items():
+        base = next(r for r in runs if r.fold == fold and r.method == "joint_uniform")
+        assert target == pytest.approx(base.metrics["operating_points"]["last_exit"]["val"]["accuracy"] - 0.005)
+        assert all(r.metrics["operating_points"][COMMON_TARGET]["target"] == target for r in runs if r.fold == fold)
+    table = metrics_table([r.metrics for r in runs])
+    assert sorted(set(table["fold"])) == [0, 3] and table.columns[:4].tolist() == ["dataset", "method", "fold", "seed"]
+    # metrics written before folds existed (no "fold" key) read as fold None
+    del runs[0].metrics["run"]["fold"]
+    assert metrics_table([runs[0].metrics])["fold"].isna().all()

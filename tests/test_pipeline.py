@@ -42,7 +42,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     runs, log, seconds = first_run
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
-                               for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial")]
+                               for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial", "indian_pines-blocked")]
                               + [f"06_ablations-{ds}.ipynb" for ds in ("fashion_mnist", "indian_pines")]
                               + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
@@ -65,10 +65,11 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert (figures / "exit_examples_fashion_mnist.png").exists()
     assert "without encryption" not in log  # kernels run over IPC: no transport warnings in the output
     # the smoke profile never writes into the committed figures/ folder
-    # 10 methods × 3 (dataset, split) × 1 seed, each trained once; notebook 06: the grid's configurations not
+    assert (figures / "table_indian_pines_floor.csv").exists() and (figures / "table_indian_pines_floor.csv.provenance.json").exists()
+    # 10 methods × 4 (dataset, split) × 1 seed (× fold 0 of blocked), each trained once; notebook 06: the grid's configurations not
     # already trained (Fashion-MNIST 3 of 4, Indian Pines 16 of 18), 4 runs logging gradients per dataset, and
     # the label-smoothing check of each method's best configuration (Fashion-MNIST's grid: HardCGT alone)
-    assert sum(trained_counts(log)) == 30 + (3 + 4 + 1) + (16 + 4 + 2), log
+    assert sum(trained_counts(log)) == 40 + (3 + 4 + 1) + (16 + 4 + 2), log
     for ds in ("fashion_mnist", "indian_pines"):
         for table in ("means", "verdicts", "gating", "interference", "recipe"):
             assert (figures / f"table_{ds}_ablation_{table}.md").exists()
@@ -89,10 +90,10 @@ def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run)
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
     assert sum(trained_counts(log)) == 0, log
     # nothing changed since: every step is skipped, and says so
-    assert log.count(": skipped") == 10 and ": running" not in log, log
+    assert log.count(": skipped") == 14 and ": running" not in log, log
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--force-step", "04_figures",
                   runs_dir=runs).stdout
-    assert log.count(": skipped") == 9 and "04_figures: running, because --force-step" in log, log
+    assert log.count(": skipped") == 13 and "04_figures: running, because --force-step" in log, log
 
 
 @pytest.mark.slow
@@ -173,10 +174,13 @@ def test_pipeline_plan_validates_names():
     with pytest.raises(ValueError, match="valid choices"):
         plan("smoke", ["mnist"])
     steps = plan("smoke", ["indian_pines"])
-    assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial")
+    assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial", "-blocked")
                                         for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + [
         "06_ablations [indian_pines]", "04_figures"]
     assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
+    # the blocked protocol runs the folds the profile plans (smoke: fold 0 only)
+    assert steps[8].parameters == {"profile": "smoke", "dataset": "indian_pines", "split": "blocked", "folds": [0]}
+    assert steps[-1].parameters["blocked"] == ["indian_pines"]
     assert all("split" not in s.parameters for s in plan("smoke", ["fashion_mnist"]))
 
 
@@ -208,6 +212,6 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 15 and first["wall_time_s"] > 0
-    assert sum(s["runs_trained"] for s in first["steps"]) == 60  # as counted in the first test
+    assert len(first["steps"]) == 19 and first["wall_time_s"] > 0
+    assert sum(s["runs_trained"] for s in first["steps"]) == 70  # as counted in the first test
     assert {"commit", "dirty"} <= set(first["git"])

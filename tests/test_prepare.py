@@ -317,7 +317,7 @@ def test_spatial_split_option_reports_missing_classes(raw_dir, tmp_path):
     ({"val_fraction": 0.0}, r"val=0\.0 must be in \(0, 1\)"),
     ({"dataset": "indian_pines", "train_fraction": -0.1}, r"train=-0\.1 must be in \(0, 1\)"),
     ({"dataset": "indian_pines", "split": "checkerboard"},
-     r"unknown split 'checkerboard'; valid choices: \['random', 'spatial'\]"),
+     r"unknown split 'checkerboard'; valid choices: \['random', 'spatial', 'blocked'\]"),
     ({"max_train": 0}, r"max_train=0 must be a positive number of samples or None"),
 ])
 def test_invalid_config_raises_before_any_work(kwargs, match, tmp_path, no_work):

@@ -156,6 +156,12 @@ def test_step_requests_cover_each_training_notebook():
     assert {r.method for r in baselines} == set(runner.NOTEBOOK_METHODS["01_baselines"])
     assert all(r.split == "spatial" for r in baselines)
     assert runner.step_requests("00_data", params) == [] and runner.step_requests("04_figures", {"profile": "smoke"}) == []
+    blocked = runner.step_requests("01_baselines", params | {"split": "blocked", "folds": [0, 2]})
+    assert sorted({(r.fold, r.seed) for r in blocked}) == [(0, 0), (2, 0)] and all(r.split == "blocked" for r in blocked)
+    paper = runner.step_requests("02_hard_cgt", {"profile": "paper", "dataset": "indian_pines", "split": "blocked"})
+    assert len(paper) == 3 * 5 * 2  # 3 methods × every fold × the paper plan's 2 seeds
+    with pytest.raises(ValueError, match=r"folds=\[0\]: split 'spatial' has no folds"):
+        runner.step_requests("01_baselines", params | {"folds": [0]})
     grid = runner.step_requests("06_ablations", {"profile": "smoke", "dataset": "indian_pines"})
     logged = [r for r in grid if r.train_overrides and "log_gradients_every" in r.train_overrides]
     assert [r.method for r in logged] == ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]

@@ -1,4 +1,5 @@
-"""Seeded splits of labelled samples: stratified per class, or spatially disjoint with a guard band."""
+"""Seeded splits of labelled samples: stratified per class, spatially disjoint with a guard band, or
+spatially blocked K-fold cross-validation with guard bands (`blocked_fold_map`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,20 +48,138 @@ TRAIN, VAL, TEST, GUARD = 1, 2, 3, 4
 SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST, "guard": GUARD}
 
 
-def guard_band(assignment: np.ndarray, radius: int) -> np.ndarray:
-    """The map with the guard band applied: a validation or test pixel within Chebyshev distance
-    `radius` of a training pixel, or a test pixel within `radius` of a validation pixel, becomes GUARD.
-    With radius = ⌊patch / 2⌋ no validation or test patch contains a training pixel, and no test
-    patch a validation pixel."""
+GUARD_SIDES = ("evaluation", "training")
+"""Which pixels a guard band takes: the evaluation side's (validation and test pixels near training,
+test pixels near validation) or the training side's (training pixels near validation or test,
+validation pixels near test). Both leave the same property; the second never removes a test pixel."""
+
+
+def guard_band(assignment: np.ndarray, radius: int, side: str = "evaluation") -> np.ndarray:
+    """The map with the guard band applied. side="evaluation": a validation or test pixel within
+    Chebyshev distance `radius` of a training pixel, or a test pixel within `radius` of a validation
+    pixel, becomes GUARD. side="training": a validation pixel within `radius` of a test pixel, then a
+    training pixel within `radius` of a (remaining) validation or test pixel, becomes GUARD.
+    Either way, with radius = ⌊patch / 2⌋ no validation or test patch contains a training pixel, and no
+    test patch a validation pixel."""
     from scipy.ndimage import binary_dilation
 
+    if side not in GUARD_SIDES:
+        raise ValueError(f"unknown guard side {side!r}; valid choices: {list(GUARD_SIDES)}")
     window = np.ones((2 * radius + 1, 2 * radius + 1), bool)
     out = assignment.copy()
+    if side == "training":
+        out[(out == VAL) & binary_dilation(out == TEST, structure=window)] = GUARD
+        out[(out == TRAIN) & binary_dilation((out == VAL) | (out == TEST), structure=window)] = GUARD
+        return out
     near_train = binary_dilation(out == TRAIN, structure=window)
     out[((out == VAL) | (out == TEST)) & near_train] = GUARD
     near_val = binary_dilation(out == VAL, structure=window)
     out[(out == TEST) & near_val] = GUARD
     return out
+
+
+def tile_ids(shape: tuple[int, int], tile: int) -> np.ndarray:
+    """(H, W) map of square tiles of side `tile`, numbered row by row (the last row and column of
+    tiles are narrower when `tile` does not divide the image)."""
+    h, w = shape
+    per_row = -(-w // tile)
+    rows, cols = np.indices(shape)
+    return (rows // tile) * per_row + cols // tile
+
+
+def deal_tiles(label_map: np.ndarray, tile: int, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) map of the fold (0 … folds−1) of every pixel's tile; −1 on tiles without labelled pixels.
+
+    Class-aware greedy balance: tiles are taken rarest content first (a tile is as rare as the
+    smallest class it holds; ties in a random order) and each goes to the fold where it least raises
+    Σ_c (pixels of class c in the fold / pixels of class c)², plus the same term for all pixels
+    (equal-sized folds), ties broken in a random fold order. A class spread over several tiles thus
+    lands in as many folds as it can, so it keeps training pixels when any one fold is tested.
+    """
+    ids = tile_ids(label_map.shape, tile)
+    classes = np.unique(label_map[label_map > 0])
+    n_tiles = int(ids.max()) + 1
+    # counts[t, j]: pixels of class classes[j] in tile t; the last column: all labelled pixels
+    counts = np.zeros((n_tiles, len(classes) + 1))
+    for j, c in enumerate(classes):
+        counts[:, j] = np.bincount(ids[label_map == c], minlength=n_tiles)
+    counts[:, -1] = counts[:, :-1].sum(1)
+    totals = counts.sum(0)
+    shuffled = rng.permutation(np.flatnonzero(counts[:, -1] > 0))
+    rarity = np.array([totals[:-1][counts[t, :-1] > 0].min() for t in shuffled])
+    load = np.zeros((folds, counts.shape[1]))
+    fold_of_tile = np.full(n_tiles, -1)
+    for t in shuffled[np.argsort(rarity, kind="stable")]:
+        fold_order = rng.permutation(folds)
+        cost = (((load[fold_order] + counts[t]) / totals) ** 2 - (load[fold_order] / totals) ** 2).sum(1)
+        f = fold_order[int(np.argmin(cost))]
+        load[f] += counts[t]
+        fold_of_tile[t] = f
+    return fold_of_tile[ids]
+
+
+def _fold_split(label_map: np.ndarray, fold_map: np.ndarray, fold: int, folds: int, radius: int) -> np.ndarray:
+    """The guarded split map of one fold of a dealt fold map (see blocked_fold_map)."""
+    assignment = np.zeros(label_map.shape, np.int64)
+    labelled = label_map > 0
+    assignment[labelled] = TRAIN
+    assignment[labelled & (fold_map == fold)] = TEST
+    assignment[labelled & (fold_map == (fold + 1) % folds)] = VAL
+    return guard_band(assignment, radius, side="training")
+
+
+def _coverage_gaps(label_map: np.ndarray, fold_map: np.ndarray, folds: int, radius: int) -> tuple[int, int]:
+    """(fold × class pairs tested but without training pixels, pairs without validation pixels)."""
+    no_train = no_val = 0
+    for f in range(folds):
+        m = _fold_split(label_map, fold_map, f, folds, radius)
+        tested = set(np.unique(label_map[m == TEST]).tolist())
+        no_train += len(tested - set(np.unique(label_map[m == TRAIN]).tolist()))
+        no_val += len(tested - set(np.unique(label_map[m == VAL]).tolist()))
+    return no_train, no_val
+
+
+def assign_tiles_to_folds(label_map: np.ndarray, tile: int, folds: int, seed: int, radius: int,
+                          attempts: int = 8) -> np.ndarray:
+    """The fold of every pixel's tile (−1: no labelled pixel in it): of `attempts` seeded deals
+    (`deal_tiles`), the one whose guarded folds leave the fewest (fold, class) pairs tested without
+    training pixels, then without validation pixels (first deal on ties). The ground truth's layout
+    alone decides it (as it does the spatial split's cut): no result is looked at."""
+    rng = np.random.default_rng(seed)
+    deals = [deal_tiles(label_map, tile, folds, rng) for _ in range(attempts)]
+    gaps = [_coverage_gaps(label_map, d, folds, radius) for d in deals]
+    return deals[min(range(attempts), key=lambda i: gaps[i])]
+
+
+def blocked_fold_map(label_map: np.ndarray, tile: int, folds: int, fold: int, seed: int, radius: int) -> np.ndarray:
+    """Fold `fold` of spatially blocked K-fold cross-validation: a (H, W) map of 0 (unlabelled), TRAIN,
+    VAL, TEST and GUARD (Roberts et al. 2017, Ecography: blocks against spatial autocorrelation).
+
+    The scene is cut into square tiles of side `tile`; the tiles holding labelled pixels are dealt to
+    `folds` folds by `assign_tiles_to_folds` (seeded, class-aware). Fold F tests the labelled pixels
+    of its tiles; validation is fold (F+1) mod K — tiles disjoint from test and, the folds being
+    balanced per class, with about the class mix of test, which the validation-fitted thresholds are
+    applied to; every fold validates once, as every fold tests once. Training is the other K−2 folds.
+    The guard band (`guard_band`, side="training", radius ⌊patch/2⌋) takes the training pixels within
+    `radius` of validation or test, and the validation pixels within `radius` of test: no test pixel is
+    ever removed, so over the K folds every labelled pixel is tested exactly once. A class left without
+    training (or test) pixels in a fold is reported by `missing_classes`, not refused.
+    """
+    check_blocked(label_map.shape, tile, folds, fold, radius)
+    return _fold_split(label_map, assign_tiles_to_folds(label_map, tile, folds, seed, radius), fold, folds, radius)
+
+
+def check_blocked(shape: tuple[int, int], tile: int, folds: int, fold: int | None, radius: int) -> None:
+    """Refuse a tile smaller than a patch or larger than the image, fewer than 2 folds (3 are needed:
+    test, validation and training each take one), or a fold outside 0 … folds−1 — before any work."""
+    patch = 2 * radius + 1
+    if not patch <= tile <= min(shape):
+        raise ValueError(f"tile={tile} must be between the patch size {patch} and the image side {min(shape)}")
+    if folds < 3:
+        raise ValueError(f"folds={folds} must be at least 3 (each fold: one fold tests, the next validates, "
+                         f"the rest train)")
+    if fold is not None and not 0 <= fold < folds:
+        raise ValueError(f"fold={fold} must be in 0 … {folds - 1} (folds={folds})")
 
 
 def _cut(rows: np.ndarray, cols: np.ndarray, angle: float, n_train: int, n_val: int) -> np.ndarray:

@@ -175,7 +175,8 @@ def evaluate_run(run: TrainedRun, costs: ExitCosts, num_classes: int, cfg: EvalC
     metrics = evaluate_logits(lg["val"], lg["y_val"], lg["test"], lg["y_test"], costs, num_classes, cfg)
     metrics["run"] = {"dataset": run.config["dataset"], "method": run.config["method"],
                       "strategy": run.config["strategy"], "options": run.config["options"],
-                      "seed": run.config["train"]["seed"], "run_dir": str(run.run_dir)}
+                      "seed": run.config["train"]["seed"], "fold": run.config.get("data_params", {}).get("fold"),
+                      "run_dir": str(run.run_dir)}
     if write:
         write_json_atomic(run.run_dir / "metrics.json", metrics)
     return metrics
@@ -187,13 +188,15 @@ TABLE_COLUMNS = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_
 
 
 def metrics_table(all_metrics: list[dict], split: str = "test") -> pd.DataFrame:
-    """One tidy row per (dataset, method, seed, operating point); on test, plus one `auc` row per run:
-    the mean test accuracy, macro-F1 and cost of the validation-fitted accuracy–cost curve. Every row
-    carries the point's validation accuracy (`val_accuracy`: what rivals and configurations are chosen
-    by) and `objective_met` (a common target reached; a budget the method can spend)."""
+    """One tidy row per (dataset, method, fold, seed, operating point); on test, plus one `auc` row per run:
+    the mean test accuracy, macro-F1 and cost of the validation-fitted accuracy–cost curve. `fold` is the
+    cross-validation fold (None for splits without folds): verdicts pair by (fold, seed). Every row carries
+    the point's validation accuracy (`val_accuracy`: what rivals and configurations are chosen by) and
+    `objective_met` (a common target reached; a budget the method can spend)."""
     rows = []
     for m in all_metrics:
-        ident = {"dataset": m["run"]["dataset"], "method": m["run"]["method"], "seed": m["run"]["seed"]}
+        ident = {"dataset": m["run"]["dataset"], "method": m["run"]["method"], "fold": m["run"].get("fold"),
+                 "seed": m["run"]["seed"]}
         for point, values in m["operating_points"].items():
             v = values[split]
             row = ident | {"operating_point": point, "thresholds": values["thresholds"],

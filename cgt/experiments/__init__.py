@@ -5,4 +5,5 @@
     provenance      sidecars: commit, parameters, packages, device, data checksums
     train_evaluate  methods × seeds, trained (cached) and evaluated — the notebook-facing API
     ablations       notebook 06: the grid of gate settings as data, its runs and tables
+    floors          the classic floor (SVM, random forest on spectra) on every protocol × fold × seed, as a table
 """

@@ -49,68 +49,110 @@ class EvaluatedRun:
     run: TrainedRun
     metrics: dict
     costs: ExitCosts
+    fold: int | None = None
+    """The cross-validation fold it was trained and tested on (split='blocked'); None without folds."""
     train_counts: np.ndarray | None = None
     """(K,) training samples per class of the data this run trained on (rare-class analyses)."""
 
 
-SPLITS = ("random", "spatial")
-"""How a dataset's labelled samples are split: `random` (the dataset's own split — for Indian Pines the
-paper's stratified per-pixel one, drawn once with the profile's data seed), or `spatial` (Indian Pines:
-disjoint regions with a guard band, drawn anew for each training seed: split seed = training seed)."""
+SPLITS = ("random", "spatial", "blocked")
+"""How a dataset's labelled samples are split (Indian Pines: cgt.data.indian_pines):
+`random` — the dataset's own split; for Indian Pines the paper's stratified per-pixel one, drawn once
+with the profile's data seed (leaking: kept for the comparison with the paper's numbers);
+`spatial` — Indian Pines: each class cut once into disjoint regions with a guard band (the
+extrapolation stress test), drawn anew for each training seed: split seed = training seed;
+`blocked` — Indian Pines: spatially blocked K-fold cross-validation with guard bands (the primary
+leak-free protocol), one dataset per fold; the tiles are dealt to folds anew for each training seed
+(split seed = training seed), so (fold, seed) pairs every method with every other."""
+FOLDED = ("blocked",)
+"""Splits made of folds: their runs are (method, fold, seed); the others' are (method, seed)."""
 
 
-def check_split(split: str, dataset: str) -> None:
-    """Refuse an unknown split, or `spatial` for a dataset without a spatial layout, before any work."""
+def check_split(split: str, dataset: str, fold: int | None = None) -> None:
+    """Refuse an unknown split, a spatial split for a dataset without a spatial layout, or a fold for a
+    split without folds, before any work (the fold's range is the dataset options' to check)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
-    if split == "spatial" and "split" not in resolve(dataset).option_names():
+    if split != "random" and "split" not in resolve(dataset).option_names():
         spatial = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
-        raise ValueError(f"split='spatial' needs a dataset with a spatial layout ({spatial}); {dataset!r} has "
+        raise ValueError(f"split={split!r} needs a dataset with a spatial layout ({spatial}); {dataset!r} has "
                          f"only its own split: use split='random'")
+    if fold is not None and split not in FOLDED:
+        raise ValueError(f"fold={fold}: split {split!r} has no folds; only {list(FOLDED)} has")
 
 
 def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split: str = "random",
-                 split_seed: int | None = None, **data_overrides: Any) -> PreparedData:
+                 split_seed: int | None = None, fold: int | None = None, **data_overrides: Any) -> PreparedData:
     """The dataset as `profile` prepares it (from the preparation cache when it exists); with
-    split='spatial', the spatial split drawn with `split_seed` (default: the profile's data seed)."""
-    check_split(split, dataset)
-    if split == "spatial":
-        data_overrides = data_overrides | {"split": "spatial"} | ({} if split_seed is None else {"seed": split_seed})
+    split='spatial' or 'blocked', the split drawn with `split_seed` (default: the profile's data seed);
+    with 'blocked', fold `fold` of it (default 0)."""
+    check_split(split, dataset, fold)
+    if split != "random":
+        data_overrides = data_overrides | {"split": split} | ({} if split_seed is None else {"seed": split_seed})
+    if split in FOLDED:
+        data_overrides = data_overrides | {"fold": 0 if fold is None else fold}
     cfg = data_config(profile, dataset, str(data_dir or default_data_dir()), **data_overrides)
     cfg.cache_dir = str(prepared_dir())
     return load(cfg)
 
 
+def protocol_folds(dataset: str, profile: str, split: str, folds: list[int] | None = None,
+                   **data_overrides: Any) -> list[int | None]:
+    """The folds a run list covers: [None] for a split without folds (a list of folds is then an error);
+    when `folds` is None, the profile's plan for the protocol (cgt.experiments.profiles.ProtocolPlan),
+    whose None is every fold 0 … K−1; else `folds` (each checked)."""
+    check_split(split, dataset)
+    if split not in FOLDED:
+        if folds is not None:
+            raise ValueError(f"folds={folds}: split {split!r} has no folds; only {list(FOLDED)} has")
+        return [None]
+    folds = get_profile(profile).plan_for(resolve(dataset).name, split).folds if folds is None else folds
+    if folds is None:
+        cfg = data_config(profile, dataset, **(data_overrides | {"split": split, "fold": 0}))
+        return list(range(resolve(dataset).resolve_options(cfg).folds))
+    for f in folds:  # the range check, before any data is loaded
+        data_config(profile, dataset, **(data_overrides | {"split": split, "fold": f}))
+    return list(folds)
+
+
+Cell = tuple[Union[int, None], int]
+"""(fold, seed): one training seed on one fold (fold None for the splits without folds)."""
+
+
 @dataclass
 class _Plan:
-    data: dict[int, PreparedData]
-    """seed → the data that seed trains on (the same object for every seed, unless split='spatial')."""
+    data: dict[Cell, PreparedData]
+    """(fold, seed) → the data that cell trains on (one object for every seed of the random split)."""
     base_cfg: TrainConfig
     model: ModelChoice
-    seeds: list[int]
+    cells: list[Cell]
+    """Every (fold, seed) to train, fold-major."""
 
-    def build(self, seed: int) -> EarlyExitNet:
-        data = self.data[seed]
+    def build(self, cell: Cell) -> EarlyExitNet:
+        data = self.data[cell]
         return self.model(data) if callable(self.model) else data.default_model(**(self.model or {}))
 
 
 def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | None,
           options: dict[str, dict[str, Any]] | None, model: ModelChoice, data_dir: str | None,
-          train_overrides: dict[str, Any] | None = None, split: str = "random") -> _Plan:
+          train_overrides: dict[str, Any] | None = None, split: str = "random",
+          folds: list[int] | None = None) -> _Plan:
     """Check every name and option, then load the data; fails before any training."""
     check_methods(methods, options)
-    check_split(split, dataset)
-    seeds = get_profile(profile).seeds if seeds is None else seeds
+    fold_list = protocol_folds(dataset, profile, split, folds)
+    seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
-    if split == "spatial":
-        data = {seed: load_dataset(dataset, profile, data_dir, split, split_seed=seed) for seed in seeds}
-    else:
+    cells = [(fold, seed) for fold in fold_list for seed in seeds]
+    if split == "random":
         shared = load_dataset(dataset, profile, data_dir)
-        data = {seed: shared for seed in seeds}
-    plan = _Plan(data, base_cfg, model, seeds)
+        data = {cell: shared for cell in cells}
+    else:
+        data = {(fold, seed): load_dataset(dataset, profile, data_dir, split, split_seed=seed, fold=fold)
+                for fold, seed in cells}
+    plan = _Plan(data, base_cfg, model, cells)
     # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
-    for seed in seeds[:1]:
-        check_methods(methods, options, num_exits=plan.build(seed).num_exits)
+    for cell in cells[:1]:
+        check_methods(methods, options, num_exits=plan.build(cell).num_exits)
     return plan
 
 
@@ -119,78 +161,83 @@ def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
 
 
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-                split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+                split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                 data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
-    split: "random" or "spatial" (see SPLITS); the run cache key includes it, through the data.
+    split: "random", "spatial" or "blocked" (see SPLITS); the run cache key includes it, through the data.
+    folds: the folds of a split with folds (None: all of them); must be None for the others.
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).
     """
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
     out = []
     for method in methods:
-        for seed in plan.seeds:
+        for cell in plan.cells:
             t0 = time.perf_counter()
-            run = _train(plan, method, seed, options, profile, device, progress, force)
+            run = _train(plan, method, cell, options, profile, device, progress, force)
             if distributed.context().is_main:  # under torchrun, rank 0 alone evaluates and writes
-                out.append(_evaluate(plan.data[seed], method, seed, run, eval_cfg, device, t0, progress))
+                out.append(_evaluate(plan.data[cell], method, cell, run, eval_cfg, device, t0, progress))
     return out
 
 
 def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-                  split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
+                  split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
                   force: bool = False, progress: bool = False) -> list[TrainedRun]:
     """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.pipeline.runner worker does."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
-    return [_train(plan, method, seed, options, profile, device, progress, force)
-            for method in methods for seed in plan.seeds]
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
+    return [_train(plan, method, cell, options, profile, device, progress, force)
+            for method in methods for cell in plan.cells]
 
 
-def _train(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, Any]] | None, profile: str,
+def _train(plan: _Plan, method: str, cell: Cell, options: dict[str, dict[str, Any]] | None, profile: str,
            device: str, progress: bool, force: bool) -> TrainedRun:
-    return train_run(plan.data[seed], method, _seed_config(plan, seed, device), runs_root=runs_dir(profile),
-                     options=(options or {}).get(method), model_fn=lambda: plan.build(seed),
+    return train_run(plan.data[cell], method, _seed_config(plan, cell[1], device), runs_root=runs_dir(profile),
+                     options=(options or {}).get(method), model_fn=lambda: plan.build(cell),
                      progress=progress, force=force)
 
 
 def run_paths(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-              split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
-              data_dir: str | None = None, train_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int], Path]:
-    """(method, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
-    return {(method, seed): _run_path(plan, method, seed, options, profile) for method in methods for seed in plan.seeds}
+              split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
+              model: ModelChoice = None, data_dir: str | None = None,
+              train_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int | None, int], Path]:
+    """(method, fold, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
+    return {(method, *cell): _run_path(plan, method, cell, options, profile) for method in methods for cell in plan.cells}
 
 
-def _run_path(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, Any]] | None, profile: str) -> Path:
-    identity = run_identity(plan.data[seed], method, _seed_config(plan, seed, "cpu"), plan.build(seed),
+def _run_path(plan: _Plan, method: str, cell: Cell, options: dict[str, dict[str, Any]] | None, profile: str) -> Path:
+    identity = run_identity(plan.data[cell], method, _seed_config(plan, cell[1], "cpu"), plan.build(cell),
                             (options or {}).get(method))
     return run_dir(identity, runs_dir(profile))
 
 
 def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
-                  split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
-                  data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig()) -> list[EvaluatedRun]:
+                  split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
+                  model: ModelChoice = None, data_dir: str | None = None,
+                  eval_cfg: EvalConfig = EvalConfig()) -> list[EvaluatedRun]:
     """The finished runs `run_methods` would produce, evaluated; trains nothing (a missing run is an error)."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, split=split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, split=split, folds=folds)
     out = []
     for method in methods:
-        for seed in plan.seeds:
+        for cell in plan.cells:
             t0 = time.perf_counter()
-            path = _run_path(plan, method, seed, options, profile)
+            path = _run_path(plan, method, cell, options, profile)
             if not is_complete(path):
-                raise FileNotFoundError(f"no finished {method} run (seed {seed}, split {split!r}) for {dataset} in "
+                where = f"seed {cell[1]}" + (f", fold {cell[0]}" if cell[0] is not None else "")
+                raise FileNotFoundError(f"no finished {method} run ({where}, split {split!r}) for {dataset} in "
                                         f"profile {profile!r} under {runs_dir(profile)}: run notebooks 01-03 (or "
                                         f"`python -m cgt paper --profile {profile}`) first")
-            out.append(_evaluate(plan.data[seed], method, seed, load_run(path, lambda: plan.build(seed)), eval_cfg,
+            out.append(_evaluate(plan.data[cell], method, cell, load_run(path, lambda: plan.build(cell)), eval_cfg,
                                  "cpu", t0, False))
     return out
 
 
-def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_cfg: EvalConfig, device: str,
+def _evaluate(data: PreparedData, method: str, cell: Cell, run: TrainedRun, eval_cfg: EvalConfig, device: str,
               t0: float, progress: bool) -> EvaluatedRun:
+    fold, seed = cell
     costs = exit_costs(run.model.cpu(), data.input_shape)
     metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)
     wall = time.perf_counter() - t0
@@ -201,10 +248,11 @@ def _evaluate(data: PreparedData, method: str, seed: int, run: TrainedRun, eval_
     if progress:
         status = "cached" if run.cached else f"trained in {wall:.0f} s"
         tp = metrics["operating_points"]
-        print(f"{data.name} {method} seed {seed}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
+        where = f"seed {seed}" + (f" fold {fold}" if fold is not None else "")
+        print(f"{data.name} {method} {where}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
               f"at tau {eval_cfg.paper_tau} acc {tp['paper_tau']['test']['accuracy']:.4f} "
               f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
-    return EvaluatedRun(method, seed, run, metrics, costs, data.counts()["train"])
+    return EvaluatedRun(method, seed, run, metrics, costs, fold, data.counts()["train"])
 
 
 def _relative_run(run: TrainedRun) -> str:
@@ -227,21 +275,25 @@ COMMON_TARGET = "val_common_target"
 
 def add_common_target(runs: list[EvaluatedRun], reference: list[str] = JOINT_BASELINES,
                       eval_cfg: EvalConfig = EvalConfig()) -> dict[int, float]:
-    """Give every run the operating point `val_common_target`: per seed, one validation-accuracy target
-    for all methods — the best last-exit validation accuracy among the `reference` methods of that seed
-    (the fixed-weight joint baselines), minus `eval_cfg.tolerance` — and each method's cheapest per-exit
-    τ reaching it on validation. Seeds without a reference run get no such point. Returns seed → target.
+    """Give every run the operating point `val_common_target`: per seed (and fold), one validation-accuracy
+    target for all methods — the best last-exit validation accuracy among the `reference` methods of that
+    seed (the fixed-weight joint baselines), minus `eval_cfg.tolerance` — and each method's cheapest
+    per-exit τ reaching it on validation. Cells without a reference run get no such point. Returns
+    seed → target (without folds) or (fold, seed) → target (with them).
     (Added to the in-memory metrics only: a run's metrics.json holds what depends on that run alone.)"""
+    def cell(r: EvaluatedRun):
+        return r.seed if r.fold is None else (r.fold, r.seed)
+
     targets = {}
-    for seed in sorted({r.seed for r in runs}):
-        refs = [r for r in runs if r.seed == seed and r.method in reference]
+    for key in sorted({cell(r) for r in runs}):
+        refs = [r for r in runs if cell(r) == key and r.method in reference]
         if not refs:
             continue
-        targets[seed] = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in refs) \
+        targets[key] = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in refs) \
             - eval_cfg.tolerance
         for r in runs:
-            if r.seed == seed:
+            if cell(r) == key:
                 num_classes = r.run.logits["val"].shape[-1]
                 r.metrics["operating_points"][COMMON_TARGET] = common_target_point(
-                    r.run, r.costs, num_classes, targets[seed], eval_cfg)
+                    r.run, r.costs, num_classes, targets[key], eval_cfg)
     return targets

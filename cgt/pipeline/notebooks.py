@@ -4,8 +4,9 @@
                         [--workers N | --scheduler tcp://HOST:8786]   # the runs first, on workers (cgt.pipeline.runner)
 
 Steps: 00_data → 01_baselines → 02_hard_cgt → 03_soft_cgt per dataset — again on the spatial split
-for the profile's `spatial` datasets (Indian Pines) — then 06_ablations per built-in dataset, then
-04_figures once.
+and on the blocked K-fold protocol (every planned fold × seed) for the profile's datasets that plan
+them (Indian Pines; cgt.experiments.profiles.ProtocolPlan) — then 06_ablations per built-in dataset,
+then 04_figures once.
 Each executed notebook is kept under runs/<profile>/notebooks/ so a reader can open what ran.
 A step whose inputs are unchanged — notebook, parameters, package code, the runs it read, its
 outputs (cgt.pipeline.stepcache) — is skipped, and the log says for each step why it ran or that it was
@@ -75,12 +76,16 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
     # notebooks run with notebooks/ as cwd: a relative .npz path must not depend on it
     datasets = [str(Path(d).resolve()) if is_npz(d) else d for d in datasets]
     spatial = [ds for ds in get_profile(profile).spatial if ds in datasets]
-    variants = [(ds, {}) for ds in datasets] + [(ds, {"split": "spatial"}) for ds in spatial]
+    blocked = [ds for ds in get_profile(profile).blocked if ds in datasets]
+    # the blocked steps name their folds, so a notebook run by hand with folds=None (all) is another step
+    variants = [(ds, {}) for ds in datasets] + [(ds, {"split": "spatial"}) for ds in spatial] + \
+        [(ds, {"split": "blocked", "folds": get_profile(profile).plan_for(ds, "blocked").folds}) for ds in blocked]
     steps = [Step(nb, {"profile": profile, "dataset": ds, **split,
                        **({"force": True} if force and nb != "00_data" else {})})
              for ds, split in variants for nb in PER_DATASET]
     steps += [Step(nb, {"profile": profile, "dataset": ds}) for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
-    steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial}) for nb in ONCE]
+    steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial, "blocked": blocked})
+              for nb in ONCE]
     return steps
 
 

@@ -69,10 +69,13 @@ class RunRequest:
     data_dir: str | None = None
     device: str = "auto"
     """Where it trains (not part of the run's key: cgt.runs.run_identity)."""
+    fold: int | None = None
+    """The fold of a split with folds (blocked); None for the others."""
 
     @property
     def label(self) -> str:
-        extras = [f"split {self.split}"] if self.split != "random" else []
+        extras = [f"split {self.split}" + (f" fold {self.fold}" if self.fold is not None else "")] \
+            if self.split != "random" else []
         extras += [json.dumps(x, sort_keys=True) for x in (self.options, self.train_overrides) if x]
         return f"{display_name(self.dataset)} {self.method} seed {self.seed}" + (f" ({'; '.join(extras)})" if extras else "")
 
@@ -86,13 +89,18 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
     """The runs one pipeline step trains at its notebook's default parameters ([] for steps that train
     nothing, and for the runs of notebook 06 that depend on other runs' results: its label-smoothing
     stage picks the best configuration first, so the notebook trains those itself)."""
+    from ..data import resolve
     from ..experiments import ablations
     from ..experiments.profiles import get_profile
+    from ..experiments.train_evaluate import protocol_folds
 
     profile, dataset, split = parameters["profile"], parameters.get("dataset"), parameters.get("split", "random")
-    seeds = get_profile(profile).seeds
     if notebook in NOTEBOOK_METHODS:
-        return [RunRequest(dataset, profile, m, s, split) for m in NOTEBOOK_METHODS[notebook] for s in seeds]
+        seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds
+        folds = protocol_folds(dataset, profile, split, parameters.get("folds"))
+        return [RunRequest(dataset, profile, m, s, split, fold=f)
+                for m in NOTEBOOK_METHODS[notebook] for f in folds for s in seeds]
+    seeds = get_profile(profile).seeds
     if notebook == "06_ablations":
         grid_seeds = seeds[:ablations.DEFAULT_SEEDS]
         configs = [ablations.REFERENCE, *ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]]
@@ -122,14 +130,16 @@ def distinct_runs(requests: list[RunRequest]) -> list[tuple[RunRequest, Path]]:
     out, seen = [], set()
     for members in groups.values():
         first = members[0]
+        folds = sorted({r.fold for r in members if r.fold is not None}) or None
         paths = run_paths(first.dataset, first.profile, sorted({r.method for r in members}),
-                          sorted({r.seed for r in members}), split=first.split,
+                          sorted({r.seed for r in members}), split=first.split, folds=folds,
                           options={r.method: r.options for r in members if r.options},
                           data_dir=first.data_dir, train_overrides=first.train_overrides)
         for r in members:
-            if paths[(r.method, r.seed)] not in seen:
-                out.append((r, paths[(r.method, r.seed)]))
-                seen.add(paths[(r.method, r.seed)])
+            path = paths[(r.method, r.fold, r.seed)]
+            if path not in seen:
+                out.append((r, path))
+                seen.add(path)
     return out
 
 
@@ -177,6 +187,7 @@ def train_request(request: RunRequest, threads: int | None, place: Place) -> dic
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
+                           folds=None if request.fold is None else [request.fold],
                            options={request.method: request.options} if request.options else None,
                            data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides)
     return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,

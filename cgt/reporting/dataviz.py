@@ -6,7 +6,7 @@ Jupyter (the figure twice) and keep every one alive in its global registry.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..data import SPLITS, PreparedData
-from ..data.splits import GUARD
+from ..data.splits import GUARD, SPLIT_CODES
 
 SPLIT_COLOURS = {"train": "#d62728", "val": "#ff9f1c", "test": "#1f4e9c"}
 GUARD_COLOUR = (0.15, 0.15, 0.15, 1)
@@ -160,3 +160,69 @@ def patch_leakage(prepared: PreparedData, patch_size: int) -> pd.DataFrame:
                    "median training pixels per patch": float(np.median(near["train"][pixels])) if len(pixels) else 0.0,
                    "with a validation pixel in the patch": int((near["val"][pixels] > 0).sum()) if s == "test" else None}
     return pd.DataFrame(rows).T
+
+
+PARTS = tuple(SPLIT_CODES)
+"""The parts of a fold's split map: train, val, test, guard."""
+
+
+def fold_coverage_table(gt: np.ndarray, maps: Mapping[int, np.ndarray], class_names: Sequence[str]) -> pd.DataFrame:
+    """Pixels per (class, fold) in each part (train / val / test / guard) of each fold's split map
+    (gt label c + 1 is class c), and what the fold can do with the class: `ok` (trained and tested),
+    `test-only` (tested but no training pixel: the network never saw it in this fold), `train-only`
+    (trained but not tested), `absent` (neither). Each row's parts sum to the class's labelled pixels."""
+    rows = []
+    for fold, m in maps.items():
+        for c, name in enumerate(class_names):
+            counts = {part: int(((gt == c + 1) & (m == code)).sum()) for part, code in SPLIT_CODES.items()}
+            status = {(True, True): "ok", (False, True): "test-only", (True, False): "train-only",
+                      (False, False): "absent"}[counts["train"] > 0, counts["test"] > 0]
+            rows.append({"class": name, "fold": fold, **counts, "status": status})
+    return pd.DataFrame(rows).set_index(["class", "fold"])
+
+
+def fold_coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
+    """Per fold: pixels in each part, and the classes `test-only` / `train-only` in it (by name)."""
+    out = coverage[list(PARTS)].groupby(level="fold").sum()
+    for status in ("test-only", "train-only"):
+        out[status] = [", ".join(part.index[part["status"] == status]) or "—"
+                       for part in (coverage.xs(f, level="fold") for f in out.index)]
+    return out
+
+
+def blocked_folds_figure(gt: np.ndarray, maps: Mapping[int, np.ndarray], class_names: Sequence[str],
+                         dataset: str = "Indian Pines", protocol: str = "blocked", shown_fold: int = 0) -> Figure:
+    """Three maps: (a) the classes, (b) the fold that tests each labelled pixel, (c) the parts of fold
+    `shown_fold` (train, validation, test, guard band). Keys name the classes, folds and parts."""
+    h, w = gt.shape
+    folds = sorted(maps)
+    cmap = ListedColormap([(0, 0, 0, 1), *class_colours(len(class_names))])
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    ax_gt, ax_fold, ax_part = fig.subplots(1, 3)
+    ax_gt.imshow(gt, cmap=cmap, vmin=0, vmax=len(class_names), interpolation="nearest")
+    ax_gt.set_title("(a) ground truth (black: unlabelled)")
+
+    fold_colours = [colormaps["Set2"](i % 8) for i in range(len(folds))]
+    tested_by = np.ones((h, w, 4))
+    for f, colour in zip(folds, fold_colours):
+        tested_by[maps[f] == SPLIT_CODES["test"]] = colour
+    ax_fold.imshow(tested_by, interpolation="nearest")
+    ax_fold.set_title("(b) the fold that tests each labelled pixel")
+    ax_fold.legend(handles=[Patch(color=c, label=f"fold {f} ({int((maps[f] == SPLIT_CODES['test']).sum())} px)")
+                            for f, c in zip(folds, fold_colours)], loc="upper right", fontsize=8)
+
+    m = maps[shown_fold]
+    parts = np.ones((h, w, 4))
+    for part, colour in (*SPLIT_COLOURS.items(), ("guard", GUARD_COLOUR)):
+        parts[m == SPLIT_CODES[part]] = (*to_rgb(colour), 1)
+    ax_part.imshow(parts, interpolation="nearest")
+    ax_part.set_title(f"(c) fold {shown_fold}: train, validation (fold {(shown_fold + 1) % len(folds)}), test, guard")
+    ax_part.legend(handles=[Patch(color=c, label=f"{p} ({int((m == SPLIT_CODES[p]).sum())})")
+                            for p, c in (*SPLIT_COLOURS.items(), ("guard", GUARD_COLOUR))],
+                   loc="upper right", fontsize=8)
+    for ax in (ax_gt, ax_fold, ax_part):
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{dataset}, {protocol} protocol: {len(folds)} folds of square tiles, guard band on the training side")
+    fig.legend(handles=[Patch(color=cmap(i + 1), label=f"{i}: {n}") for i, n in enumerate(class_names)],
+               loc="outside lower center", ncol=6, fontsize=8)
+    return fig

@@ -47,7 +47,7 @@ class DatasetResults:
     source: str
     """The dataset as given (a name or a .npz path)."""
     dataset: str
-    """Its display name, `_spatial` appended on the spatial split (file names: table_<dataset>_...)."""
+    """Its display name, `_<split>` appended on a split other than random (file names: table_<dataset>_...)."""
     records: list[EvaluatedRun]
     table: pd.DataFrame
     """metrics_table of every run, with the common-target point added."""
@@ -60,6 +60,11 @@ class DatasetResults:
     @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.records})
+
+    @property
+    def folds(self) -> list[int | None]:
+        """The cross-validation folds of the records ([None] on a split without folds)."""
+        return sorted({r.fold for r in self.records}, key=lambda f: -1 if f is None else f)
 
 
 MATCHED_COST_POINTS = [budget_point_name(b) for b in EvalConfig().budgets] + ["auc"]
@@ -74,7 +79,7 @@ def collect(profile: str, dataset: str, methods: list[str] | None = None, split:
     records = load_finished(dataset, profile, methods or COMPARED, split=split)
     add_common_target(records)
     class_names = load_dataset(dataset, profile, split=split).class_names
-    label = display_name(dataset) + ("_spatial" if split == "spatial" else "")
+    label = display_name(dataset) + ("" if split == "random" else f"_{split}")
     return DatasetResults(dataset, label, records, metrics_table([r.metrics for r in records]),
                           class_names, time.perf_counter() - t0, split)
 
@@ -175,7 +180,7 @@ def exit_examples(res: DatasetResults, profile: str, method: str = "soft_cgt", t
     of the test pixels; images standardised by one pixel mean/std (Fashion-MNIST) → example images.
     None when the data has neither."""
     rec = next(r for r in res.records if r.method == method and r.seed == min(x.seed for x in res.records))
-    data = load_dataset(res.source, profile, split=res.split, split_seed=rec.seed)
+    data = load_dataset(res.source, profile, split=res.split, split_seed=rec.seed, fold=rec.fold)
     if "pixels_test" in data.extras:
         name = "exit_depth_map"
     elif "pixel_mean" in data.extras:
