@@ -125,16 +125,6 @@ def test_workers_outside_the_valid_range_are_refused(workers):
         runner.check_workers(workers)
 
 
-def test_threads_per_run_must_be_positive():
-    with pytest.raises(ValueError, match=r"threads_per_run=0 must be ≥ 1"):
-        runner.train_all(REQUESTS, threads_per_run=0)
-
-
-def test_default_threads_share_the_cores():
-    cores = runner.default_threads(1)
-    assert runner.default_threads(2) == max(1, cores // 2) and runner.default_threads(10 * cores) == 1
-
-
 def test_the_plan_mirrors_the_notebooks_parameters():
     """What step_requests assumes about each notebook's defaults, read from the notebooks themselves."""
     root = Path(__file__).resolve().parents[1] / "notebooks"

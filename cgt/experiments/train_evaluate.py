@@ -61,13 +61,15 @@ def check_split(split: str, dataset: str) -> None:
 def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split: str = "random",
                  split_seed: int | None = None, **data_overrides: Any) -> PreparedData:
     """The dataset as `profile` prepares it (from the preparation cache when it exists); with
-    split='spatial', the spatial split drawn with `split_seed` (default: the profile's data seed)."""
+    split='spatial', the spatial split drawn with `split_seed` (default: the profile's data seed).
+    data_dir: None for the project's data/raw (cgt.experiments.paths, whatever the working directory);
+    a folder given here is verified on every load, even when its prepared arrays are cached."""
     check_split(split, dataset)
     if split == "spatial":
         data_overrides = data_overrides | {"split": "spatial"} | ({} if split_seed is None else {"seed": split_seed})
     cfg = data_config(profile, dataset, str(data_dir or default_data_dir()), **data_overrides)
     cfg.cache_dir = str(prepared_dir())
-    return load(cfg)
+    return load(cfg, verify_raw=data_dir is not None)
 
 
 @dataclass
