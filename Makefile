@@ -29,8 +29,11 @@ test-fast: data
 
 # The whole paper: every notebook, both datasets, every method, 5 seeds; the wall-clock benchmark of
 # the trained models; then the README results (every number in them from these artifacts).
-# PAPER_ARGS: e.g. "--workers 2" (train the runs first on 2 local processes) or "--scheduler tcp://HOST:8786".
-PAPER_ARGS ?=
+# The runs train first on one local worker process per core (WORKERS), one thread each: every CPU run
+# trains with one thread however it is scheduled, so the worker count changes the wall time, never a number.
+# PAPER_ARGS: e.g. "--workers 2", or "--scheduler tcp://HOST:8786" (a Dask cluster instead of local workers).
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+PAPER_ARGS ?= --workers $(WORKERS)
 paper: data
 	$(PY) -m cgt paper --profile paper $(PAPER_ARGS)
 	$(PY) -m cgt bench --profile paper
@@ -38,7 +41,7 @@ paper: data
 
 # The same pipeline at the quick profile (one seed, fewer epochs); writes under runs/quick/.
 quick: data
-	$(PY) -m cgt paper --profile quick
+	$(PY) -m cgt paper --profile quick --workers $(WORKERS)
 
 smoke: data
 	$(PY) -m cgt paper --profile smoke

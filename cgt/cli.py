@@ -95,6 +95,17 @@ def device_name(text: str) -> str:
     return text
 
 
+def dataset_name(text: str) -> str:
+    """A built-in dataset, a registered loader or an existing .npz file of your own (cgt.data.resolve)."""
+    from .data import resolve
+
+    try:
+        resolve(text)
+    except (ValueError, OSError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def existing_dir(text: str) -> str:
     """A folder that must already exist (a data folder, a run)."""
     if not Path(text).is_dir():
@@ -265,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
-    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--dataset", required=True, type=dataset_name, help=DATASET_HELP)
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--seed", type=non_negative_int, nargs="+", default=None, help="default: the profile's seeds")
@@ -286,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
     p.add_argument("--profile", default="paper", choices=profiles)
-    p.add_argument("--dataset", nargs="+", default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
+    p.add_argument("--dataset", nargs="+", type=dataset_name, default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
     p.add_argument("--force", action="store_true", help="retrain every run and execute every notebook")
     p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
                    help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
