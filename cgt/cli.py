@@ -227,11 +227,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .experiments.paths import figures_dir, project_root, runs_dir
     from .reporting.readme import publish_timing, results_markdown, update_readme, write_block
 
+    t0 = time.perf_counter()
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
     datasets = args.dataset or list(BUILTIN)
     section = results_markdown(fig_dir, datasets, [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
-    block = write_block(fig_dir, section)
+    block = write_block(fig_dir, section, time.perf_counter() - t0)
     if PROFILES[args.profile].publishes and not args.stdout:
         update_readme(project_root() / "README.md", section)
         print(f"README.md results section regenerated from {fig_dir} (also in {block})")

@@ -117,3 +117,13 @@ def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     head = html[:html.index("</head>")]
     assert "<style" not in head and '<link rel="stylesheet" href="notebook.css">' in head
     assert len((tmp_path / "paper" / "notebook.css").read_text()) > 10_000
+
+
+def test_a_step_killed_mid_execution_runs_again(setting):
+    """papermill writes the executed notebook after every cell, and a step is recorded only once it
+    finished: a pipeline killed mid-step leaves a partial executed notebook that no record vouches for,
+    so the next pipeline executes the step again rather than trusting it."""
+    partial = json.loads(setting["executed"].read_text()) | {"cells": []}  # the cells run before the kill
+    setting["executed"].write_text(json.dumps(partial))
+    reason = StepCache(setting["runs"]).why_run("01", setting["inputs"], setting["executed"])
+    assert reason is not None and "executed.ipynb changed or is missing" in reason

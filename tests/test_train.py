@@ -167,6 +167,40 @@ def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp
     assert state_equal(redone.model.state_dict(), first.model.state_dict())
 
 
+def test_a_full_disk_while_writing_the_artifacts_leaves_an_unfinished_run_that_resumes(ip_data, tmp_path,
+                                                                                      monkeypatch):
+    """The disk fills up (OSError ENOSPC) as model.pt is written: the run raises, is not taken for finished
+    (no complete.json, nothing half-written under an artifact's name), keeps its last epoch checkpoint, and
+    the next call resumes from it and ends bit-identical to a run that never failed."""
+    import errno
+    from contextlib import contextmanager
+
+    from cgt import fileio
+
+    reference = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "reference", progress=False)
+    real_atomic_path = fileio.atomic_path
+
+    @contextmanager
+    def full_disk_at_model(path):
+        with real_atomic_path(path) as tmp:
+            yield tmp
+            if tmp.name.startswith(".model.pt."):
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(train, "atomic_path", full_disk_at_model)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "full", progress=False)
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "full").rglob("seed0-*")
+    assert not is_complete(folder) and not (folder / "complete.json").exists()
+    assert not (folder / "model.pt").exists() and not list(folder.glob(".*.tmp"))
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == CFG.epochs
+    resumed = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "full", progress=False)
+    assert not resumed.cached and is_complete(folder)
+    assert state_equal(resumed.model.state_dict(), reference.model.state_dict())
+    assert all(torch.equal(resumed.logits[k], reference.logits[k]) for k in ("val", "test"))
+
+
 # ---------------------------------------------------------------- history
 def test_history_records_every_epoch(ip_data, tmp_path):
     """history.json holds, per epoch: loss, E train/val accuracies, E mean weights, λ and the epoch time."""

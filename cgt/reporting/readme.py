@@ -6,6 +6,7 @@ paper's claim below the results marker is generated here; nothing between the ma
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -485,13 +486,15 @@ def notebook_links(folder: Path) -> list[str]:
         f"* [{p.stem}]({folder.name}/{p.name}) ([HTML]({folder.name}/{p.with_suffix('.html').name}))" for p in notebooks]
 
 
-def write_block(fig_dir: Path, section: str) -> Path:
-    """The block as its own artifact (figures/README_results.md) with a sidecar, before it enters the README."""
+def write_block(fig_dir: Path, section: str, seconds: float) -> Path:
+    """The block as its own artifact (figures/README_results.md) with a sidecar, before it enters the README.
+    seconds: the time spent generating `section`."""
+    t0 = time.perf_counter()
     path = fig_dir / "README_results.md"
     with atomic_path(path) as tmp:
         Path(tmp).write_text(section)
     sources = sorted(project_relative(p) for p in fig_dir.glob("table_*.csv")) + [TIMING, "bench.json"]
-    write_sidecar(path, params={"sources": sources})
+    write_sidecar(path, params={"sources": sources}, wall_time_s=seconds + time.perf_counter() - t0)
     return path
 
 
