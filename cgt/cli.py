@@ -330,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("export", help="write a finished run as one ONNX graph per exit segment (ONNX Runtime early exit)")
-    p.add_argument("--run", required=True, type=existing_dir, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
+    p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output folder (default: <run>/onnx)")
     p.set_defaults(func=cmd_export)
