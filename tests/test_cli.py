@@ -189,3 +189,20 @@ def test_a_corrupt_named_data_folder_is_refused_with_a_hint_naming_it(raw_dir, t
     err = capsys.readouterr().err
     assert status == 2 and f"{target} failed verification" in err and f"--data-dir {folder}" in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- notices with --quiet
+@pytest.mark.slow  # two (1-epoch) trainings: 43 s on the busy 2-core development machine
+def test_quiet_still_says_on_stderr_that_a_damaged_run_is_trained_again(raw_dir, tmp_path, monkeypatch, capsys):
+    """`train --quiet` prints nothing on stdout, yet the retraining of a run whose logits.pt was truncated
+    is announced on stderr. (The same without the CLI, fast: tests/test_train.py, damaged artifacts.)"""
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    args = ["train", "--dataset", "indian_pines", "--profile", "smoke", "--method", "joint_uniform", "--seed", "0",
+            "--epochs", "1", "--quiet"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == ""
+    (logits,) = tmp_path.rglob("logits.pt")
+    logits.write_bytes(logits.read_bytes()[:100])
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and f"{logits.parent}: an artifact no longer matches the hash recorded" in err
