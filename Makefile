@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-DATA_DIR ?= data/raw
+DATA_DIR ?=
 
 .PHONY: setup data test test-fast lab paper quick smoke clean-venv
 
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# DATA_DIR: another raw data folder (default: the project's data/raw, which every sub-command reads).
 data: setup
-	$(PY) -m cgt data --dataset all --data-dir $(DATA_DIR)
+	$(PY) -m cgt data --dataset all $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 # The full suite (what CI runs), and the fast tier: every module's unit tests, no end-to-end runs.
 test: data
