@@ -23,6 +23,7 @@ Ground floor — the method, in the order data flows through it:
     inference      the real early-exit forward pass (deeper blocks only for undecided samples)
     cost           FLOPs per exit (torch's FlopCounterMode, 2 per multiply-add, batch size 1)
     fileio         atomic writes and hashes
+    notices        lines a user must see (stderr, even with --quiet): retraining, resuming, data refused
 
 Upstairs — the machinery, floor by floor (each floor imports only the ones below it):
 

@@ -1,15 +1,19 @@
 """Command line: `python -m cgt data|split|train|paper|scaling|publish|results|export|bench ...` (see --help of each).
 
-Every sub-command checks its arguments before any work; a bad value ends with `error: ...` naming
-the valid choices and exit status 2, a failed pipeline step with status 1.
+Every sub-command checks its arguments before any work; a bad value ends with one line on stderr,
+`error: argument --flag: ...` naming the valid choices, and exit status 2 (no traceback, nothing
+started); a failed pipeline step ends with status 1. The argument types below are generic: a new flag
+takes the one that fits (e.g. `type=non_negative_int` for a fold index).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,26 +25,126 @@ from .methods import COMPARED, METHODS
 from .policy import PAPER_TAU
 
 DATASET_HELP = f"{' | '.join(BUILTIN)} | path/to/your_data.npz"
+DATA_DIR_HELP = "raw data folder, verified on every use (default: the project's data/raw, from any working directory)"
 
 
-def _json_object(flag: str, text: str | None) -> dict:
-    if not text:
-        return {}
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: argument --flag: ...` on stderr, exit status 2 (argparse's
+    default also prints the whole usage, burying the one line that says what is wrong)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def non_negative_int(text: str) -> int:
+    """A seed, fold or other index: 0, 1, 2, ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer (0, 1, 2, ...)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: 1, 2, 3, ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer (1, 2, 3, ...)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A rate or size: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A confidence threshold: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
+    return value
+
+
+def device_name(text: str) -> str:
+    """auto | cpu | cuda | cuda:N, with CUDA refused where torch sees no GPU (or not GPU N)."""
+    if text in ("auto", "cpu"):
+        return text
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; valid choices: auto, cpu, cuda, cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine; use auto or cpu")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
+def dataset_name(text: str) -> str:
+    """A built-in dataset, a registered loader or an existing .npz file of your own (cgt.data.resolve)."""
+    from .data import resolve
+
+    try:
+        resolve(text)
+    except (ValueError, OSError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def existing_dir(text: str) -> str:
+    """A folder that must already exist (a data folder, a run)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder")
+    return text
+
+
+def file_in_existing_dir(suffix: str):
+    """An output file named `*<suffix>` whose folder exists (so a long job does not fail at its last write)."""
+    def check(text: str) -> str:
+        if not text.endswith(suffix):
+            raise argparse.ArgumentTypeError(f"{text!r} must name a {suffix} file")
+        if not Path(text).resolve().parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(Path(text).parent)!r} does not exist")
+        return text
+    check.__name__ = f"{suffix} file"
+    return check
+
+
+def json_object(text: str) -> dict:
+    """A JSON object given on the command line, e.g. '{"tau_train": 0.8}'."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} must be a JSON object, e.g. '{{\"tau_train\": 0.8}}'; got {text!r} ({exc})")
+        raise argparse.ArgumentTypeError(f"must be a JSON object, e.g. '{{\"tau_train\": 0.8}}'; got {text!r} ({exc})")
     if not isinstance(value, dict):
-        raise ValueError(f"{flag} must be a JSON object; got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
     return value
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import acquire
+    from .experiments.paths import data_dir
 
     for ds in list(BUILTIN) if args.dataset == "all" else [args.dataset]:
         t0 = time.perf_counter()
-        source = acquire(ds, args.data_dir, mirror=args.mirror)
+        source = acquire(ds, args.data_dir or data_dir(), mirror=args.mirror, named_dir=args.data_dir is not None)
         print(f"{ds}: verified, source: {source} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -52,11 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:  # the per-epoch lines of cgt.train, when stdout is a log file rather than a terminal
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
-    options = _json_object("--options", args.options)
+    options = args.options or {}
     _check_fold_flag(args)
     run_methods(args.dataset, args.profile, methods, seeds=args.seed, split=args.split, folds=args.fold,
-                options={m: options for m in methods},
-                model=_json_object("--model-options", args.model_options) or None, data_dir=args.data_dir,
+                options={m: options for m in methods}, model=args.model_options or None, data_dir=args.data_dir,
                 device=args.device, train_overrides=overrides, force=args.force, progress=not args.quiet)
     return 0
 
@@ -73,10 +176,8 @@ def _check_fold_flag(args: argparse.Namespace) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     """Write the (H, W) split map of a scene dataset, for evaluating any other method on exactly this split."""
     from .data.splits import SPLIT_CODES
-    from .experiments.train_evaluate import check_split, load_dataset
+    from .experiments.train_evaluate import FOLDED, check_split, load_dataset
     from .fileio import atomic_path
-
-    from .experiments.train_evaluate import FOLDED
 
     check_split(args.split, args.dataset)
     _check_fold_flag(args)
@@ -84,8 +185,6 @@ def cmd_split(args: argparse.Namespace) -> int:
     protocol = {k: v for k, v in (("tile", args.tile), ("folds", args.folds)) if v is not None}
     if protocol and not folded:
         raise ValueError(f"--tile/--folds: --split {args.split} has no folds; only --split {' | '.join(FOLDED)} has")
-    if not args.out.endswith(".npz"):
-        raise ValueError(f"--out {args.out!r} must name a .npz file")
     fold = (args.fold or 0) if folded else None
     data = load_dataset(args.dataset, args.profile, args.data_dir, args.split, split_seed=args.seed, fold=fold,
                         **protocol)
@@ -113,7 +212,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
     try:
         run_pipeline(args.profile, args.dataset, force=args.force, force_steps=args.force_step, workers=args.workers,
-                     scheduler=args.scheduler, threads_per_run=args.threads_per_run)
+                     scheduler=args.scheduler)
     except (PipelineError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -121,10 +220,13 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_scaling(args: argparse.Namespace) -> int:
+    from .experiments.paths import project_root
     from .pipeline.scaling import measure, pipeline_comparison
 
+    args.out = args.out or str(project_root() / "figures" / "runner_scaling.json")
+
     if args.pipeline:
-        if len(args.workers) != 1 or args.workers[0] < 2:
+        if len(args.workers) != 1 or args.workers[0] < 2:  # checked before any work: ValueError → status 2
             raise ValueError(f"--pipeline compares serial with one worker count ≥ 2 (e.g. --workers 2); got {args.workers}")
         record = pipeline_comparison(args.pipeline, args.workers[0], args.out)
         print(f"{args.pipeline} pipeline: serial {record['rows'][0]['wall_s']:.0f} s, {args.workers[0]} workers "
@@ -151,6 +253,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .reporting.readme import headline_markdown, publish_timing, update_readme
     from .reporting.results_pages import write_pages
 
+    t0 = time.perf_counter()
     fig_dir = figures_dir(args.profile)
     publish_timing(runs_dir(args.profile), fig_dir)
     datasets = sorted({p.name[len("metrics_"):-len("_all_runs.csv")] for p in fig_dir.glob("metrics_*_all_runs.csv")})
@@ -159,7 +262,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     block = headline_markdown(fig_dir)
     if PROFILES[args.profile].publishes and not args.stdout:
         pages = write_pages(fig_dir, project_root() / "results", datasets,
-                            [ds for ds in PROFILES[args.profile].spatial if ds in datasets])
+                            [ds for ds in PROFILES[args.profile].spatial if ds in datasets], time.perf_counter() - t0)
         update_readme(project_root() / "README.md", block)
         print(f"README.md answer block and {len(pages)} results pages (results/) regenerated from {fig_dir}")
     else:
@@ -191,69 +294,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m cgt", description=__doc__.split("\n\n")[0])
+    top = Parser(prog="python -m cgt", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
     profiles = list(PROFILES)
 
     p = sub.add_parser("data", help="obtain and verify the raw datasets (offline sources first)")
     p.add_argument("--dataset", default="all", choices=[*BUILTIN, "all"])
-    p.add_argument("--data-dir", default="data/raw")
+    p.add_argument("--data-dir", default=None, help="default: the project's data/raw, from any working directory")
     p.add_argument("--mirror", default=None, help="base URL replacing the canonical download location")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("split", help="write a scene's split map (.npz): 0 unlabelled, 1 train, 2 val, 3 test, 4 guard")
     p.add_argument("--dataset", default="indian_pines", choices=list(BUILTIN))
     p.add_argument("--split", default="spatial", choices=list(SPLITS))
-    p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--fold", type=int, default=None, help="blocked: the fold tested, 0 … K−1 (default 0)")
-    p.add_argument("--folds", type=int, default=None, help="blocked: K, the number of folds (default: the profile's)")
-    p.add_argument("--tile", type=int, default=None, help="blocked: side of the square tiles in pixels (default: the profile's)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="split seed")
+    p.add_argument("--fold", type=non_negative_int, default=None, help="blocked: the fold tested, 0 … K−1 (default 0)")
+    p.add_argument("--folds", type=positive_int, default=None, help="blocked: K, the number of folds (default: the profile's)")
+    p.add_argument("--tile", type=positive_int, default=None, help="blocked: side of the square tiles in pixels (default: the profile's)")
     p.add_argument("--profile", default="paper", choices=profiles, help="preparation settings (patch size) of this profile")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--data-dir", type=existing_dir, default=None, help=DATA_DIR_HELP)
+    p.add_argument("--out", required=True, type=file_in_existing_dir(".npz"), help="output .npz file")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train methods × seeds on one dataset (finished runs are reused)")
-    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--dataset", required=True, type=dataset_name, help=DATASET_HELP)
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=profiles)
-    p.add_argument("--seed", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--seed", type=non_negative_int, nargs="+", default=None, help="default: the profile's seeds")
     p.add_argument("--split", default="random", choices=list(SPLITS),
                    help="random (the paper's, leaking) | spatial (Indian Pines: the extrapolation stress test) | blocked "
                         "(Indian Pines: blocked K-fold cross-validation, the leak-free protocol); split seed = seed")
-    p.add_argument("--fold", type=int, nargs="+", default=None, help="blocked: the folds to train (default: all)")
-    p.add_argument("--options", default=None, help="extra strategy options as JSON, applied to every method given, "
+    p.add_argument("--fold", type=non_negative_int, nargs="+", default=None, help="blocked: the folds to train (default: all)")
+    p.add_argument("--options", type=json_object, default=None, help="extra strategy options as JSON, applied to every method given, "
                                                    "e.g. '{\"tau_train\": 0.8}'")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--model-options", default=None,
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model-options", type=json_object, default=None,
                    help="width/depth of the generic network for your own data as JSON, e.g. '{\"width\": 64}'")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=existing_dir, default=None, help=DATA_DIR_HELP)
     p.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output (notices still go to stderr)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("paper", help="run every notebook with papermill: data, baselines, HardCGT, SoftCGT, figures")
     p.add_argument("--profile", default="paper", choices=profiles)
-    p.add_argument("--dataset", nargs="+", default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
+    p.add_argument("--dataset", nargs="+", type=dataset_name, default=None, help=f"default: {' '.join(BUILTIN)}; a path/to/your_data.npz works too")
     p.add_argument("--force", action="store_true", help="retrain every run and execute every notebook")
     p.add_argument("--force-step", nargs="+", default=None, metavar="NOTEBOOK",
                    help="execute these notebooks (e.g. 04_figures) even if their inputs are unchanged")
-    p.add_argument("--workers", type=int, default=1,
-                   help="train the steps' runs first on N local worker processes (default 1: inside the notebooks)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="train the steps' runs first on N local worker processes, one thread each (default 1: "
+                        "inside the notebooks; `make paper` uses one per core); results do not depend on N")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="train the steps' runs first on the Dask cluster at ADDRESS (e.g. tcp://10.0.0.5:8786)")
-    p.add_argument("--threads-per-run", type=int, default=None, metavar="T",
-                   help="intra-op threads of each run (default: cores / workers locally, 1 on Dask)")
     p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("scaling", help="how the local runner scales: one fixed run list, 1, 2, 4 … worker processes")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N")
-    p.add_argument("--runs", type=int, default=16, help="Indian Pines runs (quick profile) in the fixed list")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--out", default="figures/runner_scaling.json")
+    p.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], metavar="N")
+    p.add_argument("--runs", type=positive_int, default=16, help="Indian Pines runs (quick profile) in the fixed list")
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--out", type=file_in_existing_dir(".json"), default=None,
+                   help="output .json file (default: the project's figures/runner_scaling.json)")
     p.add_argument("--pipeline", default=None, choices=profiles,
                    help="instead: the whole pipeline of this profile from nothing, serial vs --workers N")
     p.set_defaults(func=cmd_scaling)
@@ -279,9 +382,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--method", default="soft_cgt", choices=list(METHODS))
-    p.add_argument("--tau", type=float, default=PAPER_TAU)
-    p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
-    p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
+    p.add_argument("--tau", type=unit_interval, default=PAPER_TAU)
+    p.add_argument("--single-samples", type=positive_int, default=200, help="samples timed one at a time (batch size 1)")
+    p.add_argument("--repeats", type=positive_int, default=30, help="timings per row (median and IQR), after a warm-up")
     p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")
     p.set_defaults(func=cmd_bench)
     return top

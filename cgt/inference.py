@@ -22,6 +22,7 @@ from .learned_policy import ExitPolicy, LearnedPolicy, check_exit_policy, exit_a
 from .models import EarlyExitNet
 from .policy import accepts_row, check_thresholds
 
+
 def exits_from_logits(exit_logits: torch.Tensor, thresholds: float | Sequence[float],
                       policy: ExitPolicy = "max_softmax") -> tuple[torch.Tensor, torch.Tensor]:
     """Decisions from cached logits (E, N, K) → (predictions (N,), exit index (N,), 0-based)."""

@@ -10,8 +10,11 @@ A run lives in its own folder, named by the hash of everything that produced it:
         model.pt         final weights
         logits.pt        per-exit logits (E, N, K) and labels on val and test
         complete.json    written last, with the sha256 of each artifact above
+        .lock            held (flock) by the one process training the run
 
-A run is finished only if complete.json exists and every artifact still matches its hash.
+A run is finished only if complete.json exists and every artifact still matches its hash. One process
+trains a run at a time: `run_lock` is an exclusive flock on the folder's .lock file, which the kernel
+releases when its holder exits or is killed (`kill -9` included), so a lock never outlives its holder.
 
 The code version is the hash of the source of every module a training run executes: the import
 closure of cgt.train inside the package, found by reading the imports (no hand-kept list). Editing
@@ -20,10 +23,12 @@ a module that training uses re-keys every run; editing a figure or report module
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -35,6 +40,7 @@ from .methods import method_spec
 from .models import EarlyExitNet
 
 ARTIFACTS = ("config.json", "history.json", "model.pt", "logits.pt")
+LOCK_FILE = ".lock"
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_ENTRY = "cgt.train"
 
@@ -162,6 +168,25 @@ def is_complete(path: Path) -> bool:
         return all((path / name).exists() and sha256_file(path / name) == recorded[name] for name in ARTIFACTS)
     except Exception:
         return False
+
+
+@contextmanager
+def run_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the run folder's lock for the block; if another process holds it, call `on_wait` once and
+    wait until it is released (the holder finished, failed or died). Creates the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_run(path: str | Path, build: Callable[[], EarlyExitNet]) -> TrainedRun:

@@ -6,15 +6,26 @@ The run's folder, identity and completeness are cgt.runs'; this module is the lo
 is loaded instead of retrained; a killed run resumes from its last epoch checkpoint and ends with the
 same weights as an uninterrupted one (the shuffle depends only on seed and epoch, the RNG state is
 checkpointed).
+
+One result per run key: on the CPU a run trains with one intra-op thread (CPU_TRAINING_THREADS),
+whoever schedules it — a notebook, the CLI, a local worker or a Dask worker — because the reduction
+order of the convolutions, and so the floats, depend on the thread count. Parallelism comes from
+training runs side by side (cgt.pipeline.runner). One training per run key: a process that asks for
+a run another process is training waits for it (cgt.runs.run_lock), then loads the finished run, or
+resumes from its checkpoint if that process died.
+
+Notices that change what a run does (training again after a failed artifact check, resuming, ignoring
+an unreadable checkpoint, waiting for another process) go to stderr, even when progress is off.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -26,7 +37,11 @@ from .fileio import atomic_path, sha256_file, write_json_atomic
 from .interference import gradient_interference
 from .losses import STRATEGIES, early_head_fit_loss, exit_weights, inverse_frequency, lambdas_at, weighted_exit_loss
 from .models import EarlyExitNet
-from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity
+from .notices import notice
+from .runs import ARTIFACTS, TrainedRun, is_complete, load_run, run_dir, run_identity, run_lock
+
+CPU_TRAINING_THREADS = 1
+"""Intra-op threads of every training run on the CPU (see the module docstring: one run key, one result)."""
 
 _log = logging.getLogger(__name__)
 
@@ -151,14 +166,47 @@ def train_run(data: PreparedData, method: str, cfg: TrainConfig, runs_root: str 
     folder = run_dir(identity, runs_root)
     if is_complete(folder) and not force:
         return load_run(folder, build)
-    if (folder / "complete.json").exists() and not force and progress and ctx.is_main:
-        print(f"{folder}: an artifact no longer matches the hash recorded when the run finished; training it again")
+    if ctx.enabled:  # one torchrun job trains the run: its ranks synchronise through barriers, not the lock
+        return _train_in(folder, data, method, cfg, identity, model, device, ctx, progress, force)
+    with run_lock(folder, on_wait=lambda: notice(f"{folder}: another process is training this run; waiting for it")):
+        if is_complete(folder) and not force:  # trained by the process we waited for
+            return load_run(folder, build)
+        return _train_in(folder, data, method, cfg, identity, model, device, ctx, progress, force)
+
+
+@contextmanager
+def training_threads(device: torch.device) -> Iterator[None]:
+    """CPU_TRAINING_THREADS intra-op threads while a run trains on the CPU; the caller's setting afterwards.
+    (Inter-op threads do not change the floats, and torch allows setting them only once per process.)"""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_TRAINING_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_in(folder: Path, data: PreparedData, method: str, cfg: TrainConfig, identity: dict[str, Any],
+              model: EarlyExitNet, device: torch.device, ctx: distributed.DistContext, progress: bool,
+              force: bool) -> TrainedRun:
+    """Train `model` into `folder` (resuming from its checkpoint), write the artifacts, return the run."""
+    if (folder / "complete.json").exists() and not force and ctx.is_main:
+        notice(f"{folder}: an artifact no longer matches the hash recorded when the run finished; training it again")
     if ctx.is_main:  # one writer: rank 0 (the only process without torchrun)
         _open_run_dir(folder, identity, force)
     distributed.barrier(ctx)
+    with training_threads(device):
+        return _train_loop(folder, data, method, cfg, identity, model, device, ctx, progress)
 
+
+def _train_loop(folder: Path, data: PreparedData, method: str, cfg: TrainConfig, identity: dict[str, Any],
+                model: EarlyExitNet, device: torch.device, ctx: distributed.DistContext,
+                progress: bool) -> TrainedRun:
     state = new_state(model.to(device), cfg)
-    _resume(state, folder / "checkpoint.pt", device, progress)
+    _resume(state, folder / "checkpoint.pt", device, ctx.is_main)
     x_train, y_train = data.x["train"].to(device), data.y["train"].to(device)
     if x_train.ndim == 4:
         # Image batches in channels-last layout: oneDNN's convolutions and max-pooling run without
@@ -221,16 +269,17 @@ def _open_run_dir(folder: Path, identity: dict[str, Any], force: bool) -> None:
     write_json_atomic(folder / "config.json", identity)
 
 
-def _resume(state: TrainState, ckpt_path: Path, device: torch.device, progress: bool) -> None:
-    """Continue from the last epoch checkpoint, if there is a readable one."""
+def _resume(state: TrainState, ckpt_path: Path, device: torch.device, tell: bool) -> None:
+    """Continue from the last epoch checkpoint, if there is a readable one (`tell`: say so on stderr)."""
     if not ckpt_path.exists():
         return
     try:
         state.restore(torch.load(ckpt_path, map_location=device, weights_only=False))
-        if progress:
-            print(f"resuming {ckpt_path.parent} after epoch {state.epoch}")
+        if tell:
+            notice(f"resuming {ckpt_path.parent} after epoch {state.epoch}")
     except Exception as exc:  # unreadable checkpoint: start over rather than trust it
-        print(f"ignoring unreadable checkpoint {ckpt_path}: {exc}")
+        if tell:
+            notice(f"ignoring unreadable checkpoint {ckpt_path} ({exc}); training this run from its first epoch")
 
 
 def _write_artifacts(folder: Path, state: TrainState, logits: dict[str, torch.Tensor]) -> None:

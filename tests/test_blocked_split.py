@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cgt.data.indian_pines import CLASSES, IndianPinesOptions, fold_maps, load_raw
-from cgt.data.splits import (GUARD, TEST, TRAIN, VAL, blocked_fold_map, deal_tiles, guard_band, tile_ids)
+from cgt.data.splits import GUARD, TEST, TRAIN, VAL, blocked_fold_map, deal_tiles, guard_band, tile_ids
 from cgt.reporting.dataviz import PARTS, blocked_folds_figure, fold_coverage_summary, fold_coverage_table
 
 OPTS = IndianPinesOptions(split="blocked", fold=0)

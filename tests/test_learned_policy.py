@@ -6,15 +6,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from cgt.cost import ExitCosts, exit_costs
+from cgt.cost import ExitCosts
 from cgt.evaluation.evaluate import EvalConfig, evaluate_logits
-from cgt.evaluation.learned_policy import (compare_policies, exit_differences, exit_targets, feature_table,
-                                           fit_learned_policy)
+from cgt.evaluation.learned_policy import (
+    compare_policies,
+    exit_differences,
+    exit_targets,
+    feature_table,
+    fit_learned_policy,
+)
 from cgt.evaluation.thresholds import candidates
 from cgt.inference import early_exit_forward, exits_from_logits
 from cgt.learned_policy import FEATURES, LearnedPolicy, check_exit_policy, exit_features

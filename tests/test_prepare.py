@@ -257,8 +257,9 @@ def test_extract_patches_matches_naive_reference(size):
         np.testing.assert_array_equal(got[k], padded[i:i + size, j:j + size].transpose(2, 0, 1))
 
 
-def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_preparations):
-    """A second load reads the cache; a changed parameter re-prepares into a new file; a truncated cache is redone."""
+def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_preparations, capsys):
+    """A second load reads the cache; a changed parameter re-prepares into a new file; a truncated cache is
+    redone, with a notice on stderr."""
     calls = count_preparations
     patch_sizes = lambda: [opts.patch_size for _, opts in calls]  # noqa: E731
     cfg = ip_config(raw_dir, tmp_path)
@@ -280,7 +281,9 @@ def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_
 
     blob = cache_path(cfg).read_bytes()
     cache_path(cfg).write_bytes(blob[: len(blob) // 2])
+    capsys.readouterr()
     fourth = load(cfg)
+    assert f"{cache_path(cfg)}: unreadable prepared arrays" in capsys.readouterr().err
     assert patch_sizes() == [5, 3, 5] and fourth.checksum == first.checksum
     assert cache_path(cfg).read_bytes() == blob  # rewritten whole
 
@@ -289,6 +292,29 @@ def test_cache_is_reused_keyed_and_robust(raw_dir, tmp_path, monkeypatch, count_
     with pytest.raises(ValueError, match=r"unknown data option\(s\) \['patch_size'\] for dataset 'fashion_mnist'"):
         cache_path(config(dataset="fashion_mnist", cache_dir=str(tmp_path), patch_size=7))
     assert cache_path(fm) != cache_path(DataConfig(dataset="fashion_mnist", cache_dir=str(tmp_path), max_train=9))
+
+
+def test_a_named_data_folder_is_verified_even_when_its_prepared_arrays_are_cached(raw_dir, tmp_path):
+    """verify_raw (a `--data-dir` given by the user): a raw file corrupted after the cache was built is
+    refused on the next load, by name, with a repair hint naming the folder; without verify_raw the
+    cache alone is read (the default data folder is verified whenever the cache is built)."""
+    import shutil
+
+    from cgt.data import DataVerificationError
+
+    folder = tmp_path / "raw"
+    shutil.copytree(raw_dir / "indian_pines", folder / "indian_pines")
+    cfg = ip_config(folder, tmp_path / "prepared")
+    first = load(cfg, verify_raw=True)
+    target = folder / "indian_pines" / "Indian_pines_gt.npy"
+    blob = bytearray(target.read_bytes())
+    blob[-10] ^= 0xFF
+    target.write_bytes(bytes(blob))
+    assert load(cfg).checksum == first.checksum  # the cache, as before
+    with pytest.raises(DataVerificationError) as info:
+        load(cfg, verify_raw=True)
+    message = str(info.value)
+    assert f"{target} failed verification" in message and f"add `--data-dir {folder}` to that command" in message
 
 
 def test_spatial_split_option_reports_missing_classes(raw_dir, tmp_path):

@@ -10,8 +10,19 @@ import torch
 
 from cgt.cost import ExitCosts
 from cgt.evaluation import primary
-from cgt.evaluation.primary import (PairedReplicate, RunLogits, bootstrap_p_values, categorise, choose_rival, compare,
-                                    f1_decomposition, macro_f1, matched_budget, paired_bootstrap, stratified_resample)
+from cgt.evaluation.primary import (
+    PairedReplicate,
+    RunLogits,
+    bootstrap_p_values,
+    categorise,
+    choose_rival,
+    compare,
+    f1_decomposition,
+    macro_f1,
+    matched_budget,
+    paired_bootstrap,
+    stratified_resample,
+)
 from cgt.evaluation.verdicts import holm
 
 COSTS = ExitCosts(block_flops=(100, 100, 100), head_flops=(0, 0, 0))  # exits at 1/3, 2/3, 1 of the network

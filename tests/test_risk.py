@@ -18,7 +18,6 @@ from cgt.evaluation.risk import (
     min_calibration_size,
     risk_controlled_threshold,
 )
-from cgt.train import predict_logits
 
 
 def test_crc_takes_the_last_candidate_whose_adjusted_risk_fits():

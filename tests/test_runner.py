@@ -1,5 +1,5 @@
 """Training runs on workers (cgt.pipeline.runner): local processes and a Dask LocalCluster give the same bits as
-a serial run, a killed worker's run resumes from its checkpoint, bad settings fail before any work,
+a serial run in a process set to several threads (one run key, one result), a killed worker's run resumes from its checkpoint, bad settings fail before any work,
 and the plan covers everything the pipeline's notebooks train."""
 from __future__ import annotations
 
@@ -37,12 +37,14 @@ def assert_bit_identical(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dic
 
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory, raw_dir):
-    """REQUESTS trained one after another in this process, with one thread each."""
+    """REQUESTS trained one after another in this process, as a notebook or `python -m cgt train` does,
+    with the process set to several intra-op threads: training itself takes one (cgt.train), so the
+    workers below must give the same bits whatever this process's setting."""
     runs = tmp_path_factory.mktemp("serial")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CGT_RUNS_DIR", str(runs))
         before = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(3)
         try:
             for r in REQUESTS:
                 train_methods(r.dataset, r.profile, [r.method], [r.seed])
@@ -55,10 +57,10 @@ def serial(tmp_path_factory, raw_dir):
 def test_local_workers_are_bit_identical_to_a_serial_run(serial, tmp_path, monkeypatch):
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
     lines = []
-    trained = runner.train_all(REQUESTS + REQUESTS[:1], workers=2, threads_per_run=1, log=lines.append)
+    trained = runner.train_all(REQUESTS + REQUESTS[:1], workers=2, log=lines.append)
     assert len(trained) == 3  # the repeated request names the same run: trained once
     assert_bit_identical(results(tmp_path / "smoke"), serial)
-    assert "3 run(s) to train (0 already finished) on 2 local worker process(es), 1 thread(s) per run" in lines[0]
+    assert "3 run(s) to train (0 already finished) on 2 local worker process(es), 1 thread(s) per CPU run" in lines[0]
     assert any(line.startswith("[3/3 runs]") and "ETA" in line for line in lines)  # plain lines off a terminal
     # everything finished: nothing to do, no worker started
     assert runner.train_all(REQUESTS, workers=2, log=lines.append) == []
@@ -102,7 +104,7 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes_from_its_checkpoint(tmp
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     watcher.start()
     lines = []
-    trained = runner.train_all([long], workers=1, threads_per_run=1, log=lines.append)
+    trained = runner.train_all([long], workers=1, log=lines.append)
     watcher.join(timeout=5)
     assert killed, "no worker was running when the checkpoint appeared"
     assert any("a worker died; 1 unfinished run(s) queued again" in line for line in lines), lines
@@ -123,16 +125,6 @@ def test_an_unreachable_scheduler_fails_within_seconds_and_starts_nothing(tmp_pa
 def test_workers_outside_the_valid_range_are_refused(workers):
     with pytest.raises(ValueError, match=r"must be an integer ≥ 1"):
         runner.check_workers(workers)
-
-
-def test_threads_per_run_must_be_positive():
-    with pytest.raises(ValueError, match=r"threads_per_run=0 must be ≥ 1"):
-        runner.train_all(REQUESTS, threads_per_run=0)
-
-
-def test_default_threads_share_the_cores():
-    cores = runner.default_threads(1)
-    assert runner.default_threads(2) == max(1, cores // 2) and runner.default_threads(10 * cores) == 1
 
 
 def test_the_plan_mirrors_the_notebooks_parameters():

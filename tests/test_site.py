@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from headless_chromium import Chromium, SiteServer, broken_links, failed_requests
 
 from cgt.pipeline.mathjax import LOCAL_CONFIG, copy_mathjax, script_url
 from cgt.reporting.site import page_title, results_index, site_sources
-from headless_chromium import Chromium, SiteServer, broken_links, failed_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 

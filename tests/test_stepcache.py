@@ -31,7 +31,7 @@ def setting(tmp_path):
     notebook = tmp_path / "01.ipynb"
     notebook.write_text('{"cells": []}')
     executed = tmp_path / "executed.ipynb"
-    executed.write_text(json.dumps({"cells": []}))
+    executed.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": [{"text": "a summary line"}]}]}))
     record = tmp_path / "executed.runs.jsonl"  # what cgt.experiments.train_evaluate appends, one line per run
     record.write_text(json.dumps({"run": "ds/m/seed0-abc", "cached": True}) + "\n"
                       + json.dumps({"run": "ds/m/seed0-abc", "cached": True}) + "\n")
@@ -149,3 +149,13 @@ def test_published_notebooks_carry_no_machine_paths(tmp_path, monkeypatch):
     assert scripts == ["mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/cgt"]
     assert (tmp_path / "paper" / "mathjax" / "MathJax.js").is_file()
     assert (tmp_path / "paper" / "mathjax" / "config" / "local" / "cgt.js").is_file()
+
+
+def test_a_step_killed_mid_execution_runs_again(setting):
+    """papermill writes the executed notebook after every cell, and a step is recorded only once it
+    finished: a pipeline killed mid-step leaves a partial executed notebook that no record vouches for,
+    so the next pipeline executes the step again rather than trusting it."""
+    partial = json.loads(setting["executed"].read_text()) | {"cells": []}  # the cells run before the kill
+    setting["executed"].write_text(json.dumps(partial))
+    reason = StepCache(setting["runs"]).why_run("01", setting["inputs"], setting["executed"])
+    assert reason is not None and "executed.ipynb changed or is missing" in reason

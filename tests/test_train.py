@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cgt import train
 from cgt.data import DataConfig, load
 from cgt.losses import resolve_options
-from cgt.runs import is_complete
+from cgt.runs import is_complete, run_lock
 from cgt.train import EpochSetup, TrainConfig, new_state, train_epoch, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +91,62 @@ def test_changed_option_gives_a_new_run_dir(ip_data, tmp_path):
     assert lr.run_dir not in (base.run_dir, other.run_dir)
 
 
+def test_a_cpu_run_trains_with_one_thread_whatever_the_callers_setting(ip_data, tmp_path, monkeypatch):
+    """One run key, one result: the run trains (and computes its logits) with one intra-op thread even if
+    its caller set three, gives the same bits as a run started at one thread, and leaves the caller's
+    setting as it was."""
+    seen = []
+    real_epoch = train.train_epoch
+
+    def recording_epoch(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", recording_epoch)
+    at_one = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "one", progress=False)
+    torch.set_num_threads(3)
+    try:
+        at_three = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "three", progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [train.CPU_TRAINING_THREADS] * (2 * CFG.epochs) == [1] * 4
+    assert state_equal(at_one.model.state_dict(), at_three.model.state_dict())
+    assert all(torch.equal(at_one.logits[k], at_three.logits[k]) for k in ("val", "test"))
+
+
+def test_training_threads_restores_the_setting_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with train.training_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+
+
+def test_run_lock_makes_a_second_holder_wait_and_tells_it(tmp_path):
+    """While one holder has the run's lock, a second (another thread here: flock locks open files, not
+    processes) calls its on_wait once and gets the lock only after the first released it."""
+    events, waited = [], threading.Event()
+    with run_lock(tmp_path / "run"):
+        def second():
+            with run_lock(tmp_path / "run", on_wait=lambda: (events.append("waiting"), waited.set())):
+                events.append("second holds it")
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waited.wait(5)
+        events.append("first releases it")
+    thread.join(5)
+    assert events == ["waiting", "first releases it", "second holds it"]
+    with run_lock(tmp_path / "run", on_wait=lambda: events.append("unexpected wait")):
+        pass  # free again: no waiting
+    assert events[-1] == "second holds it" and (tmp_path / "run" / ".lock").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
-def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp_path, damage):
-    """A truncated, altered or missing logits.pt fails the hash check; the run is then redone, identically."""
+def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp_path, damage, capsys):
+    """A truncated, altered or missing logits.pt fails the hash check; the run is then redone, identically,
+    with a notice on stderr even though progress is off."""
     first = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
     path = first.run_dir / "logits.pt"
     data = path.read_bytes()
@@ -102,10 +157,47 @@ def test_damaged_artifact_makes_the_run_incomplete_and_it_is_redone(ip_data, tmp
     else:
         path.unlink()
     assert not is_complete(first.run_dir)
+    capsys.readouterr()
     redone = train_run(ip_data, "joint_uniform", CFG, runs_root=tmp_path, progress=False)
+    out, err = capsys.readouterr()
+    assert out == "" and f"{first.run_dir}: an artifact no longer matches the hash recorded" in err
     assert not redone.cached and redone.run_dir == first.run_dir and is_complete(redone.run_dir)
     assert torch.equal(torch.load(path, weights_only=True)["test"], first.logits["test"])
     assert state_equal(redone.model.state_dict(), first.model.state_dict())
+
+
+def test_a_full_disk_while_writing_the_artifacts_leaves_an_unfinished_run_that_resumes(ip_data, tmp_path,
+                                                                                      monkeypatch):
+    """The disk fills up (OSError ENOSPC) as model.pt is written: the run raises, is not taken for finished
+    (no complete.json, nothing half-written under an artifact's name), keeps its last epoch checkpoint, and
+    the next call resumes from it and ends bit-identical to a run that never failed."""
+    import errno
+    from contextlib import contextmanager
+
+    from cgt import fileio
+
+    reference = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "reference", progress=False)
+    real_atomic_path = fileio.atomic_path
+
+    @contextmanager
+    def full_disk_at_model(path):
+        with real_atomic_path(path) as tmp:
+            yield tmp
+            if tmp.name.startswith(".model.pt."):
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(train, "atomic_path", full_disk_at_model)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "full", progress=False)
+    monkeypatch.undo()
+    (folder,) = (tmp_path / "full").rglob("seed0-*")
+    assert not is_complete(folder) and not (folder / "complete.json").exists()
+    assert not (folder / "model.pt").exists() and not list(folder.glob(".*.tmp"))
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == CFG.epochs
+    resumed = train_run(ip_data, "hard_cgt", CFG, runs_root=tmp_path / "full", progress=False)
+    assert not resumed.cached and is_complete(folder)
+    assert state_equal(resumed.model.state_dict(), reference.model.state_dict())
+    assert all(torch.equal(resumed.logits[k], reference.logits[k]) for k in ("val", "test"))
 
 
 # ---------------------------------------------------------------- history
@@ -283,6 +375,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
     resumed = subprocess.run(COMMAND, cwd=ROOT, env=_env(tmp_path / "killed"), capture_output=True, text=True, timeout=200)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} after epoch {ckpt['epoch']}" in resumed.stderr  # shown despite --quiet
     out, err = clean.communicate(timeout=200)
     assert clean.returncode == 0, err
 
@@ -293,5 +386,77 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert len(hist_a) == EPOCHS and without_time(hist_a) == without_time(hist_b)
     # it really resumed: the epochs done before the kill keep their recorded timings (a restart re-measures them)
     assert hist_a[: ckpt["epoch"]] == ckpt["history"]
+    la, lb = (torch.load(d / "logits.pt", weights_only=True) for d in (a, b))
+    assert all(torch.equal(la[k], lb[k]) for k in ("val", "test"))
+
+
+# ---------------------------------------------------------------- one training per run key
+def _stderr_lines(proc: subprocess.Popen) -> list[str]:
+    """The lines `proc` writes to stderr, collected as they come (a reader thread)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    return lines
+
+
+def _trained_or_cached(stdout: str) -> tuple[str, str]:
+    """('trained' | 'cached', the metrics the command printed for its run)."""
+    (line,) = [x for x in stdout.splitlines() if x.startswith("indian_pines joint_uniform seed 0:")]
+    status, metrics = line.split(": ", 1)[1].split("; ", 1)
+    return ("cached" if status == "cached" else "trained"), metrics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_identical_commands_train_the_run_once(tmp_path):
+    """Two `python -m cgt train` of the same run started together: one trains, the other waits on the run's
+    lock and loads the finished run; the same numbers, in well under twice the time of one command."""
+    command = [c for c in COMMAND if c != "--quiet"]  # the per-run summary line tells trained from cached
+    t0 = time.perf_counter()
+    single = subprocess.run(command, cwd=ROOT, env=_env(tmp_path / "single"), capture_output=True, text=True,
+                            timeout=200)
+    one = time.perf_counter() - t0
+    assert single.returncode == 0, single.stderr
+    t0 = time.perf_counter()
+    pair = [subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path / "pair"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in pair]
+    both = time.perf_counter() - t0
+    assert all(p.returncode == 0 for p in pair), outputs
+    results = sorted(_trained_or_cached(out) for out, _ in outputs)
+    assert [status for status, _ in results] == ["cached", "trained"], outputs
+    assert results[0][1] == results[1][1] == _trained_or_cached(single.stdout)[1]
+    print(f"one command {one:.1f} s; two identical commands together {both:.1f} s ({both / one:.2f}x)")
+    assert both < 1.5 * one
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_waiter_takes_over_a_run_whose_holder_was_killed_and_resumes_it(tmp_path):
+    """A second command waits on the run's lock; the holder is SIGKILLed; the kernel releases its lock, and
+    the waiter resumes the run from the holder's last checkpoint, ending bit-identical to a clean run."""
+    clean = _start(tmp_path / "clean")  # the uninterrupted reference, in parallel
+    holder = _start(tmp_path / "killed")
+    pattern = str(tmp_path / "killed" / "smoke" / "indian_pines" / "joint_uniform" / "seed0-*" / "checkpoint.pt")
+    deadline = time.monotonic() + 150
+    while not glob.glob(pattern):
+        assert holder.poll() is None, f"run ended before it could be killed: {holder.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    waiter = _start(tmp_path / "killed")
+    waiter_err = _stderr_lines(waiter)
+    while not any("another process is training this run; waiting for it" in line for line in waiter_err):
+        assert holder.poll() is None, "the holder finished before the waiter reached the lock"
+        assert waiter.poll() is None and time.monotonic() < deadline + 100, waiter_err
+        time.sleep(0.05)
+    holder.kill()  # SIGKILL: no cleanup runs, the kernel drops its flock
+    holder.communicate()
+    run_dir = _run_dir(tmp_path / "killed")
+    assert waiter.wait(timeout=200) == 0, waiter_err
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert any(line.startswith(f"resuming {run_dir} after epoch ") for line in waiter_err), waiter_err
+    assert clean.wait(timeout=200) == 0
+    a, b = _run_dir(tmp_path / "killed"), _run_dir(tmp_path / "clean")
+    assert a.name == b.name and is_complete(a) and is_complete(b)
+    assert state_equal(torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True))
     la, lb = (torch.load(d / "logits.pt", weights_only=True) for d in (a, b))
     assert all(torch.equal(la[k], lb[k]) for k in ("val", "test"))

@@ -28,8 +28,17 @@ import numpy as np
 from ..models import indian_pines_cnn
 from .base import SPLITS, DataConfig, DatasetSpec, PreparedArrays
 from .raw import RawFile, RawSource, load_array, raw_paths
-from .splits import (blocked_fold_map, cap_splits, check_blocked, check_fractions, guarded_spatial_split,
-                     missing_classes, split_from_map, split_map_of, stratified_split)
+from .splits import (
+    blocked_fold_map,
+    cap_splits,
+    check_blocked,
+    check_fractions,
+    guarded_spatial_split,
+    missing_classes,
+    split_from_map,
+    split_map_of,
+    stratified_split,
+)
 
 CLASSES = ["Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees",
            "Grass-pasture-mowed", "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill",

@@ -2,8 +2,10 @@
 
 `load(DataConfig(...))` is the one call a notebook makes. Preparation is cached under
 `cache_dir`, keyed by every preparation parameter (and PREP_VERSION): a changed parameter
-re-prepares, an unchanged one loads the cache. Raw files are verified whenever the cache is built;
-the prepared arrays' own checksum is part of every training run's key.
+re-prepares, an unchanged one loads the cache. Raw files are verified whenever the cache is built, and
+on every load when the caller names the data folder (`verify_raw`: a folder given explicitly is checked
+even if its prepared arrays are cached); the prepared arrays' own checksum is part of every training
+run's key.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from ..fileio import save_npz_atomic, sha256_bytes, stable_hash
 from ..models import EarlyExitNet
+from ..notices import notice
 from .base import SPLITS, DataConfig, DatasetSpec
 from .raw import obtain
 from .registry import resolve
@@ -74,15 +77,20 @@ def cache_path(cfg: DataConfig, params: dict | None = None) -> Path:
     return Path(cfg.cache_dir) / f"{params['dataset']}-{stable_hash(params)}.npz"
 
 
-def load(cfg: DataConfig, verbose: bool = False) -> PreparedData:
-    """Acquire (verified), prepare and cache `cfg.dataset`; return it as tensors."""
+def load(cfg: DataConfig, verbose: bool = False, verify_raw: bool = False) -> PreparedData:
+    """Acquire (verified), prepare and cache `cfg.dataset`; return it as tensors.
+
+    verify_raw: the user named cfg.data_dir (`--data-dir`): verify its raw files even when the prepared
+    arrays are cached, and name the folder in the repair hint of a file that fails."""
     spec = resolve(cfg.dataset)
     params = preparation_params(cfg)
     path = cache_path(cfg, params)
+    if verify_raw and spec.raw is not None:
+        obtain(spec.raw, cfg.data_dir, named_dir=True)
     arrays = _read_cache(path)
     if arrays is None:
         if spec.raw is not None:
-            source = obtain(spec.raw, cfg.data_dir)
+            source = obtain(spec.raw, cfg.data_dir, named_dir=verify_raw)
             if verbose:
                 print(f"{spec.name}: raw data from {source}")
         prepared = spec.prepare(cfg, spec.resolve_options(cfg))
@@ -107,11 +115,12 @@ def load(cfg: DataConfig, verbose: bool = False) -> PreparedData:
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None if absent or unreadable (then it is simply prepared again)."""
+    """The cached arrays, or None if absent or unreadable (then it is prepared again, with a notice)."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except Exception:
+    except Exception as exc:
+        notice(f"{path}: unreadable prepared arrays ({type(exc).__name__}: {exc}); preparing them again")
         return None

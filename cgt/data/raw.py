@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path, sha256_bytes
+from ..notices import notice
 
 SOURCES = ("local", "offline", "download")
 
@@ -112,11 +113,12 @@ def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
 
 # ---------------------------------------------------------------- the public entry point
 def obtain(source: RawSource, data_dir: str | Path = "data/raw", sources: tuple[str, ...] = SOURCES,
-           mirror: str | None = None) -> str:
+           mirror: str | None = None, named_dir: bool = False) -> str:
     """Make every raw file of `source` present and verified under data_dir/<dataset>.
 
     Returns a one-line description of the source used. `mirror` replaces the directory part of
-    the canonical URLs (tests serve the files from 127.0.0.1).
+    the canonical URLs (tests serve the files from 127.0.0.1). named_dir: the user gave data_dir
+    (`--data-dir`), so the repair hint of a failed file tells them to give it again.
     """
     bad = [s for s in sources if s not in SOURCES]
     if bad:
@@ -124,10 +126,11 @@ def obtain(source: RawSource, data_dir: str | Path = "data/raw", sources: tuple[
     dataset_dir = Path(data_dir) / source.dataset
     specs = source.files
     errors: list[str] = []
+    hint = repair_hint(source, data_dir if named_dir else None)
 
     if "local" in sources and all(_candidates_local(dataset_dir, s) for s in specs):
         for spec in specs:  # a corrupt local file is the user's to see, never silently replaced
-            verify(_candidates_local(dataset_dir, spec)[0], spec, source.how_to_obtain)
+            verify(_candidates_local(dataset_dir, spec)[0], spec, hint)
         return f"local files in {dataset_dir}"
 
     if "offline" in sources:
@@ -138,7 +141,8 @@ def obtain(source: RawSource, data_dir: str | Path = "data/raw", sources: tuple[
             else:
                 src_dir, label = found
                 try:
-                    _copy_verified(src_dir, dataset_dir, source)
+                    _copy_verified(src_dir, dataset_dir, source, hint)
+                    notice(f"{dataset_dir}: verified {source.dataset} files copied in from {label}")
                     return label
                 except DataVerificationError as exc:
                     errors.append(str(exc))
@@ -150,9 +154,10 @@ def obtain(source: RawSource, data_dir: str | Path = "data/raw", sources: tuple[
                 dest = dataset_dir / spec.name
                 _download(url, dest)
                 try:
-                    verify(dest, spec, source.how_to_obtain)
+                    verify(dest, spec, hint)
                 except DataVerificationError:
                     dest.unlink()  # never leave a bad download where a later run would find it
+                    notice(f"{dest}: downloaded copy failed verification; deleted")
                     raise
             return f"downloaded from {mirror or spec.url.rsplit('/', 1)[0]}"
         except (urllib.error.URLError, OSError, DataVerificationError) as exc:
@@ -162,14 +167,22 @@ def obtain(source: RawSource, data_dir: str | Path = "data/raw", sources: tuple[
                                 + "\n  - ".join(errors))
 
 
-def _copy_verified(src_dir: Path, dataset_dir: Path, source: RawSource) -> None:
+def repair_hint(source: RawSource, named_dir: str | Path | None) -> str:
+    """What to do about a file that failed: the dataset's own advice, naming the data folder when the
+    user gave one (the default folder's command would repair a different folder)."""
+    if named_dir is None:
+        return source.how_to_obtain
+    return f"{source.how_to_obtain} — for this folder add `--data-dir {named_dir}` to that command"
+
+
+def _copy_verified(src_dir: Path, dataset_dir: Path, source: RawSource, hint: str) -> None:
     """Verify each file in src_dir (accepting a .npy copy of an array) and copy it in atomically."""
     for spec in source.files:
         candidates = [src_dir / spec.name, (src_dir / spec.name).with_suffix(".npy")]
         src = next((p for p in candidates if p.exists()), None)
         if src is None:
             raise DataVerificationError(f"{src_dir} has no {spec.name}")
-        verify(src, spec, source.how_to_obtain)
+        verify(src, spec, hint)
         with atomic_path(dataset_dir / src.name) as tmp:
             shutil.copyfile(src, tmp)
 

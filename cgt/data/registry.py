@@ -51,8 +51,9 @@ def display_name(dataset: str) -> str:
 
 
 def acquire(dataset: str, data_dir: str | Path = "data/raw", sources: tuple[str, ...] = SOURCES,
-            mirror: str | None = None) -> str:
-    """Make a built-in dataset's raw files present and verified; returns the source used."""
+            mirror: str | None = None, named_dir: bool = False) -> str:
+    """Make a built-in dataset's raw files present and verified; returns the source used.
+    named_dir: the user gave data_dir (`--data-dir`); a failed file's repair hint then names it."""
     if dataset not in BUILTIN:
         raise ValueError(f"unknown dataset {dataset!r}; valid choices: {sorted(BUILTIN)}")
-    return obtain(BUILTIN[dataset].raw, data_dir, sources, mirror)
+    return obtain(BUILTIN[dataset].raw, data_dir, sources, mirror, named_dir)

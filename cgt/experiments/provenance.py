@@ -60,13 +60,15 @@ def project_relative(path: str | Path) -> str:
         return str(path)
 
 
-def provenance(params: dict[str, Any], wall_time_s: float | None = None, device: str | torch.device = "cpu",
+def provenance(params: dict[str, Any], *, wall_time_s: float, device: str | torch.device = "cpu",
                data_checksums: dict[str, str] | None = None, seed: int | list[int] | None = None) -> dict[str, Any]:
-    """seed: the seed of a single run, or the seeds an aggregate was computed over."""
+    """seed: the seed of a single run, or the seeds an aggregate was computed over. wall_time_s is
+    required: a sidecar without it once reached the committed figures as `null`."""
+    if not isinstance(wall_time_s, (int, float)) or not wall_time_s >= 0:
+        raise ValueError(f"wall_time_s={wall_time_s!r}: the seconds it took to produce the artifact, a number ≥ 0")
     return {"git": git_state(), "params": params, "seed": seed, "data_checksums": data_checksums or {},
             "packages": package_versions(), "python": platform.python_version(),
-            "device": device_description(device),
-            "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1)}
+            "device": device_description(device), "wall_time_s": round(wall_time_s, 1)}
 
 
 def write_sidecar(artifact: str | Path, **kwargs: Any) -> Path:

@@ -85,7 +85,9 @@ def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split:
                  split_seed: int | None = None, fold: int | None = None, **data_overrides: Any) -> PreparedData:
     """The dataset as `profile` prepares it (from the preparation cache when it exists); with
     split='spatial' or 'blocked', the split drawn with `split_seed` (default: the profile's data seed);
-    with 'blocked', fold `fold` of it (default 0)."""
+    with 'blocked', fold `fold` of it (default 0).
+    data_dir: None for the project's data/raw (cgt.experiments.paths, whatever the working directory);
+    a folder given here is verified on every load, even when its prepared arrays are cached."""
     check_split(split, dataset, fold)
     if split != "random":
         data_overrides = data_overrides | {"split": split} | ({} if split_seed is None else {"seed": split_seed})
@@ -93,7 +95,7 @@ def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split:
         data_overrides = data_overrides | {"fold": 0 if fold is None else fold}
     cfg = data_config(profile, dataset, str(data_dir or default_data_dir()), **data_overrides)
     cfg.cache_dir = str(prepared_dir())
-    return load(cfg)
+    return load(cfg, verify_raw=data_dir is not None)
 
 
 def protocol_folds(dataset: str, profile: str, split: str, folds: list[int] | None = None,

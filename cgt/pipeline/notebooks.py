@@ -91,14 +91,15 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
 
 def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = False,
                  notebooks_dir: str | Path | None = None, log=print, force_steps: list[str] | None = None,
-                 workers: int = 1, scheduler: str | None = None, threads_per_run: int | None = None) -> list[Path]:
+                 workers: int = 1, scheduler: str | None = None) -> list[Path]:
     """Execute every step whose inputs changed (cgt.pipeline.stepcache) with papermill; returns the executed
     notebooks' paths. force: retrain every run and execute every step; force_steps: notebook names
     (e.g. "04_figures") executed again even if unchanged.
 
     workers > 1 or scheduler (a Dask scheduler's address): the steps' training runs are planned and
-    trained first, by local worker processes or on the Dask cluster (cgt.pipeline.runner), with
-    `threads_per_run` intra-op threads each; the notebooks then find them finished."""
+    trained first, by local worker processes or on the Dask cluster (cgt.pipeline.runner); the notebooks
+    then find them finished. Every CPU run trains with one thread however it is scheduled (cgt.train),
+    so workers change the wall time, never a result."""
     import papermill as pm
 
     valid = PER_DATASET + ABLATIONS + ONCE
@@ -109,9 +110,6 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     if scheduler and workers > 1:
         raise ValueError(f"--workers {workers} and --scheduler {scheduler!r}: give one (local processes, or a Dask cluster)")
     pretrain = workers > 1 or bool(scheduler)
-    if threads_per_run is not None and (threads_per_run < 1 or not pretrain):
-        raise ValueError(f"threads_per_run={threads_per_run!r}: an integer ≥ 1, with --workers N > 1 or --scheduler "
-                         f"(without them the runs train inside the notebooks, on every core)")
     # With workers, the runs are trained (--force: retrained) first and the notebooks only find them. The
     # label-smoothing runs of 06 are the exception: they depend on the grid, so 06 trains them and, as
     # without workers, reuses them when they exist.
@@ -125,7 +123,7 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
         client = runner.connect(scheduler) if scheduler else None  # unreachable: an error, nothing started
         try:
             trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
-                                       threads_per_run=threads_per_run, force=force, log=log, client=client)
+                                       force=force, log=log, client=client)
         finally:
             if client is not None:
                 client.close()

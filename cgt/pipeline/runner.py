@@ -2,7 +2,7 @@
 local processes on one machine, or a Dask cluster when one machine is not enough.
 
     requests = planned_runs([("01_baselines", {"profile": "quick", "dataset": "indian_pines"})])
-    train_all(requests, workers=2)                          # 2 processes × (cores / 2) threads each
+    train_all(requests, workers=2)                          # 2 processes, one run each at a time
     train_all(requests, scheduler="tcp://10.0.0.5:8786")   # a running Dask cluster
 
 A worker writes each finished run where the notebooks look for it (the run cache, cgt.runs), so the
@@ -11,10 +11,10 @@ run are trained once; finished runs are not trained at all. A run whose worker d
 and continues from its last epoch checkpoint.
 
 Threads. A run's floats depend on the number of intra-op threads it trains with (the reduction order
-of the convolutions): results are bit-identical to a serial run with the same threads per run. With
-other thread counts they differ by float rounding, as runs on different devices do, and the run cache
-treats them as the same run (cgt.runs.run_identity): the runner records each run's thread count in
-runs/<profile>/runner_journal.jsonl.
+of the convolutions), so every CPU run trains with one (cgt.train.CPU_TRAINING_THREADS) however it is
+scheduled: a worker's results are bit-identical to a serial run's, and parallelism comes from workers.
+Two workers (or submitters) asking for the same run train it once: the second waits on the run's
+lock (cgt.runs.run_lock) and then finds it finished.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 from ..data import display_name
 from ..methods import BASELINES
 from ..runs import ARTIFACTS, is_complete
+from ..train import CPU_TRAINING_THREADS, resolve_device
 
 WORKER_ROOT = os.environ.get("CGT_ROOT")
 """A worker's own CGT_ROOT (its mount of a shared project), as it was when the worker started — not
@@ -175,23 +176,19 @@ class Place:
             os.environ.pop("CGT_RUNS_DIR", None)
 
 
-def train_request(request: RunRequest, threads: int | None, place: Place) -> dict[str, Any]:
+def train_request(request: RunRequest, place: Place) -> dict[str, Any]:
     """Train one run in this process (a local worker or a Dask worker); returns where it went."""
-    import torch
-
     from ..experiments.train_evaluate import train_methods
 
     _refuse_threaded_dask_worker()
     place.enter()
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
                            folds=None if request.fold is None else [request.fold],
                            options={request.method: request.options} if request.options else None,
                            data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides)
     return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,
-            "threads": torch.get_num_threads()}
+            "threads": CPU_TRAINING_THREADS if resolve_device(request.device).type == "cpu" else None}
 
 
 def _refuse_threaded_dask_worker() -> None:
@@ -211,16 +208,15 @@ def _refuse_threaded_dask_worker() -> None:
 
 
 # ---------------------------------------------------------------- engines
-def default_threads(workers: int) -> int:
-    """Threads per run so that workers × threads ≈ the cores this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
-
-
 def check_workers(workers: int) -> None:
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r}: the number of local worker processes must be an integer ≥ 1 "
-                         f"(1 trains in the pipeline's own process; this machine has {os.cpu_count()} cores)")
+                         f"(1 trains in the pipeline's own process; this machine has {available_cores()} cores)")
+
+
+def available_cores() -> int:
+    """The cores this process may use (its CPU affinity), the natural number of local workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
@@ -243,7 +239,7 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
     return client
 
 
-def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, place: Place,
+def _local(todo: list[tuple[RunRequest, Path]], workers: int, place: Place,
            log: Callable[[str], None]) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
     """Local worker processes; a dead worker breaks the pool, so the unfinished runs go to a new one."""
     attempts: Counter[Path] = Counter()
@@ -252,7 +248,7 @@ def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, plac
     while pending:
         started = time.time()
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(train_request, r, threads, place): (r, path) for r, path in pending}
+            futures = {pool.submit(train_request, r, place): (r, path) for r, path in pending}
             pending = []
             for future in as_completed(futures):
                 request, path = futures[future]
@@ -277,13 +273,12 @@ def _local(todo: list[tuple[RunRequest, Path]], workers: int, threads: int, plac
                 f"epoch checkpoint): {', '.join(labels[:3])}{' …' if len(labels) > 3 else ''}")
 
 
-def _dask(todo: list[tuple[RunRequest, Path]], client, threads: int,
-          place: Place) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
+def _dask(todo: list[tuple[RunRequest, Path]], client, place: Place) -> Iterator[tuple[RunRequest, dict[str, Any]]]:
     """A Dask cluster; the scheduler itself re-queues the task of a worker that dies (up to its
     `allowed-failures`), and the run continues from its checkpoint on the shared runs folder."""
     from distributed import as_completed as dask_completed
 
-    futures = {client.submit(train_request, r, threads, place, pure=False,
+    futures = {client.submit(train_request, r, place, pure=False,
                              key=f"cgt-train-{path.parent.name}-{path.name}"): r for r, path in todo}
     for future in dask_completed(futures, loop=client.loop):
         yield futures[future], future.result()
@@ -305,34 +300,29 @@ def _same_run(record: dict[str, Any], path: Path) -> None:
 
 
 def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | None = None,
-              threads_per_run: int | None = None, force: bool = False, log: Callable[[str], None] = print,
+              force: bool = False, log: Callable[[str], None] = print,
               client=None) -> list[dict[str, Any]]:
     """Train every unfinished run of `requests`: on `workers` local processes, or on the Dask cluster at
     `scheduler` (or an already connected `client`). Returns one record per trained run."""
     check_workers(workers)
-    if threads_per_run is not None and threads_per_run < 1:
-        raise ValueError(f"threads_per_run={threads_per_run!r} must be ≥ 1")
     own_client = scheduler is not None and client is None
     if own_client:
         client = connect(scheduler)  # before any work: an unreachable cluster starts nothing
     try:
         runs = distinct_runs(requests)
         todo = [(r, path) for r, path in runs if force or not is_complete(path)]
-        if client is not None:
-            threads = threads_per_run or 1  # Dask convention: one task per worker thread (--nthreads 1)
-            engine = f"Dask cluster at {client.scheduler.address}"
-        else:
-            threads = threads_per_run or default_threads(workers)
-            engine = f"{workers} local worker process(es)"
-        log(f"{len(todo)} run(s) to train ({len(runs) - len(todo)} already finished) on {engine}, {threads} thread(s) per run")
+        engine = (f"Dask cluster at {client.scheduler.address}" if client is not None
+                  else f"{workers} local worker process(es)")
+        log(f"{len(todo)} run(s) to train ({len(runs) - len(todo)} already finished) on {engine}, "
+            f"{CPU_TRAINING_THREADS} thread(s) per CPU run")
         if not todo:
             return []
         if force:
             for _, path in todo:
                 _clear(path)
         place = Place.here()
-        results = (_dask(todo, client, threads, place) if client is not None
-                   else _local(todo, workers, threads, place, log))
+        results = (_dask(todo, client, place) if client is not None
+                   else _local(todo, workers, place, log))
         planned = {id(r): path for r, path in todo}
         return list(_with_progress(results, len(todo), log, _journal(requests), planned))
     finally:
@@ -342,7 +332,7 @@ def train_all(requests: list[RunRequest], workers: int = 1, scheduler: str | Non
 
 def _journal(requests: list[RunRequest]) -> Path:
     """runs/<profile>/runner_journal.jsonl: one line per run a worker trained — where, in how many
-    seconds, with how many threads (the run's key leaves the thread count out; this keeps it)."""
+    seconds, with how many intra-op threads."""
     from ..experiments.paths import runs_dir
 
     folder = runs_dir(requests[0].profile)

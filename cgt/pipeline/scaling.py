@@ -45,7 +45,7 @@ def runner_scaling(worker_counts: list[int], runs: int, epochs: int) -> dict:
     for n in worker_counts:
         with fresh_runs_folder():
             t0 = time.perf_counter()
-            trained = train_all(requests, workers=n, threads_per_run=1, log=lambda _: None)
+            trained = train_all(requests, workers=n, log=lambda _: None)  # 1 thread per run (cgt.train)
             wall = time.perf_counter() - t0
         rows.append({"workers": n, "runs": len(trained), "wall_s": round(wall, 2),
                      "mean_run_s": round(statistics.mean(t["seconds"] for t in trained), 2)})

@@ -9,6 +9,7 @@ number and every sentence about the paper's claim is generated here.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -440,8 +441,11 @@ def performance_page(fig_dir: Path) -> str:
                       "## Training runs on workers", "", *scaling_section(fig_dir)])
 
 
-def write_pages(fig_dir: Path, out_dir: Path, datasets: list[str], spatial: list[str] = ()) -> list[Path]:
-    """Every results page, atomically, each with a provenance sidecar naming the artifacts it was made from."""
+def write_pages(fig_dir: Path, out_dir: Path, datasets: list[str], spatial: list[str] = (),
+                seconds: float = 0.0) -> list[Path]:
+    """Every results page, atomically, each with a provenance sidecar naming the artifacts it was made from
+    (`seconds`: the caller's time spent before, added to each page's own)."""
+    t0 = time.perf_counter()
     own = [ds for ds in datasets if ds not in {f"{s}_spatial" for s in spatial}]  # a spatial split is on its dataset's page
     pages = {"index.md": index_page(fig_dir, own, fig_dir.parent / "paper"),
              **{f"{ds}.md": dataset_page(fig_dir, ds, ds in spatial) for ds in own},
@@ -453,6 +457,6 @@ def write_pages(fig_dir: Path, out_dir: Path, datasets: list[str], spatial: list
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text + "\n")
         sources = sorted(project_relative(p) for p in fig_dir.glob("table_*.csv"))
-        write_sidecar(path, params={"sources": sources})
+        write_sidecar(path, params={"sources": sources}, wall_time_s=seconds + time.perf_counter() - t0)
         written.append(path)
     return written
