@@ -85,16 +85,18 @@ class _Plan:
 
 def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | None,
           options: dict[str, dict[str, Any]] | None, model: ModelChoice, data_dir: str | None,
-          train_overrides: dict[str, Any] | None = None, split: str = "random") -> _Plan:
+          train_overrides: dict[str, Any] | None = None, split: str = "random",
+          data_overrides: dict[str, Any] | None = None) -> _Plan:
     """Check every name and option, then load the data; fails before any training."""
     check_methods(methods, options)
     check_split(split, dataset)
     seeds = get_profile(profile).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
+    extra = data_overrides or {}
     if split == "spatial":
-        data = {seed: load_dataset(dataset, profile, data_dir, split, split_seed=seed) for seed in seeds}
+        data = {seed: load_dataset(dataset, profile, data_dir, split, split_seed=seed, **extra) for seed in seeds}
     else:
-        shared = load_dataset(dataset, profile, data_dir)
+        shared = load_dataset(dataset, profile, data_dir, **extra)
         data = {seed: shared for seed in seeds}
     plan = _Plan(data, base_cfg, model, seeds)
     # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
@@ -110,14 +112,17 @@ def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                 split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                 data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
+                data_overrides: dict[str, Any] | None = None,
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
     split: "random" or "spatial" (see SPLITS); the run cache key includes it, through the data.
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).
+    data_overrides: DataConfig values or dataset options replacing the profile's (e.g. {"patch_size": 7});
+    they are part of the data, hence of the run key.
     """
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, data_overrides)
     out = []
     for method in methods:
         for seed in plan.seeds:
@@ -131,9 +136,10 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
 def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                   split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
+                  data_overrides: dict[str, Any] | None = None,
                   force: bool = False, progress: bool = False) -> list[TrainedRun]:
     """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.pipeline.runner worker does."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, data_overrides)
     return [_train(plan, method, seed, options, profile, device, progress, force)
             for method in methods for seed in plan.seeds]
 
@@ -147,9 +153,10 @@ def _train(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, Any
 
 def run_paths(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
               split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
-              data_dir: str | None = None, train_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int], Path]:
+              data_dir: str | None = None, train_overrides: dict[str, Any] | None = None,
+              data_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int], Path]:
     """(method, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, data_overrides)
     return {(method, seed): _run_path(plan, method, seed, options, profile) for method in methods for seed in plan.seeds}
 
 
@@ -161,9 +168,11 @@ def _run_path(plan: _Plan, method: str, seed: int, options: dict[str, dict[str, 
 
 def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                   split: str = "random", options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
-                  data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig()) -> list[EvaluatedRun]:
+                  data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig(),
+                  train_overrides: dict[str, Any] | None = None,
+                  data_overrides: dict[str, Any] | None = None) -> list[EvaluatedRun]:
     """The finished runs `run_methods` would produce, evaluated; trains nothing (a missing run is an error)."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, split=split)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, data_overrides)
     out = []
     for method in methods:
         for seed in plan.seeds:
