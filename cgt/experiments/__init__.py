@@ -5,4 +5,6 @@
     provenance      sidecars: commit, parameters, packages, device, data checksums
     train_evaluate  methods × seeds, trained (cached) and evaluated — the notebook-facing API
     ablations       notebook 06: the grid of gate settings as data, its runs and tables
+    recipe          the training recipe (patch size, augmentation, regularisation) searched for the reference
+                    method and chosen on validation only; the overrides every method then trains with
 """
