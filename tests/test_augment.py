@@ -93,3 +93,41 @@ def test_spatial_switches_need_square_patches():
     with pytest.raises(ValueError, match="square"):
         augment_batch(torch.zeros(4, 10), {"flip": True}, 0, 0, 0)
     assert augment_batch(torch.zeros(4, 10), {"noise_std": 0.1}, 0, 0, 0).shape == (4, 10)
+
+
+# ---------------------------------------------------------------- in the training loop
+@pytest.fixture(scope="module")
+def ip_data(tmp_path_factory):
+    from pathlib import Path
+
+    from cgt.data import DataConfig, load
+    root = Path(__file__).resolve().parents[1]
+    return load(DataConfig(dataset="indian_pines", data_dir=str(root / "data" / "raw"),
+                           cache_dir=str(tmp_path_factory.mktemp("prepared")), max_train=200, max_eval=100,
+                           options={"pca_components": 6, "patch_size": 5}))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_augmented_training_is_deterministic_resumable_and_not_a_no_op(ip_data, tmp_path, monkeypatch):
+    import cgt.train as train
+    from cgt.train import train_run
+    cfg = TrainConfig(epochs=2, batch_size=64, device="cpu", augment=ALL_ON)
+    a = train_run(ip_data, "joint_uniform", cfg, runs_root=tmp_path / "a", progress=False)
+    plain = train_run(ip_data, "joint_uniform", TrainConfig(epochs=2, batch_size=64, device="cpu"),
+                      runs_root=tmp_path / "a", progress=False)
+    assert plain.run_dir != a.run_dir
+    assert not torch.equal(plain.logits["val"], a.logits["val"])
+    # a run killed after its first epoch resumes from the checkpoint and ends with the same weights
+    real_epoch = train.train_epoch
+
+    def dies_in_second_epoch(model, state, *args):
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(model, state, *args)
+    monkeypatch.setattr(train, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(ip_data, "joint_uniform", cfg, runs_root=tmp_path / "b", progress=False)
+    assert (tmp_path / "b" / a.run_dir.relative_to(tmp_path / "a") / "checkpoint.pt").exists()  # epoch 1 saved
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    b = train_run(ip_data, "joint_uniform", cfg, runs_root=tmp_path / "b", progress=False)
+    assert torch.equal(a.logits["val"], b.logits["val"]) and torch.equal(a.logits["test"], b.logits["test"])
