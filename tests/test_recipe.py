@@ -102,3 +102,25 @@ def test_written_search_records_every_candidate_and_reads_back_the_choice(tmp_pa
     assert chosen_recipe(path) == Recipe({"patch_size": 7}, {"augment": {}})
     with pytest.raises(FileNotFoundError, match="run the search first"):
         chosen_recipe(tmp_path / "missing.json")
+
+
+def test_a_runs_own_overrides_go_on_top_of_the_recipe():
+    chosen = Recipe({"patch_size": 5}, {"augment": {"flip": True}, "weight_decay": 0.05})
+    data, train = chosen.under({"fold": 2}, {"label_smoothing": 0.1, "weight_decay": 0.0})
+    assert data == {"patch_size": 5, "fold": 2}
+    assert train == {"augment": {"flip": True}, "weight_decay": 0.0, "label_smoothing": 0.1}
+    assert chosen.under() == (chosen.data, chosen.train) and chosen.data == {"patch_size": 5}  # not mutated
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_search_trains_through_the_run_cache_and_collects_the_same_table(tmp_path, monkeypatch):
+    """End to end on the smoke profile: the search trains its runs, a second pass finds them finished."""
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
+    candidates = grid(patch_size=[3], augment=[{}, {"flip": True, "rot90": True}])
+    chosen = recipe.finish_search("indian_pines", "smoke", candidates, [0], tmp_path / "a.json", split="spatial",
+                                  train=True, progress=False)
+    again = recipe.finish_search("indian_pines", "smoke", candidates, [0], tmp_path / "b.json", split="spatial")
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [c["mean"]["val_accuracy"] for c in a["candidates"]] == [c["mean"]["val_accuracy"] for c in b["candidates"]]
+    assert chosen == again == chosen_recipe(tmp_path / "a.json")
+    assert chosen.data == {"patch_size": 3}

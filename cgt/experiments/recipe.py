@@ -62,6 +62,12 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     """TrainConfig values (run_methods' train_overrides)."""
 
+    def under(self, data_overrides: dict[str, Any] | None = None,
+              train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(data, train) overrides of a run that trains with this recipe: the recipe's, with the run's own
+        on top (e.g. an ablation's label smoothing, or the fold); what run_methods / a RunRequest takes."""
+        return self.data | (data_overrides or {}), self.train | (train_overrides or {})
+
 
 @dataclass(frozen=True)
 class Candidate:
