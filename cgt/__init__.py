@@ -16,6 +16,7 @@ Ground floor — the method, in the order data flows through it:
                    the one policy interface: a policy name or a LearnedPolicy
     losses         exit-weighting strategies (HardCGT, SoftCGT, the baselines): per-sample, per-exit weights
     methods        the compared methods: named strategies with options, in display order
+    augment        training-batch augmentation of patches (flips, 90° rotations, spectral noise), seeded
     train          TrainConfig and the training loop (seeded, resumable, DDP-aware)
     distributed    data-parallel training under torchrun
     interference   how the exits' gradients conflict on the shared blocks (logged during training on request)
@@ -30,7 +31,8 @@ Upstairs — the machinery, floor by floor (each floor imports only the ones bel
     evaluation/    operating points and what they score: thresholds, metrics, evaluate, calibration, risk,
                    verdicts (the paired rule every comparison follows)
     experiments/   what a notebook asks for: profiles, paths, provenance sidecars, the ablation grids
-                   (ablations) and the train-and-evaluate API (train_evaluate)
+                   (ablations), the train-and-evaluate API (train_evaluate), the training-recipe search
+                   chosen on validation (recipe)
     pipeline/      running it all: the notebooks through papermill (notebooks), which steps can be skipped
                    (stepcache), the training-run runner for local workers or Dask (runner), its scaling
                    (scaling), committed-notebook hygiene (nbtools), the GPU path timed (cuda_check)

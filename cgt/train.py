@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
+from .augment import augment_batch, check_augment
 from .data import PreparedData
 from .fileio import atomic_path, sha256_file, write_json_atomic
 from .interference import gradient_interference
@@ -74,6 +75,9 @@ class TrainConfig:
     log_gradients_every: int = 0
     """Every this many optimiser steps, measure gradient interference between the exits on the batch
     (cgt.interference: E extra backward passes) into the history; 0: off (not under torchrun)."""
+    augment: dict[str, Any] = field(default_factory=dict)
+    """Training-batch augmentation (cgt.augment.KNOBS: flip, rot90, noise_std), drawn per batch on the device
+    from a generator keyed by (seed, epoch, step); {}: off."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -91,6 +95,7 @@ class TrainConfig:
             raise ValueError(f"optimizer={self.optimizer!r}; valid choices: ['adamw', 'sgd']")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}; valid choices: ['fp32', 'bf16']")
+        check_augment(self.augment)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -318,7 +323,7 @@ def train_epoch(model: torch.nn.Module, state: TrainState, setup: EpochSetup, x:
     for step, start in enumerate(tqdm(range(0, n, cfg.batch_size), desc=setup.progress_label, leave=False,
                                       mininterval=2, disable=setup.progress_label is None or not _terminal())):
         idx = distributed.local_rows(order[start:start + cfg.batch_size], ctx)
-        xb, yb = x[idx], y[idx]
+        xb, yb = augment_batch(x[idx], cfg.augment, cfg.seed, epoch, step), y[idx]
         with autocast:
             logits = model(xb, detach_early_heads=detach_early_heads,
                            gradient_equilibrium=spec.gradient_equilibrium)  # (E, B, K)

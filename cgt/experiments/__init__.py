@@ -6,4 +6,6 @@
     train_evaluate  methods × seeds, trained (cached) and evaluated — the notebook-facing API
     ablations       notebook 06: the grid of gate settings as data, its runs and tables
     floors          the classic floor (SVM, random forest on spectra) on every protocol × fold × seed, as a table
+    recipe          the training recipe (patch size, augmentation, regularisation) searched for the reference
+                    method and chosen on validation only; the overrides every method then trains with
 """

@@ -138,18 +138,19 @@ class _Plan:
 def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | None,
           options: dict[str, dict[str, Any]] | None, model: ModelChoice, data_dir: str | None,
           train_overrides: dict[str, Any] | None = None, split: str = "random",
-          folds: list[int] | None = None) -> _Plan:
+          folds: list[int] | None = None, data_overrides: dict[str, Any] | None = None) -> _Plan:
     """Check every name and option, then load the data; fails before any training."""
     check_methods(methods, options)
     fold_list = protocol_folds(dataset, profile, split, folds)
     seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
+    extra = data_overrides or {}  # e.g. a recipe's patch size (cgt.experiments.recipe)
     cells = [(fold, seed) for fold in fold_list for seed in seeds]
     if split == "random":
-        shared = load_dataset(dataset, profile, data_dir)
+        shared = load_dataset(dataset, profile, data_dir, **extra)
         data = {cell: shared for cell in cells}
     else:
-        data = {(fold, seed): load_dataset(dataset, profile, data_dir, split, split_seed=seed, fold=fold)
+        data = {(fold, seed): load_dataset(dataset, profile, data_dir, split, split_seed=seed, fold=fold, **extra)
                 for fold, seed in cells}
     plan = _Plan(data, base_cfg, model, cells)
     # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
@@ -165,6 +166,7 @@ def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                 split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                 data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
+                data_overrides: dict[str, Any] | None = None,
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
@@ -172,8 +174,11 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
     folds: the folds of a split with folds (None: all of them); must be None for the others.
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).
+    data_overrides: DataConfig values or dataset options replacing the profile's (e.g. {"patch_size": 7});
+    they are part of the data, hence of the run key.
     """
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
+                 data_overrides)
     out = []
     for method in methods:
         for cell in plan.cells:
@@ -187,9 +192,11 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
 def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                   split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
+                  data_overrides: dict[str, Any] | None = None,
                   force: bool = False, progress: bool = False) -> list[TrainedRun]:
     """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.pipeline.runner worker does."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
+                 data_overrides)
     return [_train(plan, method, cell, options, profile, device, progress, force)
             for method in methods for cell in plan.cells]
 
@@ -203,10 +210,11 @@ def _train(plan: _Plan, method: str, cell: Cell, options: dict[str, dict[str, An
 
 def run_paths(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
               split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
-              model: ModelChoice = None, data_dir: str | None = None,
-              train_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int | None, int], Path]:
+              model: ModelChoice = None, data_dir: str | None = None, train_overrides: dict[str, Any] | None = None,
+              data_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int | None, int], Path]:
     """(method, fold, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
+                 data_overrides)
     return {(method, *cell): _run_path(plan, method, cell, options, profile) for method in methods for cell in plan.cells}
 
 
@@ -218,10 +226,12 @@ def _run_path(plan: _Plan, method: str, cell: Cell, options: dict[str, dict[str,
 
 def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                   split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
-                  model: ModelChoice = None, data_dir: str | None = None,
-                  eval_cfg: EvalConfig = EvalConfig()) -> list[EvaluatedRun]:
+                  model: ModelChoice = None, data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig(),
+                  train_overrides: dict[str, Any] | None = None,
+                  data_overrides: dict[str, Any] | None = None) -> list[EvaluatedRun]:
     """The finished runs `run_methods` would produce, evaluated; trains nothing (a missing run is an error)."""
-    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, split=split, folds=folds)
+    plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
+                 data_overrides)
     out = []
     for method in methods:
         for cell in plan.cells:

@@ -1,0 +1,126 @@
+"""cgt.experiments.recipe: the declared search, chosen on validation only, saved and read back."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cgt.experiments import recipe
+from cgt.experiments.recipe import (Candidate, Recipe, choose, chosen_recipe, grid, search_plan, write_search)
+
+CANDIDATES = grid(patch_size=[5, 7], augment=[{}, {"flip": True, "rot90": True}])
+
+
+def hand_table() -> pd.DataFrame:
+    """Validation favours `patch_size=7 augment=none` (mean 0.60); test favours `patch_size=5 augment=flip+rot90`."""
+    scores = {  # candidate → per seed (val acc, test acc)
+        "patch_size=5 augment=none": [(0.50, 0.40), (0.52, 0.42)],
+        "patch_size=5 augment=flip+rot90": [(0.55, 0.80), (0.57, 0.82)],
+        "patch_size=7 augment=none": [(0.61, 0.30), (0.59, 0.32)],
+        "patch_size=7 augment=flip+rot90": [(0.40, 0.50), (0.42, 0.50)],
+    }
+    return pd.DataFrame([{"candidate": name, "fold": None, "seed": seed, "val_accuracy": v, "val_f1_macro": v / 2,
+                          "test_accuracy": t, "test_f1_macro": t / 2, "train_seconds": 20.0}
+                         for name, per_seed in scores.items() for seed, (v, t) in enumerate(per_seed)])
+
+
+def test_grid_is_the_product_in_declaration_order_with_overrides_split_by_destination():
+    assert [c.name for c in CANDIDATES] == ["patch_size=5 augment=none", "patch_size=5 augment=flip+rot90",
+                                            "patch_size=7 augment=none", "patch_size=7 augment=flip+rot90"]
+    assert CANDIDATES[1].recipe == Recipe({"patch_size": 5}, {"augment": {"flip": True, "rot90": True}})
+    (c,) = grid(weight_decay=[0.05], augment=[{"noise_std": 0.1}])
+    assert c.name == "weight_decay=0.05 augment=noise_std=0.1" and c.recipe.data == {}
+
+
+@pytest.mark.parametrize("knobs, word", [({}, "empty grid"), ({"patchsize": [5]}, "patchsize"),
+                                         ({"patch_size": []}, "no values"), ({"augment": [{"mixup": True}]}, "mixup")])
+def test_bad_grids_are_refused_naming_the_problem(knobs, word):
+    with pytest.raises(ValueError, match=word):
+        grid(**knobs)
+
+
+def test_declared_grids_are_valid_and_unique():
+    for candidates in recipe.GRIDS.values():
+        recipe.check_candidates(candidates)
+    assert len(recipe.GRIDS["paper"]) == 12
+
+
+def test_empty_or_repeated_candidates_are_refused():
+    with pytest.raises(ValueError, match="empty recipe grid"):
+        search_plan("indian_pines", "paper", [], seeds=[0])
+    with pytest.raises(ValueError, match="repeated"):
+        search_plan("indian_pines", "paper", [CANDIDATES[0], CANDIDATES[0]], seeds=[0])
+    with pytest.raises(ValueError, match="seed"):
+        search_plan("indian_pines", "paper", CANDIDATES, seeds=[])
+
+
+def test_plan_is_candidate_by_fold_by_seed():
+    plan = search_plan("indian_pines", "paper", CANDIDATES[:2], seeds=[0, 1], split="blocked", folds=[0, 1, 2])
+    assert len(plan) == 2 * 3 * 2
+    first = plan[0]
+    assert (first.method, first.seed, first.split, first.candidate) == ("joint_uniform", 0, "blocked", CANDIDATES[0].name)
+    assert first.data_overrides == {"patch_size": 5} and first.fold == 0
+    assert plan[-1].data_overrides == {"patch_size": 5} and plan[-1].fold == 2
+    assert plan[-1].train_overrides == {"augment": {"flip": True, "rot90": True}}
+    # no folds: the candidate's data overrides alone
+    assert search_plan("indian_pines", "paper", CANDIDATES[:1], seeds=[3])[0].data_overrides == {"patch_size": 5}
+
+
+def test_choice_follows_validation_even_when_test_would_pick_another():
+    table = hand_table()
+    assert choose(table, CANDIDATES).name == "patch_size=7 augment=none"
+    test_best = table.groupby("candidate")["test_accuracy"].mean().idxmax()
+    assert test_best == "patch_size=5 augment=flip+rot90"  # the table really is a trap
+    with pytest.raises(ValueError, match="validation only"):
+        choose(table, CANDIDATES, score="test_accuracy")
+
+
+def test_ties_go_to_the_earlier_candidate():
+    table = hand_table()
+    table["val_accuracy"] = 0.5
+    assert choose(table, CANDIDATES).name == CANDIDATES[0].name
+
+
+def test_candidates_scored_on_different_seeds_are_refused():
+    table = hand_table().drop(index=0)
+    with pytest.raises(ValueError, match="different seeds"):
+        choose(table, CANDIDATES)
+    with pytest.raises(ValueError, match="no runs of candidate"):
+        choose(hand_table(), [*CANDIDATES, Candidate("other", Recipe())])
+
+
+def test_written_search_records_every_candidate_and_reads_back_the_choice(tmp_path):
+    path = tmp_path / "recipe_search.json"
+    chosen = write_search(path, hand_table(), CANDIDATES, {"dataset": "indian_pines", "split": "spatial"}, wall_time_s=1.5)
+    record = json.loads(path.read_text())
+    assert [c["name"] for c in record["candidates"]] == [c.name for c in CANDIDATES]
+    assert record["chosen"]["name"] == chosen.name == "patch_size=7 augment=none"
+    assert record["candidates"][2]["mean"]["val_accuracy"] == pytest.approx(0.60)
+    assert [r["seed"] for r in record["candidates"][0]["runs"]] == [0, 1]
+    assert (tmp_path / "recipe_search.json.provenance.json").exists()
+    assert chosen_recipe(path) == Recipe({"patch_size": 7}, {"augment": {}})
+    with pytest.raises(FileNotFoundError, match="run the search first"):
+        chosen_recipe(tmp_path / "missing.json")
+
+
+def test_a_runs_own_overrides_go_on_top_of_the_recipe():
+    chosen = Recipe({"patch_size": 5}, {"augment": {"flip": True}, "weight_decay": 0.05})
+    data, train = chosen.under({"fold": 2}, {"label_smoothing": 0.1, "weight_decay": 0.0})
+    assert data == {"patch_size": 5, "fold": 2}
+    assert train == {"augment": {"flip": True}, "weight_decay": 0.0, "label_smoothing": 0.1}
+    assert chosen.under() == (chosen.data, chosen.train) and chosen.data == {"patch_size": 5}  # not mutated
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_search_trains_through_the_run_cache_and_collects_the_same_table(tmp_path, monkeypatch):
+    """End to end on the smoke profile: the search trains its runs, a second pass finds them finished."""
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
+    candidates = grid(patch_size=[3], augment=[{}, {"flip": True, "rot90": True}])
+    chosen = recipe.finish_search("indian_pines", "smoke", candidates, [0], tmp_path / "a.json", split="spatial",
+                                  train=True, progress=False)
+    again = recipe.finish_search("indian_pines", "smoke", candidates, [0], tmp_path / "b.json", split="spatial")
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [c["mean"]["val_accuracy"] for c in a["candidates"]] == [c["mean"]["val_accuracy"] for c in b["candidates"]]
+    assert chosen == again == chosen_recipe(tmp_path / "a.json")
+    assert chosen.data == {"patch_size": 3}
