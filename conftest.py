@@ -5,7 +5,7 @@ CGT_PROFILE (default 'quick' for readers), and kernels started by nbval inherit 
 04_figures reads the finished runs of *both* datasets (and of Indian Pines on the spatial split),
 while nbval executes 01–03 with their stored default dataset only; so before any notebook runs, the
 smoke runs of every method on every (dataset, split) the profile shows are made sure to exist (under
-a minute when missing, instant when cached).
+a minute when missing, instant when cached) — after the profile's recipe search, whose choice they train with.
 """
 import os
 
@@ -27,12 +27,16 @@ def pytest_collection_finish(session):
     if not any(str(item.fspath).endswith(".ipynb") for item in session.items):
         return
     from cgt.data import BUILTIN
-    from cgt.experiments.train_evaluate import run_methods
-    from cgt.methods import METHODS
     from cgt.experiments.profiles import get_profile
+    from cgt.experiments.recipe import run_profile_search, search_is_current
+    from cgt.experiments.train_evaluate import run_methods
+    from cgt.methods import COMPARED
 
     profile = os.environ["CGT_PROFILE"]
+    for dataset in get_profile(profile).recipe_search:  # first: every run of the dataset trains with its choice
+        if not search_is_current(profile, dataset):
+            run_profile_search(profile, dataset, progress=False)  # (none in smoke; kept for a profile that has one)
     for dataset in BUILTIN:
-        run_methods(dataset, profile, list(METHODS), progress=False)
+        run_methods(dataset, profile, COMPARED, progress=False)
     for dataset in get_profile(profile).spatial:
-        run_methods(dataset, profile, list(METHODS), split="spatial", progress=False)
+        run_methods(dataset, profile, COMPARED, split="spatial", progress=False)

@@ -270,6 +270,23 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from .experiments.profiles import get_profile
+    from .experiments.recipe import run_profile_search
+    from .experiments.recipe_choice import recipe_path
+
+    declared = list(get_profile(args.profile).recipe_search)
+    datasets = declared if args.dataset is None else [args.dataset]
+    if not datasets or any(d not in declared for d in datasets):
+        raise ValueError(f"--dataset {args.dataset}: the {args.profile!r} profile declares a recipe search for "
+                         f"{declared or 'no dataset'}")
+    for dataset in datasets:
+        recipe = run_profile_search(args.profile, dataset, progress=not args.quiet)
+        print(f"{dataset}: chose data {recipe.data}, training {recipe.train} (on validation) → "
+              f"{recipe_path(args.profile, dataset)}")
+    return 0
+
+
 def cmd_verdicts(args: argparse.Namespace) -> int:
     from .reporting.primary_tables import write_primary
 
@@ -369,6 +386,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="paper", choices=profiles)
     p.add_argument("--stdout", action="store_true", help="print the answer block instead of writing README.md and results/")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("recipe", help="the profile's declared training-recipe search, chosen on validation (make paper runs it first)")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.add_argument("--dataset", default=None, choices=list(BUILTIN), help="default: every dataset the profile searches")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("verdicts", help="the pre-registered analysis (PREREGISTRATION.md) of a profile's finished runs")
     p.add_argument("--profile", default="paper", choices=profiles)

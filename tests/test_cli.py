@@ -164,7 +164,7 @@ def test_every_sub_command_reads_the_projects_data_root_from_any_folder(nothing_
     monkeypatch.setattr(train_evaluate, "run_methods", _real_run_methods)
     assert cli.main(["data", "--dataset", "indian_pines"]) == 0
     for args in (["train", "--dataset", "indian_pines", "--profile", "smoke", "--method", "hard_cgt"],
-                 ["split", "--out", "map.npz"]):
+                 ["split", "--out", "map.npz", "--profile", "smoke"]):  # (paper: its recipe search first)
         with pytest.raises(ZeroDivisionError):  # stopped at the load, after the folder was chosen
             cli.main(args)
     assert seen == [("data", paths.data_dir()), ("load", paths.data_dir()), ("load", paths.data_dir())]

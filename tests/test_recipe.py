@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cgt.experiments import recipe
-from cgt.experiments.recipe import (Candidate, Recipe, choose, chosen_recipe, grid, search_plan, write_search)
+from cgt.experiments.recipe import GRIDS, Candidate, Recipe, choose, chosen_recipe, grid, search_plan, write_search
 
 CANDIDATES = grid(patch_size=[5, 7], augment=[{}, {"flip": True, "rot90": True}])
 
@@ -124,3 +124,37 @@ def test_search_trains_through_the_run_cache_and_collects_the_same_table(tmp_pat
     assert [c["mean"]["val_accuracy"] for c in a["candidates"]] == [c["mean"]["val_accuracy"] for c in b["candidates"]]
     assert chosen == again == chosen_recipe(tmp_path / "a.json")
     assert chosen.data == {"patch_size": 3}
+
+
+def test_a_profile_with_a_declared_search_trains_every_run_with_its_choice(tmp_path, monkeypatch):
+    """The paper profile's path on a smoke-sized profile of its own: before the search, a run of the dataset
+    is refused with the command to run; the pipeline's search stage trains the candidates (through the
+    runner) and writes the choice; then every planned run carries the chosen recipe, an explicit override
+    still wins, and a second stage skips the search as current."""
+    import dataclasses
+
+    from cgt.experiments import profiles
+    from cgt.experiments.recipe_choice import profile_recipe, recipe_path
+    from cgt.experiments.train_evaluate import run_paths
+    from cgt.pipeline.notebooks import _recipe_searches
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    searched = dataclasses.replace(profiles.PROFILES["smoke"], name="searched",
+                                   recipe_search={"indian_pines": profiles.RecipeSearch("smoke", "random", [0])})
+    monkeypatch.setitem(profiles.PROFILES, "searched", searched)
+    with pytest.raises(FileNotFoundError, match="python -m cgt recipe --profile searched"):
+        run_paths("indian_pines", "searched", ["joint_uniform"], [0])
+    logs = []
+    (record,) = _recipe_searches("searched", ["indian_pines", "fashion_mnist"], 1, None, False, logs.append)
+    assert record["runs_trained"] == len(GRIDS["smoke"]) and not record["skipped"]
+    chosen = profile_recipe("searched", "indian_pines")
+    assert chosen.data["patch_size"] in (3, 5) and recipe_path("searched", "indian_pines").exists()
+    (path,) = run_paths("indian_pines", "searched", ["soft_cgt"], [0]).values()
+    key_with = path.name
+    (plain,) = run_paths("indian_pines", "searched", ["soft_cgt"], [0], recipe=False).values()
+    assert key_with != plain.name  # the recipe is part of the run: another key
+    (override,) = run_paths("indian_pines", "searched", ["soft_cgt"], [0],
+                            data_overrides={"patch_size": 7 if chosen.data["patch_size"] != 7 else 9}).values()
+    assert override.name not in (key_with, plain.name)
+    (again,) = _recipe_searches("searched", ["indian_pines"], 1, None, False, logs.append)
+    assert again["skipped"] and "was chosen by this search with this code" in logs[-1]

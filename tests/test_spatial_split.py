@@ -100,6 +100,6 @@ def test_split_command_writes_a_map_anyone_can_check(gt, tmp_path, capsys):
     assert m.shape == (145, 145) and codes == ["unlabelled", "train", "val", "test", "guard"]
     np.testing.assert_array_equal(m, guarded_spatial_split(gt, FRACTIONS, 1, RADIUS))
     assert pixels_in_window(m == TRAIN, RADIUS)[(m == VAL) | (m == TEST)].max() == 0
-    assert cli.main(["split", "--dataset", "indian_pines", "--split", "random", "--out", str(out)]) == 0
+    assert cli.main(["split", "--dataset", "indian_pines", "--split", "random", "--profile", "smoke", "--out", str(out)]) == 0
     with np.load(out) as f:
         assert (f["split_map"] == GUARD).sum() == 0 and ((f["split_map"] > 0) == (gt > 0)).all()

@@ -8,4 +8,5 @@
     floors          the classic floor (SVM, random forest on spectra) on every protocol × fold × seed, as a table
     recipe          the training recipe (patch size, augmentation, regularisation) searched for the reference
                     method and chosen on validation only; the overrides every method then trains with
+    recipe_choice   the chosen recipe of a profile's dataset: where it is written, read back, applied to every run
 """

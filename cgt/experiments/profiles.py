@@ -34,6 +34,12 @@ class Profile:
     """TrainConfig overrides for datasets of your own (not in `train`)."""
     publishes: bool = False
     """Whether its figures and tables go to the committed figures/ folder (only the full reproduction)."""
+    recipe_search: dict[str, "RecipeSearch"] = field(default_factory=dict)
+    """dataset → its recipe search: every run of that dataset trains with the recipe the search chose on
+    validation (cgt.experiments.recipe_choice); datasets not named train with the profile's settings.
+    Only `paper` searches (Indian Pines); `smoke` and `quick` keep their fixed settings, so tests and a reader
+    stepping through the notebooks need no search first (tests/test_recipe.py runs the search path on a
+    smoke-sized profile of its own)."""
     protocols: dict[str, dict[str, "ProtocolPlan"]] = field(default_factory=dict)
     """dataset → split → how the pipeline runs it: the spatial splits (`spatial`, `blocked`) it runs
     besides the dataset's own `random` one, and for `random` seeds other than `seeds` (see PAPER_PLAN)."""
@@ -55,6 +61,19 @@ class Profile:
     def blocked(self) -> list[str]:
         """Datasets the pipeline also runs on the blocked K-fold protocol (every planned fold × seed)."""
         return self.datasets_on("blocked")
+
+
+@dataclass(frozen=True)
+class RecipeSearch:
+    """A dataset's training-recipe search (cgt.experiments.recipe): which declared grid, on which runs."""
+
+    grid: str
+    """A key of cgt.experiments.recipe.GRIDS."""
+    split: str
+    """The protocol it is scored on (its validation parts only)."""
+    seeds: list[int]
+    folds: list[int] | None = None
+    """The folds of a split with folds (None: all K)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +117,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("paper", seeds=[0, 1, 2, 3, 4],
             data={"fashion_mnist": {}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
-            other_train={"epochs": 30}, publishes=True, protocols={"indian_pines": PAPER_PLAN}),
+            other_train={"epochs": 30}, publishes=True, protocols={"indian_pines": PAPER_PLAN},
+            recipe_search={"indian_pines": RecipeSearch("paper", "blocked", [0])}),
 ]}
 
 

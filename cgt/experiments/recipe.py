@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +32,7 @@ import pandas as pd
 from ..augment import check_augment
 from ..fileio import read_json, write_json_atomic
 from .provenance import write_sidecar
+from .recipe_choice import Recipe, chosen_recipe, recipe_path  # noqa: F401 (chosen_recipe: the search's reader)
 from .train_evaluate import EvaluatedRun, load_finished, run_methods
 
 METHOD = "joint_uniform"
@@ -48,22 +49,6 @@ SYMMETRIES = {"flip": True, "rot90": True}
 """The eight symmetries of the square patch (cgt.augment)."""
 SYMMETRIES_NOISE = {"flip": True, "rot90": True, "noise_std": 0.1}
 """The symmetries plus spectral noise of σ = 0.1 (the PCA components have unit variance on training pixels)."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What every method trains with: the chosen candidate's overrides."""
-
-    data: dict[str, Any] = field(default_factory=dict)
-    """DataConfig values / dataset options (run_methods' data_overrides)."""
-    train: dict[str, Any] = field(default_factory=dict)
-    """TrainConfig values (run_methods' train_overrides)."""
-
-    def under(self, data_overrides: dict[str, Any] | None = None,
-              train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(data, train) overrides of a run that trains with this recipe: the recipe's, with the run's own
-        on top (e.g. an ablation's label smoothing, or the fold); what run_methods / a RunRequest takes."""
-        return self.data | (data_overrides or {}), self.train | (train_overrides or {})
 
 
 @dataclass(frozen=True)
@@ -183,7 +168,7 @@ def run_search(dataset: str, profile: str, candidates: list[Candidate], seeds: l
     for c in candidates:
         for fold in folds:
             t0 = time.perf_counter()
-            runs = run_methods(dataset, profile, [method], seeds, split=split, folds=_folds(fold),
+            runs = run_methods(dataset, profile, [method], seeds, split=split, folds=_folds(fold), recipe=False,
                                data_overrides=c.recipe.data or None, train_overrides=c.recipe.train or None, **kwargs)
             rows += score_rows(c.name, fold, runs, (time.perf_counter() - t0) / len(runs))
     return pd.DataFrame(rows)
@@ -196,7 +181,7 @@ def collect_search(dataset: str, profile: str, candidates: list[Candidate], seed
     rows = []
     for c in candidates:
         for fold in folds:
-            runs = load_finished(dataset, profile, [method], seeds, split=split, folds=_folds(fold),
+            runs = load_finished(dataset, profile, [method], seeds, split=split, folds=_folds(fold), recipe=False,
                                  data_overrides=c.recipe.data or None, train_overrides=c.recipe.train or None, **kwargs)
             rows += score_rows(c.name, fold, runs)
     return pd.DataFrame(rows)
@@ -264,10 +249,55 @@ def finish_search(dataset: str, profile: str, candidates: list[Candidate], seeds
     return write_search(out, table, candidates, params, wall_time_s=time.perf_counter() - t0).recipe
 
 
-def chosen_recipe(path: str | Path) -> Recipe:
-    """The recipe a written search chose: the overrides every method then trains with."""
-    path = Path(path)
+# ---------------------------------------------------------------- a profile's declared search
+def declared_search(profile: str, dataset: str):
+    """(the profile's RecipeSearch for `dataset`, its candidates, their folds) — what `make paper` searches."""
+    from ..data import resolve
+    from .profiles import get_profile
+    from .train_evaluate import protocol_folds
+
+    name = resolve(dataset).name
+    searches = get_profile(profile).recipe_search
+    if name not in searches:
+        raise ValueError(f"the {profile!r} profile declares no recipe search for {name}; it declares one for "
+                         f"{sorted(searches) or 'no dataset'}")
+    search = searches[name]
+    folds = protocol_folds(dataset, profile, search.split, search.folds)
+    return search, GRIDS[search.grid], folds
+
+
+def profile_search_plan(profile: str, dataset: str) -> list[SearchRun]:
+    """The training runs of the profile's declared search (for cgt.pipeline.runner to train first)."""
+    search, candidates, folds = declared_search(profile, dataset)
+    return search_plan(dataset, profile, candidates, search.seeds, search.split, folds)
+
+
+def search_params(profile: str, dataset: str) -> dict[str, Any]:
+    """What the written choice records about the search that made it: a changed search, or changed training
+    code (its runs are keyed by it), redoes it."""
+    from ..runs import code_version
+
+    search, candidates, folds = declared_search(profile, dataset)
+    return {"dataset": dataset, "profile": profile, "split": search.split, "folds": list(folds),
+            "seeds": list(search.seeds), "method": METHOD, "grid": search.grid,
+            "candidates": [c.name for c in candidates], "code_version": code_version()}
+
+
+def search_is_current(profile: str, dataset: str) -> bool:
+    """Whether the choice on disk was made by the profile's declared search as it is declared now."""
+    path = recipe_path(profile, dataset)
     if not path.exists():
-        raise FileNotFoundError(f"no recipe search at {path}: run the search first (cgt.experiments.recipe.finish_search)")
-    chosen = read_json(path)["chosen"]
-    return Recipe(dict(chosen["data"]), dict(chosen["train"]))
+        return False
+    recorded = read_json(path).get("params", {})
+    return {k: recorded.get(k) for k in search_params(profile, dataset)} == search_params(profile, dataset)
+
+
+def run_profile_search(profile: str, dataset: str, train: bool = True, **kwargs: Any) -> Recipe:
+    """The profile's declared search, scored on validation and written where every run of the dataset
+    reads it (recipe_choice.recipe_path); `train=False` when its runs were trained already (by workers)."""
+    search, candidates, folds = declared_search(profile, dataset)
+    t0 = time.perf_counter()
+    collect = run_search if train else collect_search
+    table = collect(dataset, profile, candidates, search.seeds, search.split, folds, METHOD, **kwargs)
+    return write_search(recipe_path(profile, dataset), table, candidates, search_params(profile, dataset),
+                        wall_time_s=time.perf_counter() - t0).recipe

@@ -29,6 +29,7 @@ from .paths import data_dir as default_data_dir
 from .paths import prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
 from .provenance import write_sidecar
+from .recipe_choice import profile_recipe
 
 RUN_RECORD_ENV = "CGT_RUN_RECORD"
 """When set (the pipeline sets it for each notebook it executes), every run a notebook trains or loads
@@ -82,20 +83,28 @@ def check_split(split: str, dataset: str, fold: int | None = None) -> None:
 
 
 def load_dataset(dataset: str, profile: str, data_dir: str | None = None, split: str = "random",
-                 split_seed: int | None = None, fold: int | None = None, **data_overrides: Any) -> PreparedData:
+                 split_seed: int | None = None, fold: int | None = None, recipe: bool = True,
+                 **data_overrides: Any) -> PreparedData:
     """The dataset as `profile` prepares it (from the preparation cache when it exists); with
     split='spatial' or 'blocked', the split drawn with `split_seed` (default: the profile's data seed);
     with 'blocked', fold `fold` of it (default 0).
     data_dir: None for the project's data/raw (cgt.experiments.paths, whatever the working directory);
-    a folder given here is verified on every load, even when its prepared arrays are cached."""
+    a folder given here is verified on every load, even when its prepared arrays are cached.
+    recipe: prepare it as the profile's chosen recipe says (e.g. its patch size; cgt.experiments.recipe_choice),
+    under `data_overrides`; False for the recipe search itself, whose candidates say everything."""
     check_split(split, dataset, fold)
+    given_dir = data_dir is not None
     if split != "random":
         data_overrides = data_overrides | {"split": split} | ({} if split_seed is None else {"seed": split_seed})
     if split in FOLDED:
         data_overrides = data_overrides | {"fold": 0 if fold is None else fold}
-    cfg = data_config(profile, dataset, str(data_dir or default_data_dir()), **data_overrides)
+    data_dir = str(data_dir or default_data_dir())
+    if recipe:  # the arguments are checked first (a bad fold is a bad fold, searched recipe or not)
+        data_config(profile, dataset, data_dir, **data_overrides)
+        data_overrides = profile_recipe(profile, dataset).data | data_overrides
+    cfg = data_config(profile, dataset, data_dir, **data_overrides)
     cfg.cache_dir = str(prepared_dir())
-    return load(cfg, verify_raw=data_dir is not None)
+    return load(cfg, verify_raw=given_dir)
 
 
 def protocol_folds(dataset: str, profile: str, split: str, folds: list[int] | None = None,
@@ -138,19 +147,24 @@ class _Plan:
 def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | None,
           options: dict[str, dict[str, Any]] | None, model: ModelChoice, data_dir: str | None,
           train_overrides: dict[str, Any] | None = None, split: str = "random",
-          folds: list[int] | None = None, data_overrides: dict[str, Any] | None = None) -> _Plan:
-    """Check every name and option, then load the data; fails before any training."""
+          folds: list[int] | None = None, data_overrides: dict[str, Any] | None = None,
+          recipe: bool = True) -> _Plan:
+    """Check every name and option, then load the data; fails before any training. With `recipe`, the
+    profile's chosen recipe for the dataset lies under the given overrides (they win)."""
     check_methods(methods, options)
+    if recipe:
+        data_overrides, train_overrides = profile_recipe(profile, dataset).under(data_overrides, train_overrides)
     fold_list = protocol_folds(dataset, profile, split, folds)
     seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
     extra = data_overrides or {}  # e.g. a recipe's patch size (cgt.experiments.recipe)
     cells = [(fold, seed) for fold in fold_list for seed in seeds]
     if split == "random":
-        shared = load_dataset(dataset, profile, data_dir, **extra)
+        shared = load_dataset(dataset, profile, data_dir, recipe=False, **extra)
         data = {cell: shared for cell in cells}
     else:
-        data = {(fold, seed): load_dataset(dataset, profile, data_dir, split, split_seed=seed, fold=fold, **extra)
+        data = {(fold, seed): load_dataset(dataset, profile, data_dir, split, split_seed=seed, fold=fold, recipe=False,
+                                          **extra)
                 for fold, seed in cells}
     plan = _Plan(data, base_cfg, model, cells)
     # A shape the builder cannot handle, or options that do not fit its exits, fail here, before training.
@@ -166,7 +180,7 @@ def _seed_config(plan: _Plan, seed: int, device: str) -> TrainConfig:
 def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                 split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                 data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
-                data_overrides: dict[str, Any] | None = None,
+                data_overrides: dict[str, Any] | None = None, recipe: bool = True,
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
@@ -176,9 +190,11 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).
     data_overrides: DataConfig values or dataset options replacing the profile's (e.g. {"patch_size": 7});
     they are part of the data, hence of the run key.
+    recipe: train with the profile's chosen recipe for the dataset under these overrides (the default; the
+    recipe search itself passes False).
     """
     plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
-                 data_overrides)
+                 data_overrides, recipe)
     out = []
     for method in methods:
         for cell in plan.cells:
@@ -192,11 +208,11 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
 def train_methods(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
                   split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None, model: ModelChoice = None,
                   data_dir: str | None = None, device: str = "auto", train_overrides: dict[str, Any] | None = None,
-                  data_overrides: dict[str, Any] | None = None,
+                  data_overrides: dict[str, Any] | None = None, recipe: bool = True,
                   force: bool = False, progress: bool = False) -> list[TrainedRun]:
     """`run_methods` without the evaluation: trains (or finds) the runs — what a cgt.pipeline.runner worker does."""
     plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
-                 data_overrides)
+                 data_overrides, recipe)
     return [_train(plan, method, cell, options, profile, device, progress, force)
             for method in methods for cell in plan.cells]
 
@@ -211,10 +227,10 @@ def _train(plan: _Plan, method: str, cell: Cell, options: dict[str, dict[str, An
 def run_paths(dataset: str, profile: str, methods: list[str], seeds: list[int] | None = None, *,
               split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
               model: ModelChoice = None, data_dir: str | None = None, train_overrides: dict[str, Any] | None = None,
-              data_overrides: dict[str, Any] | None = None) -> dict[tuple[str, int | None, int], Path]:
+              data_overrides: dict[str, Any] | None = None, recipe: bool = True) -> dict[tuple[str, int | None, int], Path]:
     """(method, fold, seed) → the folder `run_methods` trains that run in (finished or not); trains nothing."""
     plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
-                 data_overrides)
+                 data_overrides, recipe)
     return {(method, *cell): _run_path(plan, method, cell, options, profile) for method in methods for cell in plan.cells}
 
 
@@ -228,10 +244,10 @@ def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[in
                   split: str = "random", folds: list[int] | None = None, options: dict[str, dict[str, Any]] | None = None,
                   model: ModelChoice = None, data_dir: str | None = None, eval_cfg: EvalConfig = EvalConfig(),
                   train_overrides: dict[str, Any] | None = None,
-                  data_overrides: dict[str, Any] | None = None) -> list[EvaluatedRun]:
+                  data_overrides: dict[str, Any] | None = None, recipe: bool = True) -> list[EvaluatedRun]:
     """The finished runs `run_methods` would produce, evaluated; trains nothing (a missing run is an error)."""
     plan = _plan(dataset, profile, methods, seeds, options, model, data_dir, train_overrides, split, folds,
-                 data_overrides)
+                 data_overrides, recipe)
     out = []
     for method in methods:
         for cell in plan.cells:

@@ -67,6 +67,39 @@ class PipelineError(RuntimeError):
     pass
 
 
+RUNNER_STEP = "training runs"
+"""How the timing record names the stages that train runs before any notebook (cgt.reporting.readme counts them)."""
+
+
+def _recipe_searches(profile: str, datasets: list[str], workers: int, client, force: bool, log) -> list[dict]:
+    """Run the profile's declared recipe search of each dataset that has one (cgt.experiments.recipe), unless
+    the choice on disk was made by the same search with the same training code; one timing record each."""
+    from ..experiments.recipe import run_profile_search, search_is_current
+    from ..experiments.recipe_choice import recipe_path
+    from ..runs import is_complete
+
+    records = []
+    for dataset in dict.fromkeys(d for d in datasets if resolve(d).name in get_profile(profile).recipe_search):
+        t0, label = time.perf_counter(), f"{RUNNER_STEP}: recipe search [{display_name(dataset)}]"
+        if not force and search_is_current(profile, dataset):
+            log(f"{label}: skipped — {recipe_path(profile, dataset)} was chosen by this search with this code")
+            records.append({"step": label, "seconds": 0.0, "runs_trained": 0, "runs_cached": 0, "skipped": True})
+            continue
+        requests = runner.search_requests(profile, dataset)
+        todo = sum(force or not is_complete(path) for _, path in runner.distinct_runs(requests))
+        log(f"{label}: {len(requests)} run(s) of the reference method ({todo} to train), each candidate scored "
+            f"on validation")
+        if workers > 1 or client is not None:
+            runner.train_all(requests, workers, force=force, log=log, client=client)
+            recipe = run_profile_search(profile, dataset, train=False)
+        else:  # in this process, as the notebooks train without workers
+            recipe = run_profile_search(profile, dataset, train=True, force=force, progress=False)
+        log(f"{label}: chose data {recipe.data}, training {recipe.train} → {recipe_path(profile, dataset)}")
+        records.append({"step": label, "seconds": round(time.perf_counter() - t0, 1), "runs_trained": todo,
+                        "runs_cached": len(requests) - todo, "skipped": False})
+    return records
+
+
 def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -> list[Step]:
     """The ordered steps; validates names before anything runs."""
     get_profile(profile)
@@ -119,18 +152,22 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     cache = StepCache(runs_dir(profile))
     t_start = time.perf_counter()
     outputs, record, runs_so_far = [], [], []
-    if pretrain:
-        client = runner.connect(scheduler) if scheduler else None  # unreachable: an error, nothing started
-        try:
+    client = runner.connect(scheduler) if scheduler else None  # unreachable: an error, nothing started
+    try:
+        # First the recipe searches: every other run of their datasets is planned with what they choose.
+        record += _recipe_searches(profile, [s.parameters["dataset"] for s in steps if "dataset" in s.parameters],
+                                   workers, client, force, log)
+        if pretrain:
+            t0 = time.perf_counter()
             trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
                                        force=force, log=log, client=client)
-        finally:
-            if client is not None:
-                client.close()
-        record.append({"step": f"training runs ({'Dask' if scheduler else f'{workers} workers'})",
-                       "seconds": round(time.perf_counter() - t_start, 1),
-                       "runs_trained": sum(not t["cached"] for t in trained),
-                       "runs_cached": sum(bool(t["cached"]) for t in trained), "skipped": False})
+            record.append({"step": f"{RUNNER_STEP} ({'Dask' if scheduler else f'{workers} workers'})",
+                           "seconds": round(time.perf_counter() - t0, 1),
+                           "runs_trained": sum(not t["cached"] for t in trained),
+                           "runs_cached": sum(bool(t["cached"]) for t in trained), "skipped": False})
+    finally:
+        if client is not None:
+            client.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     with profile_environment(profile):  # kernels inherit it; the parameters injected below win anyway
         for i, step in enumerate(steps, 1):

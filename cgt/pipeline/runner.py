@@ -72,18 +72,22 @@ class RunRequest:
     """Where it trains (not part of the run's key: cgt.runs.run_identity)."""
     fold: int | None = None
     """The fold of a split with folds (blocked); None for the others."""
+    data_overrides: dict[str, Any] | None = None
+    """Data options on top of the profile's (a recipe-search candidate's patch size)."""
+    recipe: bool = True
+    """Train with the profile's chosen recipe (False: a recipe-search run, whose candidate says everything)."""
 
     @property
     def label(self) -> str:
         extras = [f"split {self.split}" + (f" fold {self.fold}" if self.fold is not None else "")] \
             if self.split != "random" else []
-        extras += [json.dumps(x, sort_keys=True) for x in (self.options, self.train_overrides) if x]
+        extras += [json.dumps(x, sort_keys=True) for x in (self.options, self.data_overrides, self.train_overrides) if x]
         return f"{display_name(self.dataset)} {self.method} seed {self.seed}" + (f" ({'; '.join(extras)})" if extras else "")
 
     def group(self) -> str:
         """Requests that share data and options: planned with one data load."""
-        return json.dumps([self.dataset, self.profile, self.split, self.options, self.train_overrides, self.data_dir],
-                          sort_keys=True, default=str)
+        return json.dumps([self.dataset, self.profile, self.split, self.options, self.train_overrides, self.data_dir,
+                           self.data_overrides, self.recipe], sort_keys=True, default=str)
 
 
 def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]:
@@ -114,6 +118,16 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
     return []
 
 
+def search_requests(profile: str, dataset: str) -> list[RunRequest]:
+    """The runs of the profile's declared recipe search for `dataset` (cgt.experiments.recipe), trained
+    before every other run of that dataset: those are planned with the recipe it chooses."""
+    from ..experiments.recipe import profile_search_plan
+
+    return [RunRequest(r.dataset, r.profile, r.method, r.seed, r.split, train_overrides=r.train_overrides or None,
+                       fold=r.fold, data_overrides=r.data_overrides or None, recipe=False)
+            for r in profile_search_plan(profile, dataset)]
+
+
 def planned_runs(steps: list[tuple[str, dict[str, Any]]]) -> list[RunRequest]:
     """Every run the steps (notebook name, papermill parameters) train, in step order."""
     return [r for notebook, parameters in steps for r in step_requests(notebook, parameters)]
@@ -135,7 +149,8 @@ def distinct_runs(requests: list[RunRequest]) -> list[tuple[RunRequest, Path]]:
         paths = run_paths(first.dataset, first.profile, sorted({r.method for r in members}),
                           sorted({r.seed for r in members}), split=first.split, folds=folds,
                           options={r.method: r.options for r in members if r.options},
-                          data_dir=first.data_dir, train_overrides=first.train_overrides)
+                          data_dir=first.data_dir, train_overrides=first.train_overrides,
+                          data_overrides=first.data_overrides, recipe=first.recipe)
         for r in members:
             path = paths[(r.method, r.fold, r.seed)]
             if path not in seen:
@@ -186,7 +201,8 @@ def train_request(request: RunRequest, place: Place) -> dict[str, Any]:
     (run,) = train_methods(request.dataset, request.profile, [request.method], [request.seed], split=request.split,
                            folds=None if request.fold is None else [request.fold],
                            options={request.method: request.options} if request.options else None,
-                           data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides)
+                           data_dir=request.data_dir, device=request.device, train_overrides=request.train_overrides,
+                           data_overrides=request.data_overrides, recipe=request.recipe)
     return {"run": str(run.run_dir), "cached": run.cached, "seconds": time.perf_counter() - t0,
             "threads": CPU_TRAINING_THREADS if resolve_device(request.device).type == "cpu" else None}
 

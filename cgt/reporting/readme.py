@@ -16,10 +16,10 @@ from ..evaluation.evaluate import budget_point_name
 from ..experiments.provenance import project_relative, write_sidecar
 from ..fileio import atomic_path, read_json, write_json_atomic
 from ..methods import CGT_METHODS, display_order
+from ..pipeline.notebooks import RUNNER_STEP
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 TIMING = "pipeline_timing.json"
-RUNNER_STEP = "training runs"
 HEADLINE_POINT = budget_point_name(primary.PRIMARY_BUDGET)
 """The headline tables' operating point: the pre-registered matched budget, fitted on validation."""
 PROTOCOLS = {  # table label (metrics_<label>_all_runs.csv) → (dataset, protocol, what it is for)
@@ -54,7 +54,7 @@ def _describe(t: dict) -> str:
     trained = sum(s["runs_trained"] for s in t["steps"])
     cached = sum(s["runs_cached"] for s in t["steps"])
     commit = (t["git"].get("commit") or "unknown")[:7] + (" with uncommitted changes" if t["git"].get("dirty") else "")
-    runner = [s for s in t["steps"] if s["step"].startswith(RUNNER_STEP)]  # cgt.pipeline.notebooks's record of cgt.pipeline.runner
+    runner = [s for s in t["steps"] if s["step"].startswith(RUNNER_STEP)]  # the stages that train runs before the notebooks
     notebooks = [s for s in t["steps"] if s not in runner]
     skipped = sum(bool(s.get("skipped")) for s in notebooks)
     steps = f"{len(notebooks)} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
