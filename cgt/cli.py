@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -139,8 +140,16 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deployment.exported import export_run
 
-    out = export_run(args.run, args.out)
-    print(f"exported {args.run} -> {out} (one ONNX graph per exit segment, manifest.json with checksums)")
+    bad = [b for b in args.latency_budget_us if not b > 0]
+    if bad or args.threads < 1:
+        print(f"error: --latency-budget-us takes positive µs per sample (got {bad}) and --threads a positive count "
+              f"(got {args.threads})", file=sys.stderr)
+        return 2
+    out, digest = export_run(args.run, args.out, args.latency_budget_us, args.threads)
+    print(f"exported {args.run} -> {out} (the early-exit graph, one graph per exit segment, the plain network, "
+          f"calibration samples; manifest.json with every file's sha256)")
+    print(f"export digest: {digest}  (pin it: cgt.deployment.exported.load(DIR, digest=...); recorded in "
+          f"{Path(args.run) / 'exports.json'})")
     return 0
 
 
@@ -228,6 +237,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output folder (default: <run>/onnx)")
+    p.add_argument("--latency-budget-us", type=float, nargs="*", default=[],
+                   help="add val_latency_<us> operating points: thresholds fitted on validation to a predicted time "
+                        "per sample on this machine (batch 1, ONNX Runtime segments, measured at export)")
+    p.add_argument("--threads", type=int, default=1, help="threads the latency time model is measured with")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
