@@ -11,10 +11,15 @@ interquartile range over `repeats` timings of:
   torch_early_exit            cgt.inference.early_exit_forward: deeper blocks only for undecided samples
   onnx_full                   the plain network as one ONNX Runtime graph (cgt.deployment.exported's full.onnx)
   onnx_early_exit_graph       the whole early-exit pass as one ONNX Runtime graph (early_exit.onnx)
-  onnx_early_exit_segments    one ONNX Runtime call per exit segment, decisions in Python between them
-                              (cgt.deployment.exported's `predict` takes this path for single samples, the graph for batches)
+  onnx_early_exit_segments    one ONNX Runtime call per exit segment (bound to preallocated arrays at batch
+                              size 1), the graph's exit score compared with τ in Python between them
+  onnx_chosen                 cgt.deployment.exported's `predict`: the pass its loader chose (calibrated on the
+                              timed samples; `chosen` marks that pass's own row)
 Each record gives the measured speed-up over the full network *in the same engine*, the
-FLOPs-predicted one (from the exit decisions on the timed samples) and their ratio. Both PyTorch
+FLOPs-predicted one (from the exit decisions on the timed samples), the one predicted by the time
+model (cgt.deployment.timecost: each segment's measured time, same engine, batch size and threads),
+their ratios, and the speed-up over the fastest full-network engine. The engines of a row are timed
+in turn, round after round, so a load spike hits them alike. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
 (where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
@@ -39,6 +44,7 @@ from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
 from .timecost import ExitTimes, measure_exit_times
+from .timing import interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
            "onnx_early_exit_segments", "onnx_chosen")
@@ -53,18 +59,6 @@ TIME_RATIO_TARGET = 0.9
 """Measured / time-model-predicted speed-up of the best early-exit engine at batch size 1 (issue 26)."""
 FASHION_TARGET = ("fashion_mnist", 1, 1, 1.4)
 """Dataset, batch size, threads and the speed-up over ONNX Runtime full that early exit should reach there."""
-
-
-def time_repeats(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarray:
-    """Seconds of each of `repeats` calls of fn, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t0
-    return out
 
 
 def predicted_speedups(costs: ExitCosts, exit_index: np.ndarray) -> dict[str, float]:
@@ -183,31 +177,6 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                                     "exit_fractions": fractions.tolist()})
     torch.set_num_threads(all_threads)
     return records
-
-
-def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
-                      warmup: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds per sample of each run over n samples in chunks of batch_size; runs[name](start, stop)
-    processes samples start..stop − 1. Each round calls every run on every chunk, the runs in turn
-    (a load spike on a shared machine hits the runs of a round alike). Returns (the estimate per run:
-    each chunk's median over the rounds, summed, over n — robust to the preemptions that land on a
-    few calls; (repeats, runs) each round's seconds per sample, for the spread)."""
-    chunks = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    fns = list(runs.values())
-    for fn in fns:
-        for _ in range(warmup):
-            for start, stop in chunks:
-                fn(start, stop)
-    t = np.empty((repeats, len(fns), len(chunks)))
-    clock = time.perf_counter
-    for r in range(repeats):
-        for j, fn in enumerate(fns):
-            row = t[r, j]
-            for k, (start, stop) in enumerate(chunks):
-                t0 = clock()
-                fn(start, stop)
-                row[k] = clock() - t0
-    return np.median(t, axis=0).sum(axis=1) / n, t.sum(axis=2) / n
 
 
 def where_time_goes(model, x: torch.Tensor, tau: float, batch_sizes=(1, 1024), repeats: int = 30,

@@ -223,7 +223,7 @@ def measure_onnx_exit_times(model: EarlyExitNet, input_shape: tuple[int, ...], x
     paths when len(x) is 1. Exported to a temporary folder and loaded with `threads` threads."""
     import tempfile
 
-    from .bench import time_repeats
+    from .timing import time_repeats
     from .timecost import measure_exit_times
 
     x = np.ascontiguousarray(np.asarray(x, np.float32))
@@ -453,7 +453,7 @@ class OnnxEarlyExit:
         """Time the three passes on x at each batch size (batch 1: the first `single_samples` samples one
         at a time; larger: one batch), interleaved over `repeats` rounds after a warm-up, and keep the
         table the choice is made from; returns it ({batch size: {pass: seconds per sample}})."""
-        from .bench import interleaved_times
+        from .timing import interleaved_times
 
         x = np.ascontiguousarray(x, dtype=np.float32)
         table = {}

@@ -90,7 +90,7 @@ def measure_exit_times(segments: Sequence[Callable], full: Callable, x, time_fn:
 
 
 def latency_point_name(budget_us: float) -> str:
-    return f"val_latency_{budget_us:g}"
+    return f"val_latency_{budget_us:.10g}"  # 30 → val_latency_30, 12.5 → val_latency_12.5
 
 
 def latency_points(val_logits: torch.Tensor, y_val: torch.Tensor, times: ExitTimes, budgets_us: Sequence[float],
