@@ -162,8 +162,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
     from ..data import BUILTIN, DataConfig, load as load_data
     from ..data.base import COMMON_FIELDS
     from ..experiments.paths import prepared_dir
-    from ..experiments.provenance import project_relative
+    from ..cost import exit_costs
+    from ..experiments.provenance import device_description, project_relative
     from ..runs import is_complete, load_run
+    from .timecost import latency_curve, latency_points
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -176,7 +178,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
                           f"`python -m cgt train` on the same settings (a finished run is loaded, not retrained)")
     retrain = "train the run again (`python -m cgt train` with its settings; a damaged run is retrained)"
     config = read_json_named(run_dir / "config.json", retrain)
-    metrics = read_json_named(run_dir / "metrics.json", f"delete it and evaluate the run again ({retrain.split('(')[1]}")
+    metrics = read_json_named(run_dir / "metrics.json", "delete it and evaluate the run again (`python -m cgt train` "
+                                                        "with its settings: a finished run is evaluated, not retrained)")
     params = {k: v for k, v in config["data_params"].items() if k not in ("prep_version", "source_sha256")}
     if params.get("dataset") not in BUILTIN:
         raise ExportError(f"{run_dir} was trained on {params.get('dataset')!r}, not a built-in dataset: export it "
@@ -194,19 +197,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
               "seed": config["train"]["seed"], "data_checksum": config["data_checksum"]}
     x_val = data.x["val"]
     latency = None
-    if latency_budgets_us:
-        from .timecost import latency_curve, latency_points
-
+    if latency_budgets_us:  # fitted on validation; the curve scores them on test, beside their FLOPs
         times = measure_onnx_exit_times(run.model, data.input_shape, x_val[:1], threads=threads)
         lg = run.logits
         points = latency_points(lg["val"], lg["y_val"], times, latency_budgets_us, policy)
         thresholds |= {name: point["thresholds"] for name, point in points.items()}
-        from ..cost import exit_costs
-        from ..experiments.provenance import device_description
-
+        machine = f"{device_description('cpu')}; ONNX Runtime at {threads} thread(s)"
         latency = {"points": points, "curve": latency_curve(lg["val"], lg["y_val"], lg["test"], lg["y_test"], times,
                                                             exit_costs(run.model, data.input_shape), latency_budgets_us,
-                                                            device_description("cpu"), policy)}
+                                                            machine, policy)}
     out = export_model(run.model, data.input_shape, out_dir or run_dir / "onnx", thresholds, data.class_names,
                        policy, source, calibration_inputs=x_val, latency=latency)
     digest = export_digest(out)
