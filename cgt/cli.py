@@ -156,7 +156,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .deployment.bench import run
 
-    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples, force=args.force)
+    datasets = tuple(BUILTIN) if args.dataset == "all" else (args.dataset,)
+    run(args.profile, args.method, args.tau, datasets=datasets, repeats=args.repeats, single_samples=args.single_samples,
+        force=args.force)
     return 0
 
 
@@ -250,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--single-samples", type=int, default=200, help="samples timed one at a time (batch size 1)")
     p.add_argument("--repeats", type=int, default=30, help="timings per row (median and IQR), after a warm-up")
     p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")
+    p.add_argument("--dataset", default="all", choices=[*BUILTIN, "all"], help="time one dataset's model only")
     p.set_defaults(func=cmd_bench)
     return top
 

@@ -356,3 +356,19 @@ def test_latency_targets_read_the_records():
     assert got == {"chosen pass / best full network": (1.3, "segments", True),
                    "chosen pass / ONNX Runtime full": (1.3, "segments", False),
                    "measured / time-predicted": (0.95, "onnx_early_exit_segments", True)}
+
+
+def test_a_bound_call_keeps_its_arrays_alive(small_export):
+    """ONNX Runtime writes into the arrays bound at construction: a kept `run` alone must keep them alive."""
+    import gc
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(small_export["folder"] / "full.onnx"), providers=["CPUExecutionProvider"])
+    x = small_export["x"][:1].numpy()
+    run = deploy._Bound(session, {"features": x.copy()}, deploy._session_outputs(session, 1)).run
+    gc.collect()
+    for _ in range(3):
+        run()
+    with torch.no_grad():
+        assert run.arrays[1]["prediction"][0] == small_export["net"](small_export["x"][:1])[-1].argmax(-1).item()

@@ -312,7 +312,30 @@ def single_sample_overhead(onnx_model, x: np.ndarray, calls: int = 3000) -> list
     for step, (before, after) in steps.items():
         t, _ = interleaved_times({"before": lambda a, b: before(), "after": lambda a, b: after()}, 1, 1, calls, warmup=50)
         out.append({"step": step, "before_us": 1e6 * t[0], "after_us": 1e6 * t[1], "after_over_before": t[1] / t[0]})
+    empty = _empty_call(sample)
+    floor, _ = interleaved_times({"call": lambda a, b: empty()}, 1, 1, calls, warmup=50)
+    out.append({"step": "one bound call of an empty graph (the floor per session call)", "before_us": 1e6 * floor[0],
+                "after_us": 1e6 * floor[0], "after_over_before": 1.0})
     return out
+
+
+def _empty_call(sample: np.ndarray) -> Callable[[], object]:
+    """A bound call of a one-node graph (Identity) on a sample: what every session call costs before any compute."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from .exported import _Bound
+    from .onnx_graphs import IR_VERSION, OPSET
+
+    shape = list(sample.shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return _Bound(session, {"x": sample.copy()}, {"y": np.zeros_like(sample)}).run
 
 
 def with_threads(n: int, fn: Callable[[], object]) -> object:
@@ -350,7 +373,8 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
         repeats: int = 30, single_samples: int = 200, force: bool = False) -> list[dict]:
     """The protocol on each dataset's model; skipped (the recorded records returned) when bench.json
     was measured with the same inputs (`inputs_key`), unless `force`."""
-    out = figures_dir(profile) / "bench.json"
+    subset = "" if set(datasets) == set(BUILTIN) else "_" + "_".join(datasets)  # a partial run never replaces bench.json
+    out = figures_dir(profile) / f"bench{subset}.json"
     timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0].run for ds in datasets}  # loaded once
     key = inputs_key({ds: run.run_dir for ds, run in timed.items()}, method, tau, repeats, single_samples)
     sidecar = out.with_name(out.name + ".provenance.json")
@@ -400,8 +424,8 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
               f"{t['value']:.2f} ({t['engine']}), goal >= {t['goal']:.2f}: {'met' if t['met'] else 'NOT MET'}")
     print(f"{sum(t['met'] for t in targets)} of {len(targets)} targets met")
     write_json_atomic(out, records)  # committed with the paper profile's figures
-    write_json_atomic(out.with_name("bench_components.json"), components)
-    for path in (out, out.with_name("bench_components.json")):
+    write_json_atomic(out.with_name(f"bench_components{subset}.json"), components)
+    for path in (out, out.with_name(f"bench_components{subset}.json")):
         write_sidecar(path, params={"profile": profile, "method": method, "tau": tau, "repeats": repeats,
                                     "single_samples": single_samples, "inputs": key}, device="cpu", seed=0,
                       wall_time_s=time.perf_counter() - t_start)

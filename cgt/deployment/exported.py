@@ -249,6 +249,9 @@ class _Bound:
                 bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         self.binding = binding
         self.run = functools.partial(session.run_with_iobinding, binding)  # a call: one C++ method, no arguments built
+        # ONNX Runtime holds raw pointers into these arrays: they must live as long as the call does, even
+        # when only `run` is kept.
+        self.run.arrays = (inputs, outputs)
 
 
 def _session_outputs(session, batch: int) -> dict[str, np.ndarray]:
