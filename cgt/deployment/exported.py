@@ -11,7 +11,8 @@ An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm 
   segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in; features
                     after block e, the logits of exit e, the policy's score and the predicted class out;
                     for other runtimes, for reading every exit's logits, and for the per-segment pass
-  full.onnx         the plain network (every block, the last head): the latency reference
+  full.onnx         the plain network (every block, the last head; logits and predicted class out): the
+                    latency reference
   calibration.npz   validation inputs the loader times the passes on (optional)
   latency.json      the time model measured at export and the accuracy-vs-latency curve (optional)
   manifest.json     the policy, every operating point's thresholds (fitted on validation), class names,
@@ -129,7 +130,8 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
         sample = next_sample
     # The plain network without early exits (every block, the last head): the reference for latency.
     graphs = {"full_network": ("full.onnx", segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1],
-                                                           torch.zeros(1, *input_shape), policy, features_out=False)),
+                                                           torch.zeros(1, *input_shape), features_out=False,
+                                                           prediction=True)),  # no score: it decides nothing
               "early_exit": ("early_exit.onnx", early_exit_graph(fused, input_shape, policy))}
     for file, graph in graphs.values():
         write_bytes_atomic(out_dir / file, graph.SerializeToString())

@@ -198,11 +198,12 @@ def _batched(name: str, value: torch.Tensor, dtype: str = "FLOAT"):
 
 
 def segment_graph(block: nn.Module, head: nn.Module, sample: torch.Tensor, policy: str | None = None,
-                  features_out: bool = True):
+                  features_out: bool = True, prediction: bool | None = None):
     """The ONNX model of one segment: features in → features after the block ('features_out', unless
     `features_out` is False: the plain network has no use for them) and the head's 'logits'; with a
-    policy also its 'score' (N,) and 'prediction' (N,): the exit decision then needs no array
-    operation in Python, only one float compared with τ (`cgt.policy.passes`)."""
+    policy also its 'score' (N,), and with `prediction` (default: when there is a policy) the class
+    'prediction' (N,): the exit decision then needs no array operation in Python, only one float
+    compared with τ (`cgt.policy.passes`)."""
     from onnx import TensorProto, helper
 
     g = _Graph()
@@ -219,11 +220,11 @@ def segment_graph(block: nn.Module, head: nn.Module, sample: torch.Tensor, polic
     outputs.append(_batched("logits", out))
     if policy is not None:
         check_policy(policy)
-        for name, value in (("score", _exit_score(g, "logits", policy)),
-                            ("prediction", g.node("ArgMax", ["logits"], axis=1, keepdims=0))):
-            g.rename(value, name)
-        outputs += [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
-                    helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"])]
+        g.rename(_exit_score(g, "logits", policy), "score")
+        outputs.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]))
+    if prediction if prediction is not None else policy is not None:
+        g.rename(g.node("ArgMax", ["logits"], axis=1, keepdims=0), "prediction")
+        outputs.append(helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"]))
     graph = helper.make_graph(g.nodes, "segment", [_batched("features", sample)], outputs, g.initializers)
     return _model(graph)
 
