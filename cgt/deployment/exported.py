@@ -286,6 +286,7 @@ class OnnxEarlyExit:
     def __post_init__(self):
         self._threshold_array = np.asarray(self.thresholds, np.float32)
         self._bound_segments = self._bound_full = self._bound_graph = None
+        self._dispatch: dict[int, Any] = {}  # batch size → the pass `predict` runs (cleared when calibrated)
 
     @property
     def policy(self) -> str:
@@ -320,11 +321,16 @@ class OnnxEarlyExit:
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape) by the chosen pass
         (`pass_for`, `description`). The plain network's pass gives every sample the last exit."""
-        chosen = self.pass_for(max(1, min(batch_size, len(x))))
-        if chosen == "full":
-            preds = self.predict_full(x, batch_size)
-            return preds, np.full(len(preds), len(self.sessions) - 1, np.int64)
-        return (self.predict_graph if chosen == "graph" else self.predict_segments)(x, batch_size)
+        size = max(1, min(batch_size, len(x)))
+        run = self._dispatch.get(size)
+        if run is None:  # decided once per batch size: a single-sample call pays one dict lookup for it
+            run = self._dispatch[size] = {"full": self._predict_full_with_exits, "graph": self.predict_graph,
+                                          "segments": self.predict_segments}[self.pass_for(size)]
+        return run(x, batch_size)
+
+    def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        preds = self.predict_full(x, batch_size)
+        return preds, np.full(len(preds), len(self.sessions) - 1, np.int64)
 
     # ------------------------------------------------ the three passes
     def predict_graph(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -468,7 +474,7 @@ class OnnxEarlyExit:
                     "segments": lambda a, b: self.predict_segments(xs[a:b], batch_size)}
             estimate, _ = interleaved_times(runs, len(xs), batch_size, repeats)
             table[batch_size] = {p: float(t) for p, t in zip(runs, estimate)}
-        self.calibration = table
+        self.calibration, self._dispatch = table, {}
         return table
 
 
@@ -513,7 +519,7 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         if calibration is not None:
             for times in calibration.values():
                 chooser.check_times(times)
-            model.calibration = {int(b): dict(t) for b, t in calibration.items()}
+            model.calibration, model._dispatch = {int(b): dict(t) for b, t in calibration.items()}, {}
         else:
             if calibration_inputs is None and manifest.get("calibration"):
                 calibration_inputs = _read_npz(folder / manifest["calibration"])["x"]
