@@ -342,20 +342,20 @@ def test_chooser_takes_the_fastest_pass_and_ties_go_to_the_plain_network():
 
 
 def test_latency_targets_read_the_records():
-    """Hand-made records: the chosen pass's speed-up over the best full network, the best batch-1 time
-    ratio and the Fashion-MNIST speed-up over ONNX Runtime full, each against its goal."""
+    """Hand-made records: the chosen pass's speed-up over the best full network, the per-segment pass's
+    batch-1 time ratio and the Fashion-MNIST speed-up over ONNX Runtime full, each against its goal."""
     from cgt.deployment.bench import latency_targets
 
     def rec(engine, **kw):
         return {"dataset": "fashion_mnist", "batch_size": 1, "threads": 1, "engine": engine, **kw}
 
     records = [rec("onnx_chosen", chosen_pass="segments", speedup_over_best_full=1.3, measured_speedup=1.3),
-               rec("onnx_early_exit_segments", time_ratio=0.95), rec("torch_early_exit", time_ratio=0.5),
+               rec("onnx_early_exit_segments", time_ratio=0.85), rec("torch_early_exit", time_ratio=5.0),
                rec("onnx_early_exit_graph", time_ratio=0.7)]
     got = {t["target"]: (t["value"], t["engine"], t["met"]) for t in latency_targets(records)}
     assert got == {"chosen pass / best full network": (1.3, "segments", True),
                    "chosen pass / ONNX Runtime full": (1.3, "segments", False),
-                   "measured / time-predicted": (0.95, "onnx_early_exit_segments", True)}
+                   "measured / time-predicted": (0.85, "onnx_early_exit_segments", False)}
 
 
 def test_a_bound_call_keeps_its_arrays_alive(small_export):

@@ -35,8 +35,9 @@ def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, bat
     t = np.empty((repeats, len(fns), len(chunks)))
     clock = time.perf_counter
     for r in range(repeats):
-        for j, fn in enumerate(fns):
-            row = t[r, j]
+        for i in range(len(fns)):  # each round starts one run later: no run always follows the same one
+            j = (r + i) % len(fns)
+            fn, row = fns[j], t[r, j]
             for k, (start, stop) in enumerate(chunks):
                 t0 = clock()
                 fn(start, stop)
