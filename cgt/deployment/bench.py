@@ -252,9 +252,9 @@ def target_check(records: list[dict]) -> list[dict]:
 
 def latency_targets(records: list[dict]) -> list[dict]:
     """Issue 26's targets, each row a check: the loader's chosen pass ≥ the fastest full-network engine
-    in every (dataset, batch size, threads) row; at batch size 1 the per-segment ONNX Runtime pass (the one the time model describes) measures
-    ≥ 90 % of its time-model prediction; Fashion-MNIST at batch 1 and 1 thread, the chosen pass is
-    ≥ 1.4× ONNX Runtime full. Values are ratios of medians from one run."""
+    in every (dataset, batch size, threads) row; at batch size 1 the per-segment ONNX Runtime pass (the
+    one the time model describes) measures ≥ 90 % of its time-model prediction; Fashion-MNIST at batch 1
+    and 1 thread, the chosen pass is ≥ 1.4× ONNX Runtime full. Values are ratios of medians from one run."""
     out = []
     groups = dict.fromkeys((r["dataset"], r["batch_size"], r["threads"]) for r in records)
     for ds, batch_size, threads in groups:
