@@ -36,7 +36,8 @@ Upstairs — the machinery, floor by floor (each floor imports only the ones bel
     pipeline/      running it all: the notebooks through papermill (notebooks), which steps can be skipped
                    (stepcache), the training-run runner for local workers or Dask (runner), its scaling
                    (scaling), committed-notebook hygiene (nbtools), the GPU path timed (cuda_check)
-    deployment/    a run exported to ONNX (onnx_graphs, exported) and its wall-clock benchmark (bench)
+    deployment/    a run exported to ONNX and verified whole (onnx_graphs, exported), the pass that runs (chooser),
+                   cost in time and latency budgets (timecost, timing), the wall-clock benchmark (bench)
     reporting/     tables over seeds and verdict tables (tables), figures (plots, dataviz, paper_figures),
                    the notebooks' shared views (views), the README's results (readme)
 

@@ -298,15 +298,25 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deployment.exported import export_run
 
-    out = export_run(args.run, args.out)
-    print(f"exported {args.run} -> {out} (one ONNX graph per exit segment, manifest.json with checksums)")
+    bad = [b for b in args.latency_budget_us if not b > 0]
+    if bad or args.threads < 1:
+        print(f"error: --latency-budget-us takes positive µs per sample (got {bad}) and --threads a positive count "
+              f"(got {args.threads})", file=sys.stderr)
+        return 2
+    out, digest = export_run(args.run, args.out, args.latency_budget_us, args.threads)
+    print(f"exported {args.run} -> {out} (the early-exit graph, one graph per exit segment, the plain network, "
+          f"calibration samples; manifest.json with every file's sha256)")
+    print(f"export digest: {digest}  (pin it: cgt.deployment.exported.load(DIR, digest=...); recorded in "
+          f"{Path(args.run) / 'exports.json'})")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .deployment.bench import run
 
-    run(args.profile, args.method, args.tau, repeats=args.repeats, single_samples=args.single_samples, force=args.force)
+    datasets = tuple(BUILTIN) if args.dataset == "all" else (args.dataset,)
+    run(args.profile, args.method, args.tau, datasets=datasets, repeats=args.repeats, single_samples=args.single_samples,
+        force=args.force)
     return 0
 
 
@@ -400,6 +410,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a finished run as one ONNX graph per exit segment (ONNX Runtime early exit)")
     p.add_argument("--run", required=True, help="a finished run folder, runs/<profile>/<dataset>/<method>/seed<k>-<key>")
     p.add_argument("--out", default=None, help="output folder (default: <run>/onnx)")
+    p.add_argument("--latency-budget-us", type=float, nargs="*", default=[],
+                   help="add val_latency_<us> operating points: thresholds fitted on validation to a predicted time "
+                        "per sample on this machine (batch 1, ONNX Runtime segments, measured at export)")
+    p.add_argument("--threads", type=int, default=1, help="threads the latency time model is measured with")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")
@@ -409,6 +423,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--single-samples", type=positive_int, default=200, help="samples timed one at a time (batch size 1)")
     p.add_argument("--repeats", type=positive_int, default=30, help="timings per row (median and IQR), after a warm-up")
     p.add_argument("--force", action="store_true", help="measure even if bench.json has the same inputs")
+    p.add_argument("--dataset", default="all", choices=[*BUILTIN, "all"], help="time one dataset's model only")
     p.set_defaults(func=cmd_bench)
     return top
 

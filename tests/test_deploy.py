@@ -40,7 +40,7 @@ def test_segments_give_the_pytorch_logits(trained):
     assert agree.mean() > 0.99  # the plain network's predictions (ties within rounding may differ)
 
 
-@pytest.mark.parametrize("path", ["predict", "predict_graph", "predict_segments"])
+@pytest.mark.parametrize("path", ["predict_graph", "predict_segments"])
 @pytest.mark.parametrize("point", ["spread", "paper_tau"])
 @pytest.mark.parametrize("batch_size", [1, 64])
 def test_onnx_runtime_early_exit_equals_the_pytorch_pass(trained, point, batch_size, path):
@@ -78,9 +78,10 @@ def test_entropy_policy_graph_takes_the_pytorch_decisions(trained, tmp_path):
 
 def test_empty_input_gives_empty_output(trained):
     model = deploy.load(trained["folder"])
-    for path in (model.predict, model.predict_graph, model.predict_segments):
-        preds, exits = path(np.zeros((0, 1, 28, 28), np.float32))
-        assert preds.shape == exits.shape == (0,)
+    for path in (model.predict, model.predict_graph, model.predict_segments, model.predict_full):
+        for batch_size in (1, 64):
+            out = path(np.zeros((0, 1, 28, 28), np.float32), batch_size=batch_size)
+            assert all(part.shape == (0,) for part in (out if isinstance(out, tuple) else (out,)))
 
 
 def test_manifest_records_policy_thresholds_and_checksums(trained):
@@ -107,6 +108,101 @@ def test_a_changed_graph_is_refused(trained, tmp_path):
     (copy / "early_exit.onnx").write_bytes(b"not a graph")
     with pytest.raises(deploy.ExportError, match=r"early_exit\.onnx does not match the manifest"):
         deploy.load(copy)
+
+
+@pytest.fixture
+def small_export(tmp_path):
+    """A 3-exit MLP exported with Indian Pines-like class names and calibration samples."""
+    torch.manual_seed(0)
+    net = generic_mlp((12,), 3, width=16).eval()
+    x = torch.randn(40, 12)
+    folder = deploy.export_model(net, (12,), tmp_path / "export", {"paper_tau": [0.9, 0.9]},
+                                 ["Alfalfa", "Corn-notill", "Corn-mintill"], calibration_inputs=x)
+    return {"net": net, "x": x, "folder": folder}
+
+
+def test_every_file_of_an_export_is_verified_with_one_digest(small_export, tmp_path):
+    """manifest.json carries every other file's sha256 and its own checksum; its sha256 is the export's digest."""
+    import shutil
+
+    folder = small_export["folder"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"segment1.onnx", "segment2.onnx", "segment3.onnx", "full.onnx",
+                                      "early_exit.onnx", "calibration.npz"}
+    digest = deploy.export_digest(folder)
+    assert deploy.load(folder, digest=digest, choose="full").manifest["class_names"][0] == "Alfalfa"
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    assert deploy.export_digest(copy) == digest  # a faithful copy checks out against the digest of the original
+    data = bytearray((copy / "calibration.npz").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "calibration.npz").write_bytes(bytes(data))
+    with pytest.raises(deploy.ExportError, match=r"calibration\.npz does not match the manifest"):
+        deploy.load(copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace('0.9', '0.8', 1), r"manifest\.json does not match its own checksum"),
+    (lambda text: text.replace('"Alfalfa"', '"Amfalfa"'), r"manifest\.json does not match its own checksum"),
+    (lambda text: text[:len(text) // 2], r"manifest\.json is not valid JSON .*export the run again"),
+    (lambda text: "[1, 2]", r"manifest\.json has format 'list'"),
+])
+def test_an_edited_or_damaged_manifest_is_refused_by_name(small_export, edit, message):
+    """A flipped byte (threshold 0.9 → 0.8), a renamed class, a truncated or foreign manifest: refused, the file named."""
+    path = small_export["folder"] / "manifest.json"
+    text = path.read_text()
+    assert "0.9" in text and '"Alfalfa"' in text
+    path.write_text(edit(text))
+    with pytest.raises(deploy.ExportError, match=message):
+        deploy.load(small_export["folder"])
+
+
+def test_a_wrong_pinned_digest_is_refused(small_export):
+    with pytest.raises(deploy.ExportError, match=r"manifest\.json: the export's digest is [0-9a-f]{64}, pinned 0+: "
+                                                  r"this is not the export that was made"):
+        deploy.load(small_export["folder"], digest="0" * 64)
+
+
+def test_a_damaged_calibration_file_is_named(tmp_path):
+    """An NPZ that hashes as recorded but cannot be read (written so by a broken exporter) names its file."""
+    (tmp_path / "calibration.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(deploy.ExportError, match=r"calibration\.npz cannot be read .*export the run again"):
+        deploy._read_npz(tmp_path / "calibration.npz")
+
+
+@pytest.mark.parametrize("choose", ["full", "graph", "segments", "auto"])
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_the_chosen_pass_predicts_as_its_reference(small_export, choose, batch_size):
+    """`predict` runs the chosen pass: the plain network gives the last exit's class to every sample;
+    the early-exit passes give cgt.inference.early_exit_forward's predictions and exits."""
+    model = deploy.load(small_export["folder"], choose=choose, threads=1)
+    x, net = small_export["x"], small_export["net"]
+    chosen = model.pass_for(batch_size)
+    assert chosen == choose or choose == "auto"
+    assert model.description and (choose == "auto") == bool(model.calibration)  # calibrated on the stored samples
+    preds, exits = model.predict(x.numpy(), batch_size=batch_size)
+    if chosen == "full":
+        with torch.no_grad():
+            want = net(x)[-1].argmax(-1).numpy()
+        np.testing.assert_array_equal(preds, want)
+        assert (exits == 2).all()
+    else:
+        ref = early_exit_forward(net, x, model.thresholds, batch_size=batch_size)
+        np.testing.assert_array_equal(preds, ref.predictions.numpy())
+        np.testing.assert_array_equal(exits, ref.exit_index.numpy())
+
+
+def test_a_calibration_table_given_at_load_decides_the_pass(small_export):
+    """Hand-made timings: segments fastest at batch 1, the graph in batches; a pass within the tie margin
+    of the plain network is not taken."""
+    table = {1: {"full": 40e-6, "graph": 45e-6, "segments": 30e-6}, 256: {"full": 20e-6, "graph": 19.8e-6, "segments": 25e-6}}
+    model = deploy.load(small_export["folder"], calibration=table)
+    assert model.chosen == {1: "segments", 256: "full"}
+    assert model.pass_for(1) == "segments" and model.pass_for(64) == "full" and model.pass_for(4096) == "full"
+    assert "batch 1: segments (30.0 us/sample, 1.33x the plain network)" in model.description
+    with pytest.raises(ValueError, match="needs a positive time for each of"):
+        deploy.load(small_export["folder"], calibration={1: {"full": 1e-6}})
+    with pytest.raises(ValueError, match=r"unknown pass 'fast'; valid choices: \['auto', 'full', 'graph', 'segments'\]"):
+        deploy.load(small_export["folder"], choose="fast")
 
 
 def test_bad_input_is_refused_by_name(trained, tmp_path):
@@ -150,15 +246,129 @@ def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeyp
 
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
     (record,) = run_methods("indian_pines", "smoke", ["hard_cgt"], progress=False)
-    assert cli.main(["export", "--run", str(record.run.run_dir), "--out", str(tmp_path / "onnx")]) == 0
-    assert "exported" in capsys.readouterr().out
+    run_dir = record.run.run_dir
+    assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "onnx"), "--latency-budget-us", "1e6"]) == 0
+    out = capsys.readouterr().out
+    digest = deploy.export_digest(tmp_path / "onnx")
+    assert "exported" in out and f"export digest: {digest}" in out
+    assert json.loads((run_dir / "exports.json").read_text())[str((tmp_path / "onnx").resolve())]["digest"] == digest
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["source"]["method"] == "hard_cgt" and manifest["input_shape"] == [30, 11, 11]
     for point, values in record.metrics["operating_points"].items():
         assert manifest["thresholds"][point] == values["thresholds"]
-    model = deploy.load(tmp_path / "onnx", point="val_tolerance")
+    # a budget of one second per sample is met by the most accurate setting; its curve names the machine
+    latency = json.loads((tmp_path / "onnx" / "latency.json").read_text())
+    assert latency["points"]["val_latency_1000000"]["met"] and "val_latency_1000000" in manifest["thresholds"]
+    assert latency["curve"]["device"].startswith("cpu") and len(latency["curve"]["test_accuracy"]) == 1
+    model = deploy.load(tmp_path / "onnx", point="val_tolerance", digest=digest, choose="segments")
     x = load_dataset("indian_pines", "smoke").x["test"]
     preds, exits = model.predict(x.numpy())
     ref = early_exit_forward(record.run.model, x, model.thresholds)
     agree = (exits == ref.exit_index.numpy()) & (preds == ref.predictions.numpy())
     assert agree.mean() > 0.99  # float rounding may flip a sample sitting on a threshold
+    # A metrics.json cut short (not covered by the run's checksums) stops the export with its name and the remedy.
+    metrics = run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text()[:200])
+    assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "onnx2")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json is not valid JSON" in err and "evaluate the run again" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the time model and the chooser on hand-made timings
+def test_time_model_predicts_from_segment_times():
+    from cgt.deployment.timecost import ExitTimes
+
+    times = ExitTimes((10e-6, 20e-6, 30e-6), 50e-6)
+    np.testing.assert_allclose(times.cumulative, [10e-6, 30e-6, 60e-6])
+    np.testing.assert_allclose(times.relative, [0.2, 0.6, 1.2])
+    # half leave at exit 1 (10 µs), a quarter at exit 2 (30), a quarter at exit 3 (60): 5 + 7.5 + 15 = 27.5 µs
+    assert times.predicted_time([0.5, 0.25, 0.25]) == pytest.approx(27.5e-6)
+    assert times.predicted_speedup([0.5, 0.25, 0.25]) == pytest.approx(50 / 27.5)
+    assert times.all_exits_speedup() == pytest.approx(50 / 60)
+    with pytest.raises(ValueError, match="one exit fraction per exit"):
+        times.predicted_time([1.0])
+    with pytest.raises(ValueError, match="positive full-network time"):
+        ExitTimes((1e-6,), 0.0)
+
+
+def test_measure_exit_times_times_each_segment_on_what_reaches_it():
+    """Fake segments whose 'time' is what they are given: each segment is timed on the previous one's output."""
+    from cgt.deployment.timecost import measure_exit_times
+
+    segments = [lambda h, k=k: (h + k, None) for k in (1.0, 2.0, 3.0)]
+    times = measure_exit_times(segments, lambda h: None, np.array([4.0, 4.0]),
+                               time_fn=lambda fn: 10.0 if fn() is None else float(np.sum(fn()[0])))
+    # segment 1 on h = 4 → 5 per sample; segment 2 on 5 → 7; segment 3 on 7 → 10; the full network 10 / 2
+    assert times.segment_s == (5.0, 7.0, 10.0) and times.full_s == 5.0 and times.batch_size == 2
+
+
+def test_latency_points_fit_thresholds_to_a_time_budget_on_validation():
+    """Two exits, exit 1 right and confident on samples 0-1 only, exit 2 right on all: 10 µs to exit 1,
+    40 µs to exit 2. A 25 µs budget lets half go on (10·½ + 40·½): accuracy 1 at 25 µs; 5 µs cannot be met."""
+    from cgt.cost import ExitCosts
+    from cgt.deployment.timecost import ExitTimes, latency_curve, latency_points
+
+    y = torch.tensor([0, 0, 1, 1])
+    exit1 = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.2, 0.0], [0.2, 0.0]])  # confident (0.98) on 0-1, unsure (0.55) on 2-3
+    exit2 = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]])
+    logits = torch.stack([exit1, exit2])
+    times = ExitTimes((10e-6, 30e-6), 35e-6, "hand-made")
+    points = latency_points(logits, y, times, [25, 5])
+    fit = points["val_latency_25"]
+    assert fit["met"] and fit["val_predicted_us"] == pytest.approx(25.0)
+    assert 0.55 < fit["thresholds"][0] <= 0.98
+    assert not points["val_latency_5"]["met"] and points["val_latency_5"]["thresholds"] == [0.0]
+    curve = latency_curve(logits, y, logits, y, times, ExitCosts((10, 30), (1, 1)), [25, 5], device="test machine")
+    assert curve["device"] == "test machine" and curve["test_accuracy"] == [1.0, 0.5]
+    assert curve["test_predicted_us"] == pytest.approx([25.0, 10.0])
+    assert curve["test_relative_flops"] == pytest.approx([(0.5 * 11 + 0.5 * 42) / 41, 11 / 41])
+    with pytest.raises(ValueError, match="latency budgets must be positive"):
+        latency_points(logits, y, times, [0])
+
+
+def test_chooser_takes_the_fastest_pass_and_ties_go_to_the_plain_network():
+    from cgt.deployment import chooser
+
+    assert chooser.choose_pass({"full": 10.0, "graph": 8.0, "segments": 9.0}) == "graph"
+    assert chooser.choose_pass({"full": 10.0, "graph": 12.0, "segments": 9.0}) == "segments"
+    assert chooser.choose_pass({"full": 10.0, "graph": 9.8, "segments": 9.9}) == "full"  # within the margin: a tie
+    assert chooser.choose_pass({"full": 10.0, "graph": 9.8, "segments": 11.0}, margin=0.0) == "graph"
+    assert chooser.choose_pass({"full": 10.0, "graph": 20.0, "segments": 30.0}) == "full"
+    table = {1: {}, 64: {}, 1024: {}}
+    assert [chooser.nearest_batch_size(table, b) for b in (1, 2, 16, 100, 600, 5000)] == [1, 64, 64, 64, 1024, 1024]
+    assert chooser.nearest_batch_size({1: {}}, 32) == 1 and chooser.nearest_batch_size({256: {}}, 1) == 256
+    with pytest.raises(ValueError, match="positive time for each of"):
+        chooser.choose_pass({"full": 1.0, "graph": 0.0, "segments": 1.0})
+
+
+def test_latency_targets_read_the_records():
+    """Hand-made records: the chosen pass's speed-up over the best full network, the per-segment pass's
+    batch-1 time ratio and the Fashion-MNIST speed-up over ONNX Runtime full, each against its goal."""
+    from cgt.deployment.bench import latency_targets
+
+    def rec(engine, **kw):
+        return {"dataset": "fashion_mnist", "batch_size": 1, "threads": 1, "engine": engine, **kw}
+
+    records = [rec("onnx_chosen", chosen_pass="segments", speedup_over_best_full=1.3, measured_speedup=1.3),
+               rec("onnx_early_exit_segments", time_ratio=0.85), rec("torch_early_exit", time_ratio=5.0),
+               rec("onnx_early_exit_graph", time_ratio=0.7)]
+    got = {t["target"]: (t["value"], t["engine"], t["met"]) for t in latency_targets(records)}
+    assert got == {"chosen pass / best full network": (1.3, "segments", True),
+                   "chosen pass / ONNX Runtime full": (1.3, "segments", False),
+                   "measured / time-predicted": (0.85, "onnx_early_exit_segments", False)}
+
+
+def test_a_bound_call_keeps_its_arrays_alive(small_export):
+    """ONNX Runtime writes into the arrays bound at construction: a kept `run` alone must keep them alive."""
+    import gc
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(small_export["folder"] / "full.onnx"), providers=["CPUExecutionProvider"])
+    x = small_export["x"][:1].numpy()
+    run = deploy._Bound(session, {"features": x.copy()}, deploy._session_outputs(session, 1)).run
+    gc.collect()
+    for _ in range(3):
+        run()
+    with torch.no_grad():
+        assert run.arrays[1]["prediction"][0] == small_export["net"](small_export["x"][:1])[-1].argmax(-1).item()

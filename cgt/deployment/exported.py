@@ -1,24 +1,40 @@
 """Deployment: a finished run exported to ONNX, and early exit with ONNX Runtime.
 
-    python -m cgt export --run runs/paper/indian_pines/soft_cgt/seed0-<key> --format onnx [--out DIR]
-    model = cgt.deployment.exported.load(DIR)                   # checksums verified
+    python -m cgt export --run runs/paper/indian_pines/soft_cgt/seed0-<key> [--out DIR] [--latency-budget-us 30 40]
+    model = cgt.deployment.exported.load(DIR, digest="<printed by export>")   # every file verified
     predictions, exit_index = model.predict(x)     # x: (N, C, H, W) float32; batch 1 or batched
+    print(model.description)                       # which pass it runs, per batch size, and why
 
 An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm folded):
   early_exit.onnx   the whole early-exit pass in one graph: thresholds in, predictions and exit
-                    indices out; what `predict` runs (no Python between the exits)
-  segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in, features
-                    after block e and the logits of exit e out; for other runtimes, for reading every
-                    exit's logits, and for `predict_segments` (the same pass driven from Python)
-  full.onnx         the plain network (every block, the last head): the latency reference
-  manifest.json     the policy, every operating point's thresholds from the run's metrics (fitted on
-                    validation), class names, shapes and the sha256 of every graph
+                    indices out (no Python between the exits)
+  segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in; features
+                    after block e, the logits of exit e, the policy's score and the predicted class out;
+                    for other runtimes, for reading every exit's logits, and for the per-segment pass
+  full.onnx         the plain network (every block, the last head; logits and predicted class out): the
+                    latency reference
+  calibration.npz   validation inputs the loader times the passes on (optional)
+  latency.json      the time model measured at export and the accuracy-vs-latency curve (optional)
+  manifest.json     the policy, every operating point's thresholds (fitted on validation), class names,
+                    shapes, the sha256 of every other file, and its own checksum
 A sample runs segment e + 1 only if exit e did not take it, exactly as
 cgt.inference.early_exit_forward does in PyTorch; the decision is cgt.policy's rule.
+
+Verification: `load` refuses an export whose manifest does not match its own checksum or any file its
+recorded sha256; the sha256 of manifest.json is therefore a digest of the whole export
+(`export_digest`), printed by `python -m cgt export` and pinned by `load(DIR, digest=...)`.
+
+Which pass: `load` times the three passes (one graph, segments, plain network) on the calibration
+samples at batch size 1 and in batches and runs, per batch size, the fastest (cgt.deployment.chooser;
+ties go to the plain network, so it is never slower than running no early exit at all).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +42,77 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from ..fileio import save_npz_atomic, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from ..inference import fuse_for_inference
 from ..models import EarlyExitNet
-from ..policy import accepts, accepts_row, check_policy, check_thresholds
+from ..policy import check_policy, check_thresholds, passes
+from . import chooser
 from .onnx_graphs import OPSET, ExportError, early_exit_graph, segment_graph
 
-FORMAT = "cgt-early-exit-onnx/2"  # /2: early_exit.onnx added
+FORMAT = "cgt-early-exit-onnx/3"  # /3: every file hashed, the manifest's own checksum, score outputs, calibration
 MANIFEST = "manifest.json"
+CALIBRATION = "calibration.npz"
+LATENCY = "latency.json"
+CALIBRATION_SAMPLES = 256
+"""Validation inputs stored for the loader's timing of the passes (enough for a stable exit mix, small on disk)."""
+
+
+# ---------------------------------------------------------------- reading what an export or run holds
+def read_json_named(path: str | Path, remedy: str) -> Any:
+    """JSON from `path`; a missing or unparsable file raises ExportError naming it and what to do."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path} does not exist: {remedy}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path} is not valid JSON ({e}): {remedy}") from None
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's content without its own checksum, independent of layout and key order."""
+    content = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return sha256_bytes(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+
+
+def export_digest(folder: str | Path) -> str:
+    """One digest for the whole export: the sha256 of manifest.json, which records the sha256 of every
+    other file and is itself checked against its own checksum at load."""
+    return sha256_file(Path(folder) / MANIFEST)
+
+
+def verify(folder: str | Path, digest: str | None = None) -> dict[str, Any]:
+    """The manifest of an export whose every file is what the export wrote; else ExportError naming the file."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: export a run first (`python -m cgt export`)")
+    again = "export the run again (`python -m cgt export --run <run folder>`)"
+    if digest is not None and export_digest(folder) != digest:
+        raise ExportError(f"{path}: the export's digest is {export_digest(folder)}, pinned {digest}: this is not the "
+                          f"export that was made (changed, or another one); {again}")
+    manifest = read_json_named(path, f"the export is damaged; {again}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ExportError(f"{path} has format {found!r}; expected {FORMAT!r} ({again})")
+    if manifest.get("manifest_sha256") != _manifest_checksum(manifest):
+        raise ExportError(f"{path} does not match its own checksum (recorded {manifest.get('manifest_sha256')}, "
+                          f"content {_manifest_checksum(manifest)}): it was edited or damaged; refusing to load; {again}")
+    for name, recorded in manifest["files"].items():
+        actual = sha256_file(folder / name) if (folder / name).exists() else "missing"
+        if actual != recorded:
+            raise ExportError(f"{folder / name} does not match the manifest (sha256 {actual}, recorded {recorded}): "
+                              f"refusing to load a changed or incomplete export; {again}")
+    return manifest
 
 
 # ---------------------------------------------------------------- export
 def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str | Path,
                  thresholds: dict[str, list[float]], class_names: list[str], policy: str = "max_softmax",
-                 source: dict[str, Any] | None = None) -> Path:
-    """Write segment<e>.onnx for every exit and manifest.json (with every graph's sha256); returns out_dir."""
+                 source: dict[str, Any] | None = None, calibration_inputs: np.ndarray | torch.Tensor | None = None,
+                 latency: dict[str, Any] | None = None) -> Path:
+    """Write the graphs, calibration.npz (the first CALIBRATION_SAMPLES of `calibration_inputs`, if given),
+    latency.json (if given) and manifest.json with every file's sha256 and its own; returns out_dir."""
     check_policy(policy)
     for name, taus in thresholds.items():
         check_thresholds(taus, model.num_exits)
@@ -49,36 +121,54 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
     sample = torch.zeros(1, *input_shape)
     segments = []
     for e, (block, head) in enumerate(zip(fused.blocks, fused.heads)):
-        onnx_model = segment_graph(block, head, sample)
         path = out_dir / f"segment{e + 1}.onnx"
-        write_bytes_atomic(path, onnx_model.SerializeToString())
+        write_bytes_atomic(path, segment_graph(block, head, sample, policy).SerializeToString())
         with torch.no_grad():
             next_sample = block(sample)
-        segments.append({"file": path.name, "sha256": sha256_file(path), "input_shape": list(sample.shape[1:]),
+        segments.append({"file": path.name, "input_shape": list(sample.shape[1:]),
                          "features_shape": list(next_sample.shape[1:])})
         sample = next_sample
     # The plain network without early exits (every block, the last head): the reference for latency.
     graphs = {"full_network": ("full.onnx", segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1],
-                                                           torch.zeros(1, *input_shape))),
+                                                           torch.zeros(1, *input_shape), features_out=False,
+                                                           prediction=True)),  # no score: it decides nothing
               "early_exit": ("early_exit.onnx", early_exit_graph(fused, input_shape, policy))}
     for file, graph in graphs.values():
         write_bytes_atomic(out_dir / file, graph.SerializeToString())
-    write_json_atomic(out_dir / MANIFEST, {
-        "format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds, "class_names": class_names,
-        "input_shape": list(input_shape), "num_exits": model.num_exits, "segments": segments,
-        **{key: {"file": file, "sha256": sha256_file(out_dir / file)} for key, (file, _) in graphs.items()},
-        "source": source or {}})
+    files = [s["file"] for s in segments] + [file for file, _ in graphs.values()]
+    if calibration_inputs is not None:
+        x = np.ascontiguousarray(np.asarray(calibration_inputs, np.float32)[:CALIBRATION_SAMPLES])
+        if x.shape[1:] != tuple(input_shape) or len(x) == 0:
+            raise ExportError(f"calibration inputs of shape {x.shape} do not fit the input shape {tuple(input_shape)}")
+        save_npz_atomic(out_dir / CALIBRATION, x=x)
+        files.append(CALIBRATION)
+    if latency is not None:
+        write_json_atomic(out_dir / LATENCY, latency)
+        files.append(LATENCY)
+    manifest = {"format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds,
+                "class_names": class_names, "input_shape": list(input_shape), "num_exits": model.num_exits,
+                "segments": segments, **{key: {"file": file} for key, (file, _) in graphs.items()},
+                "calibration": CALIBRATION if calibration_inputs is not None else None,
+                "files": {name: sha256_file(out_dir / name) for name in files}, "source": source or {}}
+    write_json_atomic(out_dir / MANIFEST, manifest | {"manifest_sha256": _manifest_checksum(manifest)})
     return out_dir
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_budgets_us=(),
+               threads: int = 1) -> tuple[Path, str]:
     """Export a finished run of a built-in dataset (the network rebuilt from its recorded preparation
-    parameters, thresholds from its metrics.json); default output folder: <run_dir>/onnx."""
-    from ..data import BUILTIN, DataConfig, load
+    parameters, thresholds from its metrics.json, calibration samples from its validation split);
+    default output folder: <run_dir>/onnx. With latency budgets (µs per sample), the time model is
+    measured here (batch 1, `threads`) and `val_latency_<µs>` points fitted on validation are added.
+    Returns the folder and the export's digest (also recorded in <run_dir>/exports.json)."""
+    from ..cost import exit_costs
+    from ..data import BUILTIN, DataConfig
+    from ..data import load as load_data
     from ..data.base import COMMON_FIELDS
     from ..experiments.paths import prepared_dir
-    from ..experiments.provenance import project_relative
+    from ..experiments.provenance import device_description, project_relative
     from ..runs import is_complete, load_run
+    from .timecost import latency_curve, latency_points
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -89,23 +179,91 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     if not (run_dir / "metrics.json").exists():
         raise ExportError(f"{run_dir} has no metrics.json (the fitted thresholds): evaluate it first, e.g. with "
                           f"`python -m cgt train` on the same settings (a finished run is loaded, not retrained)")
-    config = read_json(run_dir / "config.json")
+    retrain = "train the run again (`python -m cgt train` with its settings; a damaged run is retrained)"
+    config = read_json_named(run_dir / "config.json", retrain)
+    metrics = read_json_named(run_dir / "metrics.json", "delete it and evaluate the run again (`python -m cgt train` "
+                                                        "with its settings: a finished run is evaluated, not retrained)")
     params = {k: v for k, v in config["data_params"].items() if k not in ("prep_version", "source_sha256")}
     if params.get("dataset") not in BUILTIN:
         raise ExportError(f"{run_dir} was trained on {params.get('dataset')!r}, not a built-in dataset: export it "
                           f"from Python with cgt.deployment.exported.export_model(model, input_shape, ...)")
-    data = load(DataConfig(**{k: v for k, v in params.items() if k in COMMON_FIELDS}, cache_dir=str(prepared_dir()),
-                           options={k: v for k, v in params.items() if k not in COMMON_FIELDS}))
-    run = load_run(run_dir, data.default_model)
-    metrics = read_json(run_dir / "metrics.json")
+    data = load_data(DataConfig(**{k: v for k, v in params.items() if k in COMMON_FIELDS},
+                                cache_dir=str(prepared_dir()),
+                                options={k: v for k, v in params.items() if k not in COMMON_FIELDS}))
+    try:
+        run = load_run(run_dir, data.default_model)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:  # what torch.load raises on a damaged file
+        raise ExportError(f"{run_dir}: model.pt or logits.pt cannot be read ({type(e).__name__}): {retrain}") from None
     thresholds = {name: point["thresholds"] for name, point in metrics["operating_points"].items()}
+    policy = metrics.get("policy", "max_softmax")
     source = {"run": project_relative(run_dir), "dataset": config["dataset"], "method": config["method"],
               "seed": config["train"]["seed"], "data_checksum": config["data_checksum"]}
-    return export_model(run.model, data.input_shape, out_dir or run_dir / "onnx", thresholds, data.class_names,
-                        metrics.get("policy", "max_softmax"), source)
+    x_val = data.x["val"]
+    latency = None
+    if latency_budgets_us:  # fitted on validation; the curve scores them on test, beside their FLOPs
+        times = measure_onnx_exit_times(run.model, data.input_shape, x_val[:1], threads=threads)
+        lg = run.logits
+        points = latency_points(lg["val"], lg["y_val"], times, latency_budgets_us, policy)
+        thresholds |= {name: point["thresholds"] for name, point in points.items()}
+        machine = f"{device_description('cpu')}; ONNX Runtime at {threads} thread(s)"
+        latency = {"points": points, "curve": latency_curve(lg["val"], lg["y_val"], lg["test"], lg["y_test"], times,
+                                                            exit_costs(run.model, data.input_shape), latency_budgets_us,
+                                                            machine, policy)}
+    out = export_model(run.model, data.input_shape, out_dir or run_dir / "onnx", thresholds, data.class_names,
+                       policy, source, calibration_inputs=x_val, latency=latency)
+    digest = export_digest(out)
+    record_path = run_dir / "exports.json"
+    records = read_json_named(record_path, "delete it (it only lists past exports)") if record_path.exists() else {}
+    write_json_atomic(record_path, records | {project_relative(out): {"digest": digest, "format": FORMAT}})
+    return out, digest
+
+
+def measure_onnx_exit_times(model: EarlyExitNet, input_shape: tuple[int, ...], x: torch.Tensor | np.ndarray,
+                            threads: int = 1, calls: int = 2000):
+    """The time model of the per-segment ONNX Runtime pass at batch size len(x) on this machine:
+    each segment and the plain network timed (median of `calls`) through their bound single-sample
+    paths when len(x) is 1. Exported to a temporary folder and loaded with `threads` threads."""
+    import tempfile
+
+    from .timecost import measure_exit_times
+    from .timing import time_repeats
+
+    x = np.ascontiguousarray(np.asarray(x, np.float32))
+    with tempfile.TemporaryDirectory() as folder:
+        export_model(model, tuple(input_shape), folder, {"t": [1.0] * (model.num_exits - 1)},
+                     [], calibration_inputs=None)
+        onnx_model = load(folder, point="t", threads=threads, choose="segments")
+        return measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)), x,
+                                  lambda fn: float(np.median(time_repeats(fn, calls if len(x) == 1 else 10))),
+                                  "onnx_segments", threads)
 
 
 # ---------------------------------------------------------------- ONNX Runtime early exit
+class _Bound:
+    """One session with its inputs and outputs bound once to preallocated arrays (IOBinding): a call
+    copies nothing in or out and builds no dict, no list, no OrtValue; outputs are read from the arrays."""
+
+    def __init__(self, session, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]):
+        self.inputs, self.outputs = inputs, outputs
+        binding = session.io_binding()
+        for kind, arrays in (("input", inputs), ("output", outputs)):
+            for name, array in arrays.items():
+                bind = binding.bind_input if kind == "input" else binding.bind_output
+                bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+        self.binding = binding
+        self.run = functools.partial(session.run_with_iobinding, binding)  # a call: one C++ method, no arguments built
+        # ONNX Runtime holds raw pointers into these arrays: they must live as long as the call does, even
+        # when only `run` is kept.
+        self.run.arrays = (inputs, outputs)
+
+
+def _session_outputs(session, batch: int) -> dict[str, np.ndarray]:
+    """Preallocated output arrays of a session for `batch` samples (the free dimension set)."""
+    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+    return {o.name: np.zeros([batch if isinstance(d, str) or d is None else d for d in o.shape], types[o.type])
+            for o in session.get_outputs()}
+
+
 @dataclass
 class OnnxEarlyExit:
     """Early exit with ONNX Runtime: segment e + 1 runs only on the samples no earlier exit took."""
@@ -119,27 +277,75 @@ class OnnxEarlyExit:
     manifest: dict[str, Any]
     thresholds: list[float]
     """The per-exit thresholds in use (E − 1 values)."""
+    threads: int | None = None
+    """Intra-op threads of every session (None: ONNX Runtime's default)."""
+    calibration: dict[int, dict[str, float]] = field(default_factory=dict)
+    """{batch size: {pass: seconds per sample}} measured at load (or given); empty when not calibrated."""
+    forced: str | None = None
+    """A pass named at load ('graph', 'segments', 'full') instead of the calibrated choice."""
 
     def __post_init__(self):
         self._threshold_array = np.asarray(self.thresholds, np.float32)
+        self._bound_segments = self._bound_full = self._bound_graph = None
+        self._dispatch: dict[int, Any] = {}  # batch size → the pass `predict` runs (cleared when calibrated)
 
     @property
     def policy(self) -> str:
         return self.manifest["policy"]
 
+    # ------------------------------------------------ which pass
+    @property
+    def chosen(self) -> dict[int, str]:
+        """{calibrated batch size: pass run at it}."""
+        if self.forced:
+            return {b: self.forced for b in self.calibration} or {1: self.forced}
+        return chooser.choices(self.calibration) if self.calibration else {1: "full"}
+
+    @property
+    def description(self) -> str:
+        """One line: which pass `predict` runs, per batch size, and why."""
+        if self.forced:
+            return f"{self.forced} pass at every batch size (named at load)"
+        if not self.calibration:
+            return ("full pass at every batch size: not calibrated (no calibration samples in the export; pass "
+                    "calibration_inputs= to load, or choose= a pass)")
+        return f"fastest measured pass, ties to the plain network: {chooser.describe(self.calibration, self.threads)}"
+
+    def pass_for(self, batch_size: int) -> str:
+        """The pass `predict` runs for batches of this size."""
+        if self.forced:
+            return self.forced
+        if not self.calibration:
+            return "full"
+        return chooser.choose_pass(self.calibration[chooser.nearest_batch_size(self.calibration, batch_size)])
+
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape).
+        """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape) by the chosen pass
+        (`pass_for`, `description`). The plain network's pass gives every sample the last exit."""
+        size = max(1, min(batch_size, len(x)))
+        run = self._dispatch.get(size)
+        if run is None:  # decided once per batch size: a single-sample call pays one dict lookup for it
+            run = self._dispatch[size] = {"full": self._predict_full_with_exits, "graph": self.predict_graph,
+                                          "segments": self.predict_segments}[self.pass_for(size)]
+        return run(x, batch_size)
 
-        Batches run early_exit.onnx (one call, no Python between the exits); single samples run the
-        segments one call at a time and stop at the exit that takes them, because at batch size 1 the
-        one graph still pays a microsecond or two for every operator of the segments it skips on an
-        empty batch (`python -m cgt bench` measures both).
-        """
-        return (self.predict_segments if batch_size == 1 else self.predict_graph)(x, batch_size)
+    def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        preds = self.predict_full(x, batch_size)
+        return preds, np.full(len(preds), len(self.sessions) - 1, np.int64)
 
+    # ------------------------------------------------ the three passes
     def predict_graph(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """`predict` by early_exit.onnx, batch_size samples per call."""
+        """The early-exit pass by early_exit.onnx, batch_size samples per call."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if batch_size == 1:
+            bound = self._bound_graph or self._bind_graph()
+            preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
+            features, out_pred, out_exit = bound.inputs["features"], bound.outputs["predictions"], bound.outputs["exit_index"]
+            for i in range(len(x)):
+                features[0] = x[i]
+                bound.run()
+                preds[i], exits[i] = out_pred[0], out_exit[0]
+            return preds, exits
         run = self.early_exit_session.run
         parts = [run(None, {"features": x[i:i + batch_size], "thresholds": self._threshold_array})
                  for i in range(0, len(x), batch_size)]
@@ -148,73 +354,153 @@ class OnnxEarlyExit:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def predict_segments(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """`predict` with one session call per exit segment and the exit decisions in Python."""
+        """The early-exit pass with one session call per exit segment and the exit decisions in Python."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if batch_size == 1:
-            pairs = [self._predict_one(x[i:i + 1]) for i in range(len(x))]
-            return (np.array([p for p, _ in pairs], np.int64).reshape(-1),
-                    np.array([e for _, e in pairs], np.int64).reshape(-1))
         preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
-        last = len(self.sessions) - 1
+        if batch_size == 1:
+            one = self._predict_one
+            for i in range(len(x)):
+                preds[i], exits[i] = one(x[i])
+            return preds, exits
+        last, policy = len(self.sessions) - 1, self.policy
         for start in range(0, len(x), batch_size):
             h = x[start:start + batch_size]
             pending = np.arange(start, start + len(h))
             for e, session in enumerate(self.sessions):
-                h, logits = session.run(None, {"features": h})
-                done = (np.ones(len(h), bool) if e == last
-                        else accepts(torch.from_numpy(logits), self.thresholds[e], self.policy).numpy())
-                preds[pending[done]] = logits[done].argmax(-1)
+                h, score, prediction = session.run(["features_out", "score", "prediction"], {"features": h})
+                done = np.ones(len(h), bool) if e == last else passes(score, self._threshold_array[e], policy)
+                preds[pending[done]] = prediction[done]
                 exits[pending[done]] = e
                 if done.all():
                     break
                 h, pending = h[~done], pending[~done]
         return preds, exits
 
-    def _predict_one(self, x: np.ndarray) -> tuple[int, int]:
-        """(prediction, exit index) of one sample (1, *input_shape): the rule on K plain floats, no
-        array operations between the session calls."""
-        h, last = x, len(self.sessions) - 1
-        for e, session in enumerate(self.sessions):
-            h, logits = session.run(None, {"features": h})
-            row = logits[0].tolist()
-            if e == last or accepts_row(row, self.thresholds[e], self.policy):
-                return max(range(len(row)), key=row.__getitem__), e
+    def _predict_one(self, sample: np.ndarray) -> tuple[int, int]:
+        """(prediction, exit index) of one sample (*input_shape): bound sessions, one float32 compared
+        with τ per exit (the score computed in the graph), no array built between the calls."""
+        first_input, calls, higher_leaves = self._bound_segments or self._bind_segments()
+        first_input[0] = sample  # copied into segment 1's bound input
+        for run, score, prediction, tau, e in calls:
+            run()
+            if (score[0] >= tau) if higher_leaves else (score[0] <= tau):
+                return int(prediction[0]), e
         raise AssertionError("unreachable: the last exit takes every sample")
 
     def predict_full(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Predictions of the plain network, no early exit."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([self.full_session.run(["logits"], {"features": x[i:i + batch_size]})[0].argmax(-1)
-                               for i in range(0, len(x), batch_size)])
+        if batch_size == 1:
+            bound = self._bound_full or self._bind_full()
+            features, prediction = bound.inputs["features"], bound.outputs["prediction"]
+            preds = np.empty(len(x), np.int64)
+            for i in range(len(x)):
+                features[0] = x[i]
+                bound.run()
+                preds[i] = prediction[0]
+            return preds
+        parts = [self.full_session.run(["prediction"], {"features": x[i:i + batch_size]})[0]
+                 for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def logits(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for x (all segments run): for checking against PyTorch."""
         h, out = np.ascontiguousarray(x, dtype=np.float32), []
         for session in self.sessions:
-            h, logits = session.run(None, {"features": h})
+            h, logits = session.run(["features_out", "logits"], {"features": h})
             out.append(logits)
         return out
 
+    def segment_fns(self) -> list:
+        """Per segment, h → (features after it, logits): what the time model times (batch 1: bound calls)."""
+        def fn(e: int):
+            session = self.sessions[e]
+            bound = None
 
-def load(folder: str | Path, point: str = "paper_tau", threads: int | None = None) -> OnnxEarlyExit:
-    """Load an export (refused if a graph does not match its recorded sha256), thresholds of `point`."""
+            def call(h: np.ndarray):
+                nonlocal bound
+                if len(h) != 1:
+                    return session.run(["features_out", "logits"], {"features": h})
+                if bound is None:
+                    bound = _Bound(session, {"features": np.zeros_like(h)}, _session_outputs(session, 1))
+                bound.inputs["features"][...] = h
+                bound.run()
+                return bound.outputs["features_out"], bound.outputs["logits"]
+            return call
+        return [fn(e) for e in range(len(self.sessions))]
+
+    # ------------------------------------------------ single-sample bindings, made on first use
+    def _bind_segments(self):
+        """Segment e's bound input is segment e − 1's bound output: features never leave their arrays.
+        The last exit's τ is ±inf, so it takes every sample by the same comparison."""
+        higher_leaves = self.policy == "max_softmax"  # cgt.policy.passes: score >= τ, entropy <= τ
+        features = first_input = np.zeros([1, *self.manifest["input_shape"]], np.float32)
+        always = np.float32(-np.inf if higher_leaves else np.inf)
+        calls, self._segment_bindings = [], []  # the bindings keep their arrays alive: ONNX Runtime writes into them
+        for e, session in enumerate(self.sessions):
+            outputs = _session_outputs(session, 1)
+            tau = self._threshold_array[e] if e < len(self.sessions) - 1 else always
+            self._segment_bindings.append(_Bound(session, {"features": features}, outputs))
+            calls.append((self._segment_bindings[-1].run, outputs["score"], outputs["prediction"], tau, e))
+            features = outputs["features_out"]
+        self._bound_segments = (first_input, tuple(calls), higher_leaves)
+        return self._bound_segments
+
+    def _bind_full(self) -> _Bound:
+        s = self.full_session
+        self._bound_full = _Bound(s, {"features": np.zeros([1, *self.manifest["input_shape"]], np.float32)},
+                                  _session_outputs(s, 1))
+        return self._bound_full
+
+    def _bind_graph(self) -> _Bound:
+        s = self.early_exit_session
+        self._bound_graph = _Bound(s, {"features": np.zeros([1, *self.manifest["input_shape"]], np.float32),
+                                       "thresholds": self._threshold_array}, _session_outputs(s, 1))
+        return self._bound_graph
+
+    # ------------------------------------------------ calibration
+    def calibrate(self, x: np.ndarray, batch_sizes=(1, CALIBRATION_SAMPLES), repeats: int = 7,
+                  single_samples: int = 64) -> dict:
+        """Time the three passes on x at each batch size (batch 1: the first `single_samples` samples one
+        at a time; larger: one batch), interleaved over `repeats` rounds after a warm-up, and keep the
+        table the choice is made from; returns it ({batch size: {pass: seconds per sample}})."""
+        from .timing import interleaved_times
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        table = {}
+        for batch_size in sorted({min(b, len(x)) for b in batch_sizes}):
+            xs = x[:single_samples] if batch_size == 1 else x[:batch_size]
+            runs = {"full": lambda a, b: self.predict_full(xs[a:b], batch_size),
+                    "graph": lambda a, b: self.predict_graph(xs[a:b], batch_size),
+                    "segments": lambda a, b: self.predict_segments(xs[a:b], batch_size)}
+            estimate, _ = interleaved_times(runs, len(xs), batch_size, repeats)
+            table[batch_size] = {p: float(t) for p, t in zip(runs, estimate)}
+        self.calibration, self._dispatch = table, {}
+        return table
+
+
+def _default_threads() -> int | None:
+    """OMP_NUM_THREADS when set (ONNX Runtime does not read it itself), else ONNX Runtime's default."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def load(folder: str | Path, point: str = "paper_tau", threads: int | None = None, digest: str | None = None,
+         choose: str = "auto", calibration_inputs: np.ndarray | None = None,
+         calibration: dict[int, dict[str, float]] | None = None) -> OnnxEarlyExit:
+    """Load an export (every file verified, see `verify`; `digest` pins the whole export), with the
+    thresholds of `point`. choose='auto' runs, per batch size, the fastest pass timed on the export's
+    calibration samples (or `calibration_inputs`; a `calibration` table given is used as is); or name a
+    pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set)."""
     import onnxruntime as ort
 
+    if choose not in ("auto", *chooser.PASSES):
+        raise ValueError(f"unknown pass {choose!r}; valid choices: {['auto', *chooser.PASSES]}")
     folder = Path(folder)
-    if not (folder / MANIFEST).exists():
-        raise FileNotFoundError(f"{folder / MANIFEST} does not exist: export a run first (`python -m cgt export`)")
-    manifest = read_json(folder / MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{folder / MANIFEST} has format {manifest.get('format')!r}; expected {FORMAT!r} "
-                          f"(export the run again)")
+    manifest = verify(folder, digest)
     if point not in manifest["thresholds"]:
         raise ValueError(f"unknown operating point {point!r}; valid choices: {sorted(manifest['thresholds'])}")
-    graphs = [*manifest["segments"], manifest["full_network"], manifest["early_exit"]]
-    for graph in graphs:
-        actual = sha256_file(folder / graph["file"]) if (folder / graph["file"]).exists() else "missing"
-        if actual != graph["sha256"]:
-            raise ExportError(f"{folder / graph['file']} does not match the manifest (sha256 {actual}, recorded "
-                              f"{graph['sha256']}): refusing to load a changed or incomplete export; export again")
+    threads = threads if threads is not None else _default_threads()
     options = ort.SessionOptions()
     # Several sessions run one after another: idle thread pools must sleep, not spin, or each
     # session's spinning workers take the cores the next one needs.
@@ -227,5 +513,25 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
 
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
-    return OnnxEarlyExit(session(manifest["early_exit"]["file"]), [session(seg["file"]) for seg in manifest["segments"]],
-                         session(manifest["full_network"]["file"]), manifest, taus)
+    model = OnnxEarlyExit(session(manifest["early_exit"]["file"]), [session(seg["file"]) for seg in manifest["segments"]],
+                          session(manifest["full_network"]["file"]), manifest, taus, threads,
+                          forced=None if choose == "auto" else choose)
+    if choose == "auto":
+        if calibration is not None:
+            for times in calibration.values():
+                chooser.check_times(times)
+            model.calibration, model._dispatch = {int(b): dict(t) for b, t in calibration.items()}, {}
+        else:
+            if calibration_inputs is None and manifest.get("calibration"):
+                calibration_inputs = _read_npz(folder / manifest["calibration"])["x"]
+            if calibration_inputs is not None:
+                model.calibrate(calibration_inputs)
+    return model
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ExportError(f"{path} cannot be read ({type(e).__name__}: {e}): export the run again") from None

@@ -1,7 +1,8 @@
 """Torch early-exit networks → ONNX graphs, by a small converter of their modules.
 
 Two kinds of graph, both with BatchNorm folded into the convolution or linear layer before it:
-  * `segment_graph`: one exit segment, features in → (features after the block, logits of its head);
+  * `segment_graph`: one exit segment, features in → (features after the block, logits of its head, and
+    optionally the policy's score and the predicted class);
   * `early_exit_graph`: the whole early-exit pass in one graph. After each exit the policy's score is
     compared with that exit's threshold (a graph input, so one graph serves every operating point);
     the samples it takes are written out, the rest are compacted (Compress) and go on: one call per
@@ -196,35 +197,55 @@ def _batched(name: str, value: torch.Tensor, dtype: str = "FLOAT"):
     return helper.make_tensor_value_info(name, getattr(TensorProto, dtype), ["batch", *value.shape[1:]])
 
 
-def segment_graph(block: nn.Module, head: nn.Module, sample: torch.Tensor):
-    """The ONNX model of one segment: features in → (features after the block, logits of the head)."""
-    from onnx import helper
+def segment_graph(block: nn.Module, head: nn.Module, sample: torch.Tensor, policy: str | None = None,
+                  features_out: bool = True, prediction: bool | None = None):
+    """The ONNX model of one segment: features in → features after the block ('features_out', unless
+    `features_out` is False: the plain network has no use for them) and the head's 'logits'; with a
+    policy also its 'score' (N,), and with `prediction` (default: when there is a policy) the class
+    'prediction' (N,): the exit decision then needs no array operation in Python, only one float
+    compared with τ (`cgt.policy.passes`)."""
+    from onnx import TensorProto, helper
 
     g = _Graph()
     features, after = _emit(g, block, "features", sample)
     logits, out = _emit(g, head, features, after)
-    if features == "features":  # a block of Identity only: the input itself goes out
-        g.nodes.append(helper.make_node("Identity", [features], ["features_out"]))
-    else:
-        g.rename(features, "features_out")
+    outputs = []
+    if features_out:
+        if features == "features":  # a block of Identity only: the input itself goes out
+            g.nodes.append(helper.make_node("Identity", [features], ["features_out"]))
+        else:
+            g.rename(features, "features_out")
+        outputs.append(_batched("features_out", after))
     g.rename(logits, "logits")
-    graph = helper.make_graph(g.nodes, "segment", [_batched("features", sample)],
-                              [_batched("features_out", after), _batched("logits", out)], g.initializers)
+    outputs.append(_batched("logits", out))
+    if policy is not None:
+        check_policy(policy)
+        g.rename(_exit_score(g, "logits", policy), "score")
+        outputs.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]))
+    if prediction if prediction is not None else policy is not None:
+        g.rename(g.node("ArgMax", ["logits"], axis=1, keepdims=0), "prediction")
+        outputs.append(helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"]))
+    graph = helper.make_graph(g.nodes, "segment", [_batched("features", sample)], outputs, g.initializers)
     return _model(graph)
 
 
-def _exit_decision(g: _Graph, logits: str, threshold: str, policy: str) -> str:
-    """Bool (n,): does this exit take the sample? cgt.policy's rule, in ONNX operators."""
+def _exit_score(g: _Graph, logits: str, policy: str) -> str:
+    """Float (n,): cgt.policy's score of these logits, in ONNX operators."""
     p = g.node("Softmax", [logits], axis=-1)
     if policy == "max_softmax":
-        return g.node("GreaterOrEqual", [g.node("ReduceMax", [p], axes=[-1], keepdims=0), threshold])
+        return g.node("ReduceMax", [p], axes=[-1], keepdims=0)
     # Normalised entropy H(p) / log K with log of p clamped at 1e-12, as cgt.policy.normalized_entropy.
     log_p = g.node("Log", [g.node("Clip", [p, g.const(np.array(1e-12, np.float32), "eps")])])
     neg_entropy = g.node("ReduceSum", [g.node("Mul", [p, log_p]), g.const(np.array([-1], np.int64), "axes")],
                          keepdims=0)
     k = g.node("Cast", [g.node("Gather", [g.node("Shape", [logits]), g.const(np.array(1, np.int64), "i")])], to=1)
-    score = g.node("Div", [g.node("Neg", [neg_entropy]), g.node("Log", [k])])
-    return g.node("LessOrEqual", [score, threshold])
+    return g.node("Div", [g.node("Neg", [neg_entropy]), g.node("Log", [k])])
+
+
+def _exit_decision(g: _Graph, logits: str, threshold: str, policy: str) -> str:
+    """Bool (n,): does this exit take the sample? cgt.policy's rule, in ONNX operators."""
+    score = _exit_score(g, logits, policy)
+    return g.node("GreaterOrEqual" if policy == "max_softmax" else "LessOrEqual", [score, threshold])
 
 
 @torch.no_grad()

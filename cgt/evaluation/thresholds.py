@@ -36,7 +36,9 @@ class SettingsEval:
 def evaluate_settings(exit_logits: torch.Tensor, y: torch.Tensor, costs: ExitCosts, thresholds: np.ndarray,
                       policy: ExitPolicy = "max_softmax", chunk: int = 256) -> SettingsEval:
     """Evaluate many threshold settings at once from logits (E, N, K); same rule as
-    `inference.exits_from_logits` (first exit whose score passes; the last always accepts)."""
+    `inference.exits_from_logits` (first exit whose score passes; the last always accepts).
+    Only `costs.relative` is read: FLOPs (cgt.cost.ExitCosts) or measured time per exit
+    (cgt.deployment.timecost.ExitTimes, for budgets in µs) fit alike."""
     num_exits = exit_logits.shape[0]
     check_exit_policy(policy, num_exits)
     thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float32))
