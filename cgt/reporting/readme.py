@@ -99,6 +99,28 @@ def update_readme(readme: Path, section: str) -> None:
 
 
 # ---------------------------------------------------------------- the answer block
+def reproduction_sentence(fig_dir: Path) -> str:
+    """How long reproducing took, from the pipeline's own timing record: the latest run that trained, and
+    the latest one (often a re-run with nothing to redo, which is not the reproduction time)."""
+    path = fig_dir / TIMING
+    if not path.exists():
+        return f"No pipeline timing is committed with these figures (`figures/{TIMING}`)."
+    t = read_json(path)
+    parts = []
+    if t["latest_training"]:
+        run = t["latest_training"]
+        trained = sum(s["runs_trained"] for s in run["steps"])
+        cached = sum(s["runs_cached"] for s in run["steps"])
+        parts.append(f"**Time:** the latest `make paper` that trained runs took {_duration(run['wall_time_s'])} "
+                     f"({run['finished'][:10]}, commit `{(run['git'].get('commit') or 'unknown')[:7]}`, {run['device']}; "
+                     f"{trained} runs trained, {cached} reused from the run cache)")
+    latest = t["latest"]
+    if latest is not t["latest_training"] and latest != t["latest_training"]:
+        parts.append(f"the latest one, with {sum(s['runs_trained'] for s in latest['steps'])} runs to train, "
+                     f"took {_duration(latest['wall_time_s'])}")
+    return "; ".join(parts) + f" (`figures/{TIMING}`)."
+
+
 def primary_rows(fig_dir: Path) -> pd.DataFrame | None:
     """The pre-registered verdicts at full precision, or None when they were not computed for these figures."""
     path = fig_dir / "table_primary_verdicts_raw.csv"
@@ -157,13 +179,13 @@ def headline_table(fig_dir: Path, label: str) -> list[str]:
 def headline_markdown(fig_dir: Path) -> str:
     """The README's answer block: the answer per dataset, one table per dataset and protocol, one figure,
     how long reproducing takes, and where everything else is."""
-    parts = ["### The answer", "", *answer_lines(fig_dir), ""]
+    parts = [*answer_lines(fig_dir), ""]
     for label in PROTOCOLS:
         parts += headline_table(fig_dir, label)
     figure = next((f"{fig_dir.name}/accuracy_vs_cost_{label}.png" for label in PROTOCOLS
                    if (fig_dir / f"accuracy_vs_cost_{label}.png").exists()), None)
     if figure:
         parts += [f"![accuracy against relative cost, {figure.split('_cost_')[1][:-4]}]({figure})", ""]
-    parts += [timing_sentence(fig_dir, [label for label in PROTOCOLS if (fig_dir / f"metrics_{label}_all_runs.csv").exists()]),
-              "", "Every table, figure and exploratory verdict: [results/](results/index.md).", ""]
+    parts += [reproduction_sentence(fig_dir), "", "Every table, figure and exploratory verdict, and the commit "
+              "each was written at: [results/](results/index.md).", ""]
     return "\n".join(parts)

@@ -387,9 +387,9 @@ def notebook_links(folder: Path) -> list[str]:
     notebooks = sorted(folder.glob("*.ipynb"))
     if not notebooks:
         return ["No executed notebooks are published (`python -m cgt publish --profile paper` writes them to `paper/`)."]
-    return ["Every notebook as the paper run executed it, outputs and figures included (nothing to run):", ""] + [
-        f"* [{p.stem}](../{folder.name}/{p.name}) ([HTML](../{folder.name}/{p.with_suffix('.html').name}))"
-        for p in notebooks]
+    return ["Every notebook as the paper run executed it, outputs and figures included (nothing to run; each "
+            f"also as a standalone HTML export beside it in `{folder.name}/`):", ""] + [
+        f"* [{p.stem}](../{folder.name}/{p.name})" for p in notebooks]
 
 
 def _mean_of(cell) -> float:
