@@ -2,7 +2,7 @@
 
 Notebooks collected by nbval run in the tiny `smoke` profile: their parameters cells read
 CGT_PROFILE (default 'quick' for readers), and kernels started by nbval inherit this environment.
-04_figures reads the finished runs of *both* datasets (and of Indian Pines on the spatial split),
+04_figures reads the finished runs of *both* datasets (and of Indian Pines on the spatial and blocked protocols),
 while nbval executes 01–03 with their stored default dataset only; so before any notebook runs, the
 smoke runs of every method on every (dataset, split) the profile shows are made sure to exist (under
 a minute when missing, instant when cached) — after the profile's recipe search, whose choice they train with.
@@ -40,3 +40,5 @@ def pytest_collection_finish(session):
         run_methods(dataset, profile, COMPARED, progress=False)
     for dataset in get_profile(profile).spatial:
         run_methods(dataset, profile, COMPARED, split="spatial", progress=False)
+    for dataset in get_profile(profile).blocked:
+        run_methods(dataset, profile, COMPARED, split="blocked", progress=False)

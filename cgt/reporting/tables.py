@@ -31,16 +31,18 @@ WEIGHTED_COLUMNS = {"f1_weighted": ("F1 (weighted)", 100), "precision_weighted":
 
 
 def summarise(table: pd.DataFrame, point: str) -> pd.DataFrame:
-    """Mean and sample SD (n − 1) over seeds per (dataset, method) at one operating point, in display units."""
+    """Mean and sample SD (n − 1) over replicates (seeds, and folds where there are folds) per (dataset,
+    method) at one operating point, in display units; `seeds` counts the replicates."""
     df = table[table["operating_point"] == point]
     columns = SUMMARY_COLUMNS | HYPERSPECTRAL_COLUMNS | WEIGHTED_COLUMNS
-    scaled = df[["dataset", "method", "seed"]].copy()
+    scaled = df[["dataset", "method"]].copy()
+    scaled["replicate"] = df[_replicate_key(df)].astype(str).agg("/".join, axis=1)
     for col, (label, scale) in columns.items():
         scaled[label] = df[col] * scale
     grouped = scaled.groupby(["dataset", "method"], sort=False)
     labels = [label for label, _ in columns.values()]
     out = grouped[labels].mean().add_suffix(" mean").join(grouped[labels].std(ddof=1).add_suffix(" sd"))
-    out["seeds"] = grouped["seed"].nunique()
+    out["seeds"] = grouped["replicate"].nunique()
     return out.reset_index()
 
 
@@ -104,10 +106,12 @@ QUALITY = {"accuracy": "accuracy", "f1_macro": "macro-F1"}
 
 
 def _paired(df: pd.DataFrame, cgt: str, base: str, column: str, scale: float) -> np.ndarray:
-    """Per-seed differences CGT − baseline (same seed), seeds both have, in display units."""
-    a, b = df[df["method"] == cgt].set_index("seed")[column], df[df["method"] == base].set_index("seed")[column]
-    seeds = sorted(set(a.index) & set(b.index))
-    return scale * (a.loc[seeds].to_numpy(dtype=float) - b.loc[seeds].to_numpy(dtype=float))
+    """Per-replicate differences CGT − baseline (same seed, and fold where there are folds), replicates both
+    have, in display units."""
+    key = _replicate_key(df)
+    a, b = df[df["method"] == cgt].set_index(key)[column], df[df["method"] == base].set_index(key)[column]
+    common = a.index.intersection(b.index).sort_values()
+    return scale * (a.loc[common].to_numpy(dtype=float) - b.loc[common].to_numpy(dtype=float))
 
 
 def strongest_baseline(df: pd.DataFrame) -> str | None:
