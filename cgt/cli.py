@@ -20,7 +20,7 @@ import numpy as np
 from .data import BUILTIN, DataVerificationError
 from .deployment.exported import ExportError
 from .experiments.profiles import PROFILES
-from .experiments.train_evaluate import SPLITS
+from .experiments.train_evaluate import PROTOCOLS
 from .methods import COMPARED, METHODS
 from .policy import PAPER_TAU
 
@@ -333,7 +333,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split", help="write a scene's split map (.npz): 0 unlabelled, 1 train, 2 val, 3 test, 4 guard")
     p.add_argument("--dataset", default="indian_pines", choices=list(BUILTIN))
-    p.add_argument("--split", default="spatial", choices=list(SPLITS))
+    p.add_argument("--split", default="spatial", choices=list(PROTOCOLS))
     p.add_argument("--seed", type=non_negative_int, default=0, help="split seed")
     p.add_argument("--fold", type=non_negative_int, default=None, help="blocked: the fold tested, 0 … K−1 (default 0)")
     p.add_argument("--folds", type=positive_int, default=None, help="blocked: K, the number of folds (default: the profile's)")
@@ -348,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", nargs="+", default=["all"], choices=[*METHODS, "all"])
     p.add_argument("--profile", default="quick", choices=profiles)
     p.add_argument("--seed", type=non_negative_int, nargs="+", default=None, help="default: the profile's seeds")
-    p.add_argument("--split", default="random", choices=list(SPLITS),
+    p.add_argument("--split", default="random", choices=list(PROTOCOLS),
                    help="random (the paper's, leaking) | spatial (Indian Pines: the extrapolation stress test) | blocked "
                         "(Indian Pines: blocked K-fold cross-validation, the leak-free protocol); split seed = seed")
     p.add_argument("--fold", type=non_negative_int, nargs="+", default=None, help="blocked: the folds to train (default: all)")

@@ -21,7 +21,7 @@ from .. import distributed
 from ..cost import ExitCosts, exit_costs
 from ..data import BUILTIN, PreparedData, load, resolve
 from ..evaluation.evaluate import EvalConfig, common_target_point, evaluate_run
-from ..methods import JOINT_BASELINES, check_methods
+from ..methods import BASELINES, JOINT_BASELINES, check_methods
 from ..models import EarlyExitNet
 from ..runs import TrainedRun, is_complete, load_run, run_dir, run_identity
 from ..train import TrainConfig, resolve_device, train_run
@@ -30,6 +30,14 @@ from .paths import prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
 from .provenance import write_sidecar
 from .recipe_choice import profile_recipe
+
+NOTEBOOK_METHODS = {
+    "01_baselines": BASELINES,
+    "02_hard_cgt": ["joint_uniform", "joint_annealed", "hard_cgt"],
+    "03_soft_cgt": ["joint_uniform", "joint_annealed", "soft_cgt", "soft_cgt_linear"],
+}
+"""What each training notebook trains (one home: the notebooks and the pipeline's runner read it). Each CGT
+notebook trains its variants beside equal fixed weights and the same λ schedule without a gate."""
 
 RUN_RECORD_ENV = "CGT_RUN_RECORD"
 """When set (the pipeline sets it for each notebook it executes), every run a notebook trains or loads
@@ -56,7 +64,7 @@ class EvaluatedRun:
     """(K,) training samples per class of the data this run trained on (rare-class analyses)."""
 
 
-SPLITS = ("random", "spatial", "blocked")
+PROTOCOLS = ("random", "spatial", "blocked")
 """How a dataset's labelled samples are split (Indian Pines: cgt.data.indian_pines):
 `random` — the dataset's own split; for Indian Pines the paper's stratified per-pixel one, drawn once
 with the profile's data seed (leaking: kept for the comparison with the paper's numbers);
@@ -72,8 +80,8 @@ FOLDED = ("blocked",)
 def check_split(split: str, dataset: str, fold: int | None = None) -> None:
     """Refuse an unknown split, a spatial split for a dataset without a spatial layout, or a fold for a
     split without folds, before any work (the fold's range is the dataset options' to check)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid choices: {list(SPLITS)}")
+    if split not in PROTOCOLS:
+        raise ValueError(f"unknown split {split!r}; valid choices: {list(PROTOCOLS)}")
     if split != "random" and "split" not in resolve(dataset).option_names():
         spatial = [name for name in BUILTIN if "split" in BUILTIN[name].option_names()]
         raise ValueError(f"split={split!r} needs a dataset with a spatial layout ({spatial}); {dataset!r} has "
@@ -184,7 +192,7 @@ def run_methods(dataset: str, profile: str, methods: list[str], seeds: list[int]
                 eval_cfg: EvalConfig = EvalConfig(), force: bool = False, progress: bool = True) -> list[EvaluatedRun]:
     """Train every (method, seed) of `profile` on `dataset` — skipping finished runs — and evaluate.
 
-    split: "random", "spatial" or "blocked" (see SPLITS); the run cache key includes it, through the data.
+    split: "random", "spatial" or "blocked" (see PROTOCOLS); the run cache key includes it, through the data.
     folds: the folds of a split with folds (None: all of them); must be None for the others.
     options: per-method extra strategy options, e.g. {"hard_cgt": {"tau_train": 0.8}}.
     train_overrides: TrainConfig values replacing the profile's (e.g. {"epochs": 2}).

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..data import display_name
-from ..methods import BASELINES
+from ..experiments.train_evaluate import NOTEBOOK_METHODS
 from ..runs import ARTIFACTS, is_complete
 from ..train import CPU_TRAINING_THREADS, resolve_device
 
@@ -44,11 +44,6 @@ CONNECT_TIMEOUT_S = 10
 
 # What the pipeline's notebooks train at their default parameters. tests/test_pipeline.py runs the smoke
 # pipeline with --workers 2 and checks that, after this plan was trained, no notebook trains a run of it.
-NOTEBOOK_METHODS = {
-    "01_baselines": BASELINES,
-    "02_hard_cgt": ["joint_uniform", "joint_annealed", "hard_cgt"],
-    "03_soft_cgt": ["joint_uniform", "joint_annealed", "soft_cgt", "soft_cgt_linear"],
-}
 
 
 class RunnerError(RuntimeError):
