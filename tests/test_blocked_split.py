@@ -185,3 +185,13 @@ def test_protocol_folds_come_from_the_profile_plan_and_are_checked():
         protocol_folds("indian_pines", "paper", "random", [1])
     with pytest.raises(ValueError, match=r"fold=5 must be in 0 … 4"):
         protocol_folds("indian_pines", "paper", "blocked", [0, 5])
+
+
+def test_the_folds_do_not_depend_on_the_patch_size(gt):
+    """The recipe search compares patch sizes: every candidate must be tested and validated on the same
+    tiles, so only the guard band (the patch radius) may differ between patch sizes: every fold tests the
+    same pixels (the guard never takes a test pixel) at every patch size."""
+    for fold in range(OPTS.folds):
+        tested = [blocked_fold_map(gt, OPTS.tile, OPTS.folds, fold, seed=0, radius=patch // 2) == TEST
+                  for patch in (3, 5, 7, 11)]
+        assert all(np.array_equal(tested[0], t) for t in tested[1:]), fold

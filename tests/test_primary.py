@@ -43,8 +43,9 @@ def logits_for(labels: np.ndarray, right: np.ndarray, confidence: list) -> torch
 
 def run(method: str, replicate, val_right: float, test_right: float, n: int = 300, seed: int = 0,
         confidence=(0.6, 0.8, 0.95)) -> RunLogits:
-    rng = np.random.default_rng(seed)
-    y_val, y_test = rng.integers(0, K, n), rng.integers(0, K, n)
+    labels = np.random.default_rng(abs(hash(tuple(replicate))) % 2**32)  # a replicate's data: shared by methods
+    y_val, y_test = labels.integers(0, K, n), labels.integers(0, K, n)
+    rng = np.random.default_rng(seed)  # what each method gets right
     return RunLogits(method, replicate, logits_for(y_val, rng.random(n) < val_right, list(confidence)),
                      torch.as_tensor(y_val), logits_for(y_test, rng.random(n) < test_right, list(confidence)),
                      torch.as_tensor(y_test), train_counts=np.array([100, 20, 100]))
@@ -159,9 +160,16 @@ def test_primary_family_end_to_end_on_two_groups():
                                         primary.INCONCLUSIVE}
 
 
-def test_fewer_than_two_paired_replicates_is_refused():
+def test_unpaired_or_too_few_replicates_are_refused():
     with pytest.raises(ValueError, match="at least 2"):
+        compare([run("hard_cgt", (0,), 0.9, 0.9)], [run("joint_uniform", (0,), 0.9, 0.9, seed=1)], COSTS, K)
+    with pytest.raises(ValueError, match="replicates .* differ"):
         compare([run("hard_cgt", (0,), 0.9, 0.9)], [run("joint_uniform", (1,), 0.9, 0.9)], COSTS, K)
+    other_labels = run("joint_uniform", (1,), 0.9, 0.9, seed=5)
+    other_labels.y_test = (other_labels.y_test + 1) % K  # the same replicate, another test split
+    with pytest.raises(ValueError, match="test labels differ"):
+        compare([run("hard_cgt", (0,), 0.9, 0.9, seed=0), run("hard_cgt", (1,), 0.9, 0.9, seed=1)],
+                [run("joint_uniform", (0,), 0.9, 0.9, seed=0), other_labels], COSTS, K)
 
 
 def test_the_shown_table_rounds_for_reading_and_keeps_costs_and_reach():
@@ -169,7 +177,7 @@ def test_the_shown_table_rounds_for_reading_and_keeps_costs_and_reach():
 
     family = categorise(pd.DataFrame([{
         "dataset": "indian_pines", "protocol": "blocked", "CGT": "soft_cgt", "comparator": "joint_uniform",
-        "endpoint": "f1_matched", "n": 10, "delta": 1.23456, "ci_low": -0.5, "ci_high": 2.9,
+        "endpoint": "f1_matched", "n": 10, "delta": 1.23456, "ci_low": -0.5, "ci_high": 2.9, "t_low": -0.7, "t_high": 3.1,
         "p_superiority": 0.2, "p_non_inferiority": 0.01, "p_inferiority": 0.99, "cgt_cost": 0.21234,
         "rival_cost": 0.2, "cgt_reached": "0/10", "rival_reached": "10/10", "delta_rare": 1.0, "delta_rest": 0.23456}]))
     (row,) = shown(family).to_dict("records")

@@ -276,3 +276,10 @@ def test_markdown_tables_are_rounded_for_display_and_csv_keeps_full_precision(tm
     row = (tmp_path / "t.md").read_text().splitlines()[2]
     assert row == "| hard_cgt | 98.29 | 0.619 | -0.12 | 0.012 | 0.877 | 0.000123 | 5 | — |"
     assert pd.read_csv(tmp_path / "t.csv")["acc @τ_train"][0] == 98.28988335889214
+
+
+def test_auc_rows_have_no_single_objective_so_reached_is_a_dash(table):
+    """The `auc` row summarises a whole curve: 'reached' is shown as —, never a false 0/n."""
+    auc = table[table["operating_point"] == "val_budget_40"].assign(operating_point="auc", objective_met=np.nan)
+    df = matched_cost_table(pd.concat([table, auc]), ["auc"]).set_index("CGT")
+    assert set(df["reached CGT"]) == {"—"} and set(df["reached rival"]) == {"—"}

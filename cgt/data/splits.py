@@ -139,15 +139,21 @@ def _coverage_gaps(label_map: np.ndarray, fold_map: np.ndarray, folds: int, radi
     return no_train, no_val
 
 
-def assign_tiles_to_folds(label_map: np.ndarray, tile: int, folds: int, seed: int, radius: int,
+DEAL_RADIUS = 5
+"""The guard radius the tile deal is judged with (that of the default 11-pixel patch), whatever patch a run
+uses: the folds then depend on the seed alone, so runs with different patch sizes (the recipe search's
+candidates, the methods after it) are tested and validated on the same tiles."""
+
+
+def assign_tiles_to_folds(label_map: np.ndarray, tile: int, folds: int, seed: int,
                           attempts: int = 8) -> np.ndarray:
     """The fold of every pixel's tile (−1: no labelled pixel in it): of `attempts` seeded deals
-    (`deal_tiles`), the one whose guarded folds leave the fewest (fold, class) pairs tested without
-    training pixels, then without validation pixels (first deal on ties). The ground truth's layout
-    alone decides it (as it does the spatial split's cut): no result is looked at."""
+    (`deal_tiles`), the one whose guarded folds (at DEAL_RADIUS) leave the fewest (fold, class) pairs
+    tested without training pixels, then without validation pixels (first deal on ties). The ground
+    truth's layout and the seed alone decide it (as they do the spatial split's cut): no result is looked at."""
     rng = np.random.default_rng(seed)
     deals = [deal_tiles(label_map, tile, folds, rng) for _ in range(attempts)]
-    gaps = [_coverage_gaps(label_map, d, folds, radius) for d in deals]
+    gaps = [_coverage_gaps(label_map, d, folds, DEAL_RADIUS) for d in deals]
     return deals[min(range(attempts), key=lambda i: gaps[i])]
 
 
@@ -166,7 +172,7 @@ def blocked_fold_map(label_map: np.ndarray, tile: int, folds: int, fold: int, se
     training (or test) pixels in a fold is reported by `missing_classes`, not refused.
     """
     check_blocked(label_map.shape, tile, folds, fold, radius)
-    return _fold_split(label_map, assign_tiles_to_folds(label_map, tile, folds, seed, radius), fold, folds, radius)
+    return _fold_split(label_map, assign_tiles_to_folds(label_map, tile, folds, seed), fold, folds, radius)
 
 
 def check_blocked(shape: tuple[int, int], tile: int, folds: int, fold: int | None, radius: int) -> None:

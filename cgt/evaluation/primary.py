@@ -39,7 +39,7 @@ from ..inference import exits_from_logits
 from ..methods import JOINT_BASELINES
 from ..policy import check_policy
 from .thresholds import REACHED_FRACTION, Candidates, candidates, max_affordable_cost, pick
-from .verdicts import MARGIN, holm
+from .verdicts import MARGIN, holm, t_interval
 
 ALPHA = 0.05
 """Family-wise error rate of the primary family (Holm)."""
@@ -164,14 +164,21 @@ class PairedReplicate:
     """Side A (the CGT variant): per-sample score (AUC: mean correctness over budgets) or predictions."""
     b: np.ndarray
     """Side B (the comparator), same kind as `a`."""
+    _labels: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def delta(self, endpoint: str, idx: np.ndarray | None, num_classes: int) -> float:
         """A − B in points on the test samples `idx` (None: all of them)."""
         y, a, b = (self.y, self.a, self.b) if idx is None else (self.y[idx], self.a[idx], self.b[idx])
         if endpoint == "auc":
             return float(100 * (a.mean() - b.mean()))
-        labels = np.unique(self.y)  # the full test split's classes: fixed across resamples
+        labels = self.labels  # the full test split's classes: fixed across resamples
         return 100 * (macro_f1(y, a, labels, num_classes) - macro_f1(y, b, labels, num_classes))
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = np.unique(self.y)
+        return self._labels
 
 
 def stratified_resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -224,9 +231,16 @@ def compare(cgt_runs: Sequence[RunLogits], rival_runs: Sequence[RunLogits], cost
     row (Δ, interval, raw one-sided p-values, realised costs, budget reached k/n, F1 decomposition)."""
     check_policy(policy)
     rival = {r.replicate: r for r in rival_runs}
-    pairs = [(c, rival[c.replicate]) for c in cgt_runs if c.replicate in rival]
+    mine = {c.replicate: c for c in cgt_runs}
+    if set(mine) != set(rival):
+        raise ValueError(f"the CGT variant's replicates {sorted(mine, key=str)} and the comparator's "
+                         f"{sorted(rival, key=str)} differ: every replicate must be paired")
+    pairs = [(mine[k], rival[k]) for k in sorted(mine, key=str)]
     if len(pairs) < 2:
         raise ValueError(f"{len(pairs)} paired replicate(s); the pre-registered analysis needs at least 2")
+    for c, r in pairs:
+        if not torch.equal(c.y_test, r.y_test):
+            raise ValueError(f"replicate {c.replicate}: the two methods' test labels differ — not the same test split")
     auc, f1, costs_seen, curve_costs, parts = [], [], [], [], []
     for c, r in pairs:
         curve = [(fit_at_budget(c, costs, b, policy), fit_at_budget(r, costs, b, policy)) for b in CURVE_BUDGETS]
@@ -250,8 +264,10 @@ def compare(cgt_runs: Sequence[RunLogits], rival_runs: Sequence[RunLogits], cost
     for endpoint, reps, spent in (("auc", auc, curve_costs), ("f1_matched", f1, costs_seen)):
         observed = [rep.delta(endpoint, None, num_classes) for rep in reps]
         draws = paired_bootstrap(reps, endpoint, num_classes, samples, seed)
+        t = t_interval(observed)
         row = {"n": n, "delta": float(np.mean(observed)), "per_replicate": observed,
                "ci_low": float(np.percentile(draws, 2.5)), "ci_high": float(np.percentile(draws, 97.5)),
+               "t_low": t.low, "t_high": t.high,
                **{f"p_{k}": v for k, v in bootstrap_p_values(draws).items()},
                "cgt_cost": float(np.mean([x["cgt_cost"] for x in spent])),
                "rival_cost": float(np.mean([x["rival_cost"] for x in spent]))}
@@ -269,6 +285,8 @@ def compare(cgt_runs: Sequence[RunLogits], rival_runs: Sequence[RunLogits], cost
 def categorise(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Holm over the whole family (every row of `table`), per one-sided test; the adjusted p-values
     decide each row's category (module docstring)."""
+    if table.empty:
+        raise ValueError("an empty family: no hypothesis to judge")
     out = table.copy()
     for test in ("superiority", "non_inferiority", "inferiority"):
         out[f"p_{test}_holm"] = holm(out[f"p_{test}"].to_numpy()) if len(out) else []

@@ -102,6 +102,14 @@ t-test (α = 0.05 two-sided, power 0.8) detects a mean difference of 1.0 × the 
 differences (3.0 points at SD 3, 5.0 at SD 5); the 3 seeds of the stress test detect only 3.3 × SD."""
 
 
+SEARCH_SEEDS = [2]
+"""The Indian Pines recipe search trains on the tile deal of seed 2, which no primary replicate uses (blocked:
+seeds 0 and 1): no search run is reused as a primary run, and the validation tiles it is scored on are not
+the primary replicates' test tiles as they are dealt. Every labelled pixel is still tested in some primary
+fold, so the choice (one of 12 recipes) has seen the scene's labels through other deals — stated in
+PREREGISTRATION.md."""
+
+
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("smoke", seeds=[0],
             data={"fashion_mnist": {"max_train": 1500, "max_eval": 500},
@@ -118,7 +126,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             data={"fashion_mnist": {}, "indian_pines": {}},
             train={"fashion_mnist": {"epochs": 8}, "indian_pines": {"epochs": 30}},
             other_train={"epochs": 30}, publishes=True, protocols={"indian_pines": PAPER_PLAN},
-            recipe_search={"indian_pines": RecipeSearch("paper", "blocked", [0])}),
+            recipe_search={"indian_pines": RecipeSearch("paper", "blocked", SEARCH_SEEDS)}),
 ]}
 
 

@@ -59,8 +59,10 @@ def shown(verdicts: pd.DataFrame) -> pd.DataFrame:
                "CGT": v["CGT"], "comparator": v["comparator"], "endpoint": primary.ENDPOINTS[v["endpoint"]],
                "replicates": int(v["n"]),
                "Δ, points [95% bootstrap CI]": f"{v['delta']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}]",
-               "Holm p (better)": f"{v['p_superiority_holm']:.3f}",
-               "Holm p (non-inferior)": f"{v['p_non_inferiority_holm']:.3f}",
+               "95% t CI over replicates": f"[{v['t_low']:+.2f}, {v['t_high']:+.2f}]",
+               "Holm p (better)": f"{v['p_superiority_holm']:.3g}",
+               "Holm p (non-inferior)": f"{v['p_non_inferiority_holm']:.3g}",
+               "Holm p (worse by > δ)": f"{v['p_inferiority_holm']:.3g}",
                "verdict": v["verdict"],
                "rel. cost CGT / comparator": f"{v['cgt_cost']:.3f} / {v['rival_cost']:.3f}"}
         reached = v.get("cgt_reached")

@@ -43,8 +43,8 @@ def _table(fig_dir: Path, ds: str, name: str) -> tuple[str, pd.DataFrame]:
 def rule_paragraph() -> str:
     d = verdicts.MARGIN
     return (f"**How the claim is judged** (`cgt/evaluation/verdicts.py`; margins fixed before any run was looked at). For each "
-            f"CGT variant against each fixed-weight joint baseline, every seed gives a paired difference (same seed = "
-            f"same initialisation and data order), CGT − baseline, in relative cost and in points of accuracy or "
+            f"CGT variant against each fixed-weight joint baseline, every replicate gives a paired difference (same seed, "
+            f"and fold where there are folds = same data, initialisation and data order), CGT − baseline, in relative cost and in points of accuracy or "
             f"macro-F1; intervals are Student-t over the seeds, ± is the sample SD. **supported**: the cost "
             f"difference's 95 % CI lies below 0 and the quality difference's 95 % CI above 0; **cheaper, "
             f"non-inferior**: cost 95 % CI below 0 and the quality difference's 90 % CI lower bound above −δ "

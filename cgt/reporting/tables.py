@@ -114,10 +114,14 @@ def _paired(df: pd.DataFrame, cgt: str, base: str, column: str, scale: float) ->
     return scale * (a.loc[common].to_numpy(dtype=float) - b.loc[common].to_numpy(dtype=float))
 
 
-def strongest_baseline(df: pd.DataFrame) -> str | None:
-    """The baseline with the highest mean *validation* accuracy in `df` (one operating point; its
-    `val_accuracy` column): the hardest rival, chosen without looking at test data. None if no baseline."""
-    baselines = df[df["method"].isin(BASELINES)]
+def strongest_baseline(table: pd.DataFrame) -> str | None:
+    """The baseline with the highest mean *validation* accuracy — over the validation-fitted accuracy–cost
+    curve (the `auc` rows) when the table has them, so one rival serves every operating point (at the common
+    target every method is fitted to the same validation accuracy, which could not tell them apart); else
+    over `table` as given. The hardest rival, chosen without test data. None if no baseline."""
+    auc = table[table["operating_point"] == "auc"] if "operating_point" in table else table.iloc[:0]
+    source = auc if not auc.empty else table
+    baselines = source[source["method"].isin(BASELINES)]
     if baselines.empty:
         return None
     return str(baselines.groupby("method", sort=False)["val_accuracy"].mean().idxmax())
@@ -142,7 +146,7 @@ def verdict_table(table: pd.DataFrame, point: str, margin: float = verdicts.MARG
     the strongest baseline, `strongest_baseline`) — at one operating point, for accuracy and macro-F1: paired differences with 95 % t intervals, the sign
     pattern over seeds, Holm-adjusted p-values over the table's comparisons, and the category."""
     df = table[table["operating_point"] == point]
-    strongest = strongest_baseline(df)
+    strongest = strongest_baseline(table)
     rows = []
     for cgt, base in comparisons(df["method"], strongest):
         d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
@@ -163,9 +167,9 @@ def matched_cost_table(table: pd.DataFrame, points: list[str], margin: float = v
     and 'reached k/n' (seeds in which the method could spend the budget or reach the common target);
     quality alone decides, so a row where one side spent less is labelled by those columns, not hidden."""
     rows = []
+    strongest = strongest_baseline(table)
     for point in points:
         df = table[table["operating_point"] == point]
-        strongest = strongest_baseline(df)
         for cgt, base in comparisons(df["method"], strongest):
             row = {"CGT": cgt, "vs": base, "rival": _rival_kind(base, strongest), "at": point}
             d_cost = _paired(df, cgt, base, "avg_cost_relative", 1.0)
@@ -176,7 +180,8 @@ def matched_cost_table(table: pd.DataFrame, points: list[str], margin: float = v
             for side, name in (("CGT", cgt), ("rival", base)):
                 mine = df[df["method"] == name]
                 row[f"rel. cost {side}"] = f"{mine['avg_cost_relative'].mean():.3f}" if len(mine) else "—"
-                row[f"reached {side}"] = f"{int(mine['objective_met'].sum())}/{len(mine)}"
+                met = mine["objective_met"].dropna()  # the `auc` rows have no single objective
+                row[f"reached {side}"] = f"{int(met.sum())}/{len(mine)}" if len(met) else "—"
             row["Δ rel. cost (mean)"] = f"{d_cost.mean():+.3f}" if len(d_cost) else "—"
             for column, label in QUALITY.items():
                 d = _paired(df, cgt, base, column, 100.0)
@@ -203,18 +208,20 @@ def learned_policy_table(rows: pd.DataFrame, comparator: str, margin: float = ve
     out = []
     for budget, at in ok.groupby("budget", sort=True):
         pivot = at.pivot_table(index=[*key, "method"], columns="policy", values=["accuracy", "avg_cost_relative"])
-        pairs = [(m, "threshold", m, "learned") for m in display_order(at["method"].unique())]
-        pairs += [(comparator, "learned", c, "learned") for c in CGT_METHODS if c in set(at["method"])]
+        methods = set(at["method"])
+        pairs = [(m, "threshold", m, "learned") for m in display_order(methods)]
+        pairs += [(comparator, "learned", c, "learned") for c in CGT_METHODS if c in methods]
         for base_m, base_p, new_m, new_p in pairs:
-            a = pivot.xs(new_m, level="method")
-            b = pivot.xs(base_m, level="method")
+            if base_m not in methods or ("accuracy", new_p) not in pivot or ("accuracy", base_p) not in pivot:
+                continue  # a side with no reachable point at this budget: nothing to pair
+            a, b = pivot.xs(new_m, level="method"), pivot.xs(base_m, level="method")
             common = a.index.intersection(b.index)
-            d = 100 * (a.loc[common, ("accuracy", new_p)] - b.loc[common, ("accuracy", base_p)]).to_numpy(float)
-            d = d[~np.isnan(d)]
-            out.append({"budget": budget, "comparison": f"{new_m} + {new_p} vs {base_m} + {base_p}",
-                        "n": len(d),
-                        "rel. cost (new / base)": f"{a.loc[common, ('avg_cost_relative', new_p)].mean():.3f} / "
-                                                  f"{b.loc[common, ('avg_cost_relative', base_p)].mean():.3f}",
+            new_acc, base_acc = a.loc[common, ("accuracy", new_p)], b.loc[common, ("accuracy", base_p)]
+            both = new_acc.notna() & base_acc.notna()  # the same replicates for Δ and for the costs shown
+            d = 100 * (new_acc[both] - base_acc[both]).to_numpy(float)
+            out.append({"budget": budget, "comparison": f"{new_m} + {new_p} vs {base_m} + {base_p}", "n": len(d),
+                        "rel. cost (new / base)": f"{a.loc[common, ('avg_cost_relative', new_p)][both].mean():.3f} / "
+                                                  f"{b.loc[common, ('avg_cost_relative', base_p)][both].mean():.3f}",
                         "Δ accuracy, points [95% CI]": _interval(d, 2) + f" ({verdicts.sign_pattern(d)} higher)",
                         "verdict": verdicts.matched_cost_verdict(d, margin)})
     return pd.DataFrame(out)
