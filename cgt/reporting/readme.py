@@ -115,9 +115,10 @@ def reproduction_sentence(fig_dir: Path) -> str:
                      f"({run['finished'][:10]}, commit `{(run['git'].get('commit') or 'unknown')[:7]}`, {run['device']}; "
                      f"{trained} runs trained, {cached} reused from the run cache)")
     latest = t["latest"]
-    if latest is not t["latest_training"] and latest != t["latest_training"]:
-        parts.append(f"the latest one, with {sum(s['runs_trained'] for s in latest['steps'])} runs to train, "
-                     f"took {_duration(latest['wall_time_s'])}")
+    if latest != t["latest_training"]:
+        parts.append(("the latest one" if parts else "**Time:** no recorded `make paper` trained runs; the latest one")
+                     + f", with {sum(s['runs_trained'] for s in latest['steps'])} runs to train, took "
+                     f"{_duration(latest['wall_time_s'])}")
     return "; ".join(parts) + f" (`figures/{TIMING}`)."
 
 
