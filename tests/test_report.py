@@ -283,3 +283,15 @@ def test_auc_rows_have_no_single_objective_so_reached_is_a_dash(table):
     auc = table[table["operating_point"] == "val_budget_40"].assign(operating_point="auc", objective_met=np.nan)
     df = matched_cost_table(pd.concat([table, auc]), ["auc"]).set_index("CGT")
     assert set(df["reached CGT"]) == {"—"} and set(df["reached rival"]) == {"—"}
+
+
+def test_the_premise_is_quoted_from_the_fair_interference_table_and_an_old_one_is_named(tmp_path):
+    write_table(pd.DataFrame({"method": ["joint_uniform"], "seeds": [3], "cos exits 1·3": ["0.300 [0.100, 0.500]"],
+                              "lowest pair cos": ["0.300 [0.100, 0.500]"], "exit 1 norm share %": ["40.0 [35.0, 45.0]"],
+                              "exit 3 norm share %": ["30.0 [25.0, 35.0]"]}), tmp_path / "table_toy_ablation_interference")
+    write_table(pd.DataFrame({"method": ["joint_uniform"], "records": [68], "cos exits 1·3": [0.239],
+                              "exit 3 norm share %": [31.5]}), tmp_path / "table_old_ablation_interference")
+    lines = "\n".join(readme.premise_lines(tmp_path))
+    assert "toy (`joint_uniform`, 3 seeds): the last exit holds 30.0 [25.0, 35.0] % of the gradient norm" in lines
+    assert "cos exits 1·3: 0.300 [0.100, 0.500]" in lines
+    assert "`table_old_ablation_interference.csv` predates the fair measurement" in lines

@@ -122,6 +122,29 @@ def reproduction_sentence(fig_dir: Path) -> str:
     return "; ".join(parts) + f" (`figures/{TIMING}`)."
 
 
+def premise_lines(fig_dir: Path, reference: str = "joint_uniform") -> list[str]:
+    """The paper's premise as measured here: under fixed equal weights, the last exit's share of the gradient
+    on the first block (which every exit reaches) and the cosine between the first and last exits' gradients,
+    with their intervals over seeds (notebook 06's interference tables). Tables from before the measurement
+    compared each pair on the blocks both exits reach are named as such, not quoted as the measurement."""
+    lines = []
+    for path in sorted(fig_dir.glob("table_*_ablation_interference.csv")):
+        table = pd.read_csv(path)
+        dataset = path.name[len("table_"):-len("_ablation_interference.csv")]
+        if "seeds" not in table or reference not in set(table["method"]):
+            lines.append(f"* {dataset}: `{path.name}` predates the fair measurement (one seed, every exit's gradient "
+                         f"padded with zeros to the shared blocks); the next `make paper` measures it again.")
+            continue
+        row = table.set_index("method").loc[reference]
+        last = [c for c in table.columns if c.endswith("norm share %")][-1]
+        cos = next(c for c in table.columns if c.startswith("cos exits 1·"))
+        lines.append(f"* {dataset} (`{reference}`, {int(row['seeds'])} seeds): the last exit holds {row[last]} % of "
+                     f"the gradient norm on the first block; {cos}: {row[cos]} (mean [95 % interval]; a negative "
+                     f"cosine would be conflict).")
+    return (["**The premise, measured** (notebook 06; the paper says deep exits dominate and conflict with "
+             "shallow ones):", "", *lines, ""] if lines else [])
+
+
 def primary_rows(fig_dir: Path) -> pd.DataFrame | None:
     """The pre-registered verdicts at full precision, or None when they were not computed for these figures."""
     path = fig_dir / "table_primary_verdicts_raw.csv"
@@ -180,7 +203,7 @@ def headline_table(fig_dir: Path, label: str) -> list[str]:
 def headline_markdown(fig_dir: Path) -> str:
     """The README's answer block: the answer per dataset, one table per dataset and protocol, one figure,
     how long reproducing takes, and where everything else is."""
-    parts = [*answer_lines(fig_dir), ""]
+    parts = [*answer_lines(fig_dir), "", *premise_lines(fig_dir)]
     for label in PROTOCOLS:
         parts += headline_table(fig_dir, label)
     figure = next((f"{fig_dir.name}/accuracy_vs_cost_{label}.png" for label in PROTOCOLS
