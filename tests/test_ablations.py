@@ -106,3 +106,15 @@ def test_interference_summary_is_a_mean_over_seeds_with_its_interval():
     assert row["cos exits 1·3"] == f"0.300 [{half.low:.3f}, {half.high:.3f}]"
     assert row["exit 1 norm share %"].startswith("30.0 [")
     assert row["lowest pair cos"].startswith("0.300")
+
+
+def test_on_a_protocol_with_folds_configurations_pair_by_fold_and_seed():
+    """Two folds of one seed are two replicates: n = 2, and each fold is compared with its own fold."""
+    rows = []
+    for fold, (ref, gate) in enumerate(((90.0, 91.0), (80.0, 81.2))):
+        for config, acc in (("joint_uniform", ref), ("gate", gate)):
+            rows += [r | {"fold": fold} for r in _rows(config, [acc], [0.5])]
+    row = ablations.paired_verdicts(pd.DataFrame(rows), "gate", "joint_uniform")
+    assert row["n (seeds)"] == 2 and row[f"Δ acc {ablations.POINTS[f'@{ablations.PAPER_TAU}']}"] == "+1.10"
+    assert ablations.grid_seeds([0, 1, 2, 3], "blocked") == [0] and ablations.grid_seeds([0, 1, 2, 3], "random") == [0, 1, 2]
+    assert ablations.interference_folds("blocked", None) == [0] and ablations.interference_folds("random", [1]) is None

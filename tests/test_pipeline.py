@@ -43,7 +43,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     executed = sorted(p.name for p in (runs / "smoke" / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
                                for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial", "indian_pines-blocked")]
-                              + [f"06_ablations-{ds}.ipynb" for ds in ("fashion_mnist", "indian_pines")]
+                              + ["06_ablations-fashion_mnist.ipynb", "06_ablations-indian_pines-blocked.ipynb"]
                               + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
     for table in ("split_comparison", "spatial_split_counts"):
@@ -162,7 +162,8 @@ def test_with_workers_the_runs_are_trained_first_and_the_notebooks_train_nothing
     assert re.search(r"\d+ run\(s\) to train \(0 already finished\) on 2 local worker process\(es\)", log), log
     steps = {m.group(1): int(m.group(2)) for m in re.finditer(r"\] (\S+ \[[^]]+\]): done in \d+ s; (\d+) run\(s\) trained", log)
              if int(m.group(2))}
-    assert steps == {"06_ablations [indian_pines]": 2}, log  # one smoothed configuration per CGT method
+    # one smoothed configuration per CGT method, and joint_uniform with the same smoothing (like for like)
+    assert steps == {"06_ablations [indian_pines-blocked]": 3}, log
     assert "training runs (2 workers)" in (tmp_path / "smoke" / "pipeline_timings.json").read_text()
 
 
@@ -177,7 +178,7 @@ def test_pipeline_plan_validates_names():
     steps = plan("smoke", ["indian_pines"])
     assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial", "-blocked")
                                         for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + [
-        "06_ablations [indian_pines]", "04_figures"]
+        "06_ablations [indian_pines-blocked]", "04_figures"]
     assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
     # the blocked protocol runs the folds the profile plans (smoke: fold 0 only)
     assert steps[8].parameters == {"profile": "smoke", "dataset": "indian_pines", "split": "blocked", "folds": [0]}

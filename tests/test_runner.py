@@ -137,7 +137,8 @@ def test_the_plan_mirrors_the_notebooks_parameters():
         else:  # the notebook trains the list the runner plans (one home: train_evaluate.NOTEBOOK_METHODS)
             assert f'run_methods(dataset, profile, NOTEBOOK_METHODS["{notebook}"]' in source, notebook
     ablations_nb = "".join("".join(c["source"]) for c in json.loads((root / "06_ablations.ipynb").read_text())["cells"])
-    for needle in ("seeds[:ablations.DEFAULT_SEEDS]", "for method in ablations.INTERFERENCE_METHODS:",
+    for needle in ("ablations.grid_seeds(get_profile(profile).seeds, split)", "for method in ablations.INTERFERENCE_METHODS:",
+                   "get_profile(profile).seeds[:ablations.INTERFERENCE_SEEDS]", "ablations.interference_folds(split, folds)",
                    f"log_gradients_every = {LOG_GRADIENTS_EVERY}"):
         assert needle in ablations_nb
 
@@ -157,6 +158,15 @@ def test_step_requests_cover_each_training_notebook():
     grid = runner.step_requests("06_ablations", {"profile": "smoke", "dataset": "indian_pines"})
     logged = [r for r in grid if r.train_overrides and "log_gradients_every" in r.train_overrides]
     assert [r.method for r in logged] == ["joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt"]
+    # on the blocked protocol (the pipeline's for Indian Pines): the grid on every fold of the first seed,
+    # gradient logging on the first fold for three seeds
+    from cgt.experiments import ablations
+
+    blocked06 = runner.step_requests("06_ablations", {"profile": "paper", "dataset": "indian_pines", "split": "blocked",
+                                                      "folds": None})
+    logged = [r for r in blocked06 if r.train_overrides and "log_gradients_every" in r.train_overrides]
+    assert len(blocked06) - len(logged) == (1 + len(ablations.GRIDS["full"])) * 5
+    assert {(r.fold, r.seed) for r in logged} == {(0, 0), (0, 1), (0, 2)} and all(r.split == "blocked" for r in blocked06)
 
 
 @pytest.mark.slow

@@ -73,7 +73,8 @@ GRID_WORDS = {
 """What each grid holds, in the README's words."""
 DEFAULT_GRID = {"indian_pines": "full", "fashion_mnist": "reduced"}
 DEFAULT_SEEDS = 3
-"""The grid trains the profile's first three seeds."""
+"""The grid trains the profile's first three seeds — on a protocol with folds, its first seed on every fold
+(each fold is a replicate: `grid_seeds`)."""
 INTERFERENCE_METHODS = ("joint_uniform", "joint_annealed", "hard_cgt", "soft_cgt")
 """The methods whose gradients notebook 06 logs."""
 INTERFERENCE_SEEDS = 3
@@ -82,6 +83,18 @@ LOG_GRADIENTS_EVERY = 25
 """Steps between gradient-interference records in notebook 06 (its default; overhead measured in the README)."""
 SELECTION_POINT = "val_budget_40"
 """Where the best configuration of each method is chosen: validation accuracy at the matched-cost point."""
+
+
+def grid_seeds(profile_seeds: list[int], split: str) -> list[int]:
+    """The seeds the grid trains: the first DEFAULT_SEEDS, or on a protocol with folds the first seed alone
+    (its K folds are the replicates; seeds × folds would multiply the grid's cost by K)."""
+    return profile_seeds[:1] if split == "blocked" else profile_seeds[:DEFAULT_SEEDS]
+
+
+def interference_folds(split: str, folds: list[int] | None) -> list[int] | None:
+    """The folds the gradient-logging runs use: the first planned fold of a protocol with folds (the
+    interference summary's intervals are over seeds), None without folds."""
+    return (folds or [0])[:1] if split == "blocked" else None
 
 
 def grid_of(names: list[str]) -> str | None:
@@ -143,7 +156,7 @@ def config_table(results: dict[str, list[EvaluatedRun]], configs: list[Config],
             num_classes = test.shape[-1]
             at_train = early_exit_metrics(test, y, *exits_from_logits(test, taus[name]), r.costs, num_classes)
             points = r.metrics["operating_points"]
-            row = {"config": name, "seed": r.seed,
+            row = {"config": name, "fold": r.fold, "seed": r.seed,
                    "acc @τ_train": 100 * at_train["accuracy"], "cost @τ_train": at_train["avg_cost_relative"],
                    f"acc @{PAPER_TAU}": 100 * points["paper_tau"]["test"]["accuracy"],
                    f"cost @{PAPER_TAU}": points["paper_tau"]["test"]["avg_cost_relative"],
@@ -192,8 +205,9 @@ def recipe_verdicts(table: pd.DataFrame, pairs: list[tuple[Config, Config]],
 
 def paired_verdicts(table: pd.DataFrame, name: str, reference: str, margin: float = verdicts.MARGIN) -> dict[str, Any]:
     """Configuration `name` against `reference` at each point of POINTS: mean paired Δ and the verdict."""
-    ref = table[table["config"] == reference].set_index("seed")
-    df = table[table["config"] == name].set_index("seed")
+    key = ["fold", "seed"] if "fold" in table and table["fold"].notna().any() else ["seed"]  # the replicates
+    ref = table[table["config"] == reference].set_index(key)
+    df = table[table["config"] == name].set_index(key)
     seeds = sorted(set(df.index) & set(ref.index))
     row: dict[str, Any] = {"n (seeds)": len(seeds)}
     for suffix, label in POINTS.items():
@@ -207,12 +221,12 @@ def paired_verdicts(table: pd.DataFrame, name: str, reference: str, margin: floa
 
 
 def mean_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per configuration (the heatmap's numbers), in grid order."""
-    return table.drop(columns="seed").groupby("config", sort=False).mean()
+    """Mean over replicates per configuration (the heatmap's numbers), in grid order."""
+    return table.drop(columns=[c for c in ("seed", "fold") if c in table]).groupby("config", sort=False).mean()
 
 
 def gate_vs_routing(results: dict[str, list[EvaluatedRun]], configs: list[Config]) -> pd.DataFrame:
-    """Per configuration (first seed): the fraction of the training loss weight each exit held in the
+    """Per configuration (first replicate): the fraction of the training loss weight each exit held in the
     last epoch (what the gate let each exit learn) beside the test-time exit distribution at τ_infer
     (where samples are sent)."""
     taus = {c.name: c.tau_infer for c in [REFERENCE, *configs]}

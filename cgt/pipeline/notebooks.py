@@ -39,7 +39,7 @@ from .stepcache import StepCache, runs_read
 
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
 ABLATIONS = ["06_ablations"]
-"""Per dataset, on its random split, after every dataset's training notebooks."""
+"""Per dataset, on its primary protocol (blocked cross-validation where planned), after the training notebooks."""
 ONCE = ["04_figures"]
 
 
@@ -116,7 +116,11 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
     steps = [Step(nb, {"profile": profile, "dataset": ds, **split,
                        **({"force": True} if force and nb != "00_data" else {})})
              for ds, split in variants for nb in PER_DATASET]
-    steps += [Step(nb, {"profile": profile, "dataset": ds}) for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
+    # the ablation grid runs on a dataset's primary protocol: blocked cross-validation where it is planned
+    steps += [Step(nb, {"profile": profile, "dataset": ds,
+                        **({"split": "blocked", "folds": get_profile(profile).plan_for(ds, "blocked").folds}
+                           if ds in blocked else {})})
+              for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
     steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial, "blocked": blocked})
               for nb in ONCE]
     return steps

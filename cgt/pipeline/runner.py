@@ -102,13 +102,16 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
                 for m in NOTEBOOK_METHODS[notebook] for f in folds for s in seeds]
     seeds = get_profile(profile).seeds
     if notebook == "06_ablations":
-        grid_seeds = seeds[:ablations.DEFAULT_SEEDS]
+        grid_seeds = ablations.grid_seeds(seeds, split)
+        folds = protocol_folds(dataset, profile, split, parameters.get("folds"))
         configs = [ablations.REFERENCE, *ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]]
-        grid = [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None)
-                for c in configs for s in grid_seeds]
-        logged = [RunRequest(dataset, profile, m, s, split,
+        grid = [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None, fold=f)
+                for c in configs for f in folds for s in grid_seeds]
+        logged_folds = ablations.interference_folds(split, parameters.get("folds")) or [None]
+        logged = [RunRequest(dataset, profile, m, s, split, fold=f,
                              train_overrides={"log_gradients_every": ablations.LOG_GRADIENTS_EVERY})
-                  for m in ablations.INTERFERENCE_METHODS for s in seeds[:ablations.INTERFERENCE_SEEDS]]
+                  for m in ablations.INTERFERENCE_METHODS for f in logged_folds
+                  for s in seeds[:ablations.INTERFERENCE_SEEDS]]
         return grid + logged
     return []
 

@@ -259,13 +259,14 @@ def close(figs) -> None:
 
 
 def save_ablation_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, Any], dataset: str, profile: str,
-                          configs: list[ablations.Config], seeds: list[int], seconds: float = 0.0) -> list[Path]:
+                          configs: list[ablations.Config], seeds: list[int], split: str = "random",
+                          seconds: float = 0.0) -> list[Path]:
     """Notebook 06's tables (table_<dataset>_ablation_<name>.csv/.md) and figures
     (ablation_<name>_<dataset>.png/.pdf), written to the profile's figures folder, each with a sidecar
     whose wall time is `seconds` (what the caller spent computing them, if it measured it) plus the time
     spent writing that artifact here."""
     out, written = figures_dir(profile), []
-    params = {"profile": profile, "dataset": dataset, "configs": [vars(c) for c in configs]}
+    params = {"profile": profile, "dataset": dataset, "split": split, "configs": [vars(c) for c in configs]}
     for name, df in tables.items():
         t0 = time.perf_counter()
         stem = out / f"table_{dataset}_ablation_{name}"
@@ -273,7 +274,7 @@ def save_ablation_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, An
         write_sidecar(f"{stem}.csv", params=params, seed=seeds, wall_time_s=seconds + time.perf_counter() - t0)
         written += [Path(f"{stem}.csv"), Path(f"{stem}.md")]
     for name, fig in figures.items():
-        plots.label_figure(fig, f"{display_name(dataset)}, random split")  # the ablation grid trains on the random split
+        plots.label_figure(fig, f"{display_name(dataset)}, {split} split")
         t0 = time.perf_counter()
         for path in plots.save_figure(fig, out / f"ablation_{name}_{dataset}"):
             write_sidecar(path, params=params, seed=seeds, wall_time_s=seconds + time.perf_counter() - t0)
