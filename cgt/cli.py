@@ -276,10 +276,12 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     from .experiments.recipe_choice import recipe_path
 
     declared = list(get_profile(args.profile).recipe_search)
+    if not declared:
+        raise ValueError(f"--profile {args.profile}: this profile declares no recipe search (it trains with its own "
+                         f"settings); profiles that do: {[p for p in PROFILES if PROFILES[p].recipe_search]}")
     datasets = declared if args.dataset is None else [args.dataset]
-    if not datasets or any(d not in declared for d in datasets):
-        raise ValueError(f"--dataset {args.dataset}: the {args.profile!r} profile declares a recipe search for "
-                         f"{declared or 'no dataset'}")
+    if any(d not in declared for d in datasets):
+        raise ValueError(f"--dataset {args.dataset}: the {args.profile!r} profile declares a recipe search for {declared}")
     for dataset in datasets:
         recipe = run_profile_search(args.profile, dataset, progress=not args.quiet)
         print(f"{dataset}: chose data {recipe.data}, training {recipe.train} (on validation) → "

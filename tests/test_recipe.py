@@ -158,3 +158,15 @@ def test_a_profile_with_a_declared_search_trains_every_run_with_its_choice(tmp_p
     assert override.name not in (key_with, plain.name)
     (again,) = _recipe_searches("searched", ["indian_pines"], 1, None, False, logs.append)
     assert again["skipped"] and "was chosen by this search with this code" in logs[-1]
+
+
+def test_recipe_command_refuses_a_profile_without_a_search_and_bad_folds_come_first(capsys):
+    """`python -m cgt recipe --profile quick` names the profiles that search; a bad fold under the paper profile
+    is reported as a bad fold, before the recipe the profile needs is even looked for."""
+    from cgt import cli
+
+    assert cli.main(["recipe", "--profile", "quick"]) == 2
+    assert "profiles that do: ['paper']" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "indian_pines", "--profile", "paper", "--method", "hard_cgt",
+                     "--split", "blocked", "--fold", "9"]) == 2
+    assert "fold=9 must be in 0 … 4" in capsys.readouterr().err

@@ -160,9 +160,9 @@ def _plan(dataset: str, profile: str, methods: list[str], seeds: list[int] | Non
     """Check every name and option, then load the data; fails before any training. With `recipe`, the
     profile's chosen recipe for the dataset lies under the given overrides (they win)."""
     check_methods(methods, options)
+    fold_list = protocol_folds(dataset, profile, split, folds)  # a bad fold is reported before anything else
     if recipe:
         data_overrides, train_overrides = profile_recipe(profile, dataset).under(data_overrides, train_overrides)
-    fold_list = protocol_folds(dataset, profile, split, folds)
     seeds = get_profile(profile).plan_for(resolve(dataset).name, split).seeds if seeds is None else seeds
     base_cfg = train_config(profile, dataset, **(train_overrides or {}))
     extra = data_overrides or {}  # e.g. a recipe's patch size (cgt.experiments.recipe)
