@@ -162,22 +162,22 @@ def random_logits(seed: int, n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_evaluate_logits_operating_points():
-    """evaluate_logits reports every operating point; last_exit costs exactly the full network; the
+    """evaluate_logits reports every operating point; full_network costs exactly the full network; the
     matched-cost points respect their budgets on validation; the budget curve's AUC is its mean."""
     val, y_val = random_logits(0)
     test, y_test = random_logits(1)
     m = evaluate_logits(val, y_val, test, y_test, COSTS, num_classes=4)
     points = m["operating_points"]
-    last = points["last_exit"]
+    last = points["full_network"]
     # risk-controlled points only where 120 validation samples can certify them (LTT at ε = 1 % needs 230)
-    assert list(points) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50",
+    assert list(points) == ["full_network", "paper_tau", "val_tolerance", "val_budget_30", "val_budget_40", "val_budget_50",
                             "risk_crc_1", "risk_crc_2", "risk_crc_5", "risk_ltt_2", "risk_ltt_5"]
     for name in ("risk_crc_1", "risk_crc_5", "risk_ltt_5"):
         point = points[name]
         assert len(set(point["thresholds"])) == 1 and 0 <= point["risk"]["test_loss"] <= 1
         # the controlled loss never exceeds the accuracy drop's upper bound: early wrong where the last is right
         assert point["risk"]["val_loss"] >= last["val"]["accuracy"] - point["val"]["accuracy"] - 1e-9
-    last = points["last_exit"]
+    last = points["full_network"]
     for split, (lg, y) in (("val", (val, y_val)), ("test", (test, y_test))):
         assert last[split]["avg_cost_relative"] == 1.0 and last[split]["avg_cost_flops"] == COSTS.full_network
         assert last[split]["exit_distribution"] == [0.0, 0.0, 1.0]
@@ -218,11 +218,11 @@ def test_metrics_table_one_row_per_operating_point():
         runs.append(m)
     table = metrics_table(runs)
     assert len(table) == 2 * (6 + 5 + 1)  # 6 points, 5 risk-controlled points (120 validation samples), auc
-    assert list(table["operating_point"][:4]) == ["last_exit", "paper_tau", "val_tolerance", "val_budget_30"]
+    assert list(table["operating_point"][:4]) == ["full_network", "paper_tau", "val_tolerance", "val_budget_30"]
     auc = table[(table.method == "hard_cgt") & (table.operating_point == "auc")].iloc[0]
     assert auc["accuracy"] == runs[1]["budget_curve"]["auc_accuracy"]
     assert set(table["method"]) == {"joint_uniform", "hard_cgt"}
-    row = table[(table.method == "hard_cgt") & (table.operating_point == "last_exit")].iloc[0]
+    row = table[(table.method == "hard_cgt") & (table.operating_point == "full_network")].iloc[0]
     assert row["avg_cost_relative"] == 1.0 and row["exit3_pct"] == 100.0
     assert {"f1_macro", "kappa", "exit1_pct", "exit1_acc", "oracle_accuracy"} <= set(table.columns)
     assert len(metrics_table(runs, split="val")) == 2 * (6 + 5)
@@ -250,7 +250,7 @@ def test_common_target_is_shared_by_every_method_of_a_seed():
             runs.append(EvaluatedRun(method, seed, run, m, COSTS))
     targets = add_common_target(runs)
     for seed in (0, 1):
-        best = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in runs
+        best = max(r.metrics["operating_points"]["full_network"]["val"]["accuracy"] for r in runs
                    if r.seed == seed and r.method != "hard_cgt")
         assert targets[seed] == pytest.approx(best - 0.005)
     for r in runs:
@@ -281,7 +281,7 @@ def test_with_folds_the_common_target_is_per_fold_and_seed_and_the_table_has_the
     assert sorted(targets) == [(0, 0), (3, 0)]
     for (fold, _), target in targets.items():
         base = next(r for r in runs if r.fold == fold and r.method == "joint_uniform")
-        assert target == pytest.approx(base.metrics["operating_points"]["last_exit"]["val"]["accuracy"] - 0.005)
+        assert target == pytest.approx(base.metrics["operating_points"]["full_network"]["val"]["accuracy"] - 0.005)
         assert all(r.metrics["operating_points"][COMMON_TARGET]["target"] == target for r in runs if r.fold == fold)
     table = metrics_table([r.metrics for r in runs])
     assert sorted(set(table["fold"])) == [0, 3] and table.columns[:4].tolist() == ["dataset", "method", "fold", "seed"]

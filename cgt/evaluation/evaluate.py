@@ -1,7 +1,7 @@
 """Evaluate a finished training run: thresholds fitted on validation, metrics reported on test.
 
 Operating points of every run (metrics.json):
-  * last_exit       — no early exit: the full network's prediction (reference accuracy);
+  * full_network    — no early exit: the full network's prediction (reference accuracy);
   * paper_tau       — the authors' fixed global τ = 0.9 (not fitted; labelled as such);
   * val_tolerance   — per-exit τ fitted on validation: cheapest within 0.5 points of this network's
                       own last exit (a per-method view: each method gets its own target);
@@ -79,9 +79,9 @@ def evaluate_logits(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: 
     # "never leave early" end), at exactly the full network's cost — it computes no early heads.
     never = [never_exit(cfg.policy)] * (num_exits - 1)
     last = {s: (l[-1].argmax(-1), torch.full((l.shape[1],), num_exits - 1)) for s, (l, _) in splits.items()}
-    points = {"last_exit": at(never, "no early exit", last)}
+    points = {"full_network": at(never, "no early exit", last)}
     for split in splits:
-        points["last_exit"][split] |= {"avg_cost_flops": costs.full_network, "avg_cost_relative": 1.0}
+        points["full_network"][split] |= {"avg_cost_flops": costs.full_network, "avg_cost_relative": 1.0}
     points["paper_tau"] = at([cfg.paper_tau] * (num_exits - 1),
                              f"fixed global tau = {cfg.paper_tau} (authors' value; not fitted)")
     fitted = candidates(val_logits, y_val, costs, cfg.policy)

@@ -152,7 +152,7 @@ def score_rows(candidate: str, fold: int | None, runs: list[EvaluatedRun], secon
     """The search table's rows of one candidate and fold: last-exit validation (and, reported only, test) scores."""
     rows = []
     for r in runs:
-        last = r.metrics["operating_points"]["last_exit"]
+        last = r.metrics["operating_points"]["full_network"]
         rows.append({"candidate": candidate, "fold": fold, "seed": r.seed,
                      "val_accuracy": last["val"]["accuracy"], "val_f1_macro": last["val"]["f1_macro"],
                      "test_accuracy": last["test"]["accuracy"], "test_f1_macro": last["test"]["f1_macro"],

@@ -285,7 +285,7 @@ def _evaluate(data: PreparedData, method: str, cell: Cell, run: TrainedRun, eval
         status = "cached" if run.cached else f"trained in {wall:.0f} s"
         tp = metrics["operating_points"]
         where = f"seed {seed}" + (f" fold {fold}" if fold is not None else "")
-        print(f"{data.name} {method} {where}: {status}; last-exit acc {tp['last_exit']['test']['accuracy']:.4f}, "
+        print(f"{data.name} {method} {where}: {status}; last-exit acc {tp['full_network']['test']['accuracy']:.4f}, "
               f"at tau {eval_cfg.paper_tau} acc {tp['paper_tau']['test']['accuracy']:.4f} "
               f"cost {tp['paper_tau']['test']['avg_cost_relative']:.3f} [run {_relative_run(run)}]")
     return EvaluatedRun(method, seed, run, metrics, costs, fold, data.counts()["train"])
@@ -325,7 +325,7 @@ def add_common_target(runs: list[EvaluatedRun], reference: list[str] = JOINT_BAS
         refs = [r for r in runs if cell(r) == key and r.method in reference]
         if not refs:
             continue
-        targets[key] = max(r.metrics["operating_points"]["last_exit"]["val"]["accuracy"] for r in refs) \
+        targets[key] = max(r.metrics["operating_points"]["full_network"]["val"]["accuracy"] for r in refs) \
             - eval_cfg.tolerance
         for r in runs:
             if cell(r) == key:

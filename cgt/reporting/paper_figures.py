@@ -68,7 +68,7 @@ class DatasetResults:
 
 
 MATCHED_COST_POINTS = [budget_point_name(b) for b in EvalConfig().budgets] + ["auc"]
-SUMMARY_POINTS = (COMMON_TARGET, "paper_tau", "last_exit", *MATCHED_COST_POINTS[:-1])
+SUMMARY_POINTS = (COMMON_TARGET, "paper_tau", "full_network", *MATCHED_COST_POINTS[:-1])
 VERDICT_POINTS = ("paper_tau", COMMON_TARGET)
 
 

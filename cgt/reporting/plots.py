@@ -131,7 +131,7 @@ def exit_distribution(table: pd.DataFrame, point: str = "paper_tau"):
 
 def per_exit_accuracy(table: pd.DataFrame):
     """Grouped bars: test accuracy of each exit on its own, per method (mean ± std over seeds)."""
-    df = table[table["operating_point"] == "last_exit"]
+    df = table[table["operating_point"] == "full_network"]
     acc_cols = sorted(c for c in df.columns if c.startswith("exit") and c.endswith("_acc"))
     long = df.melt(id_vars=["method", "seed"], value_vars=acc_cols, var_name="exit", value_name="exit accuracy")
     long["exit"] = long["exit"].str.replace("_acc", "").str.replace("exit", "exit ")

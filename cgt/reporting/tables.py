@@ -317,7 +317,7 @@ def risk_control_table(runs) -> pd.DataFrame:
     rows = []
     for r in runs:
         points = r.metrics["operating_points"]
-        last = points["last_exit"]["test"]["accuracy"]
+        last = points["full_network"]["test"]["accuracy"]
         for name, point in points.items():
             if "risk" not in point:
                 continue

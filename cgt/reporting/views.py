@@ -41,7 +41,7 @@ def cost_table(costs: ExitCosts) -> str:
 def exit_accuracy_table(runs: Sequence[EvaluatedRun]) -> pd.DataFrame:
     """Test accuracy of each exit on its own (no early exit) and the oracle, mean over seeds."""
     table = metrics_table([r.metrics for r in runs])
-    table = table[table["operating_point"] == "last_exit"]
+    table = table[table["operating_point"] == "full_network"]
     columns = [c for c in table.columns if c.startswith("exit") and c.endswith("_acc")] + ["oracle_accuracy"]
     means = table.groupby("method")[columns].mean()
     return means.reindex(display_order(means.index))
