@@ -80,7 +80,7 @@ def test_dask_local_cluster_is_bit_identical_to_a_serial_run(serial, tmp_path, m
 
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, raw_dir):
-    long = RunRequest("indian_pines", "smoke", "soft_cgt", 0, train_overrides={"epochs": 12})
+    long = RunRequest("indian_pines", "smoke", "soft_cgt", 0, train_overrides={"epochs": 6})
     # the uninterrupted reference, in this process
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "reference"))
     before = torch.get_num_threads()

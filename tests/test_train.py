@@ -327,7 +327,7 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
-EPOCHS = 12
+EPOCHS = 6  # long enough to be killed between checkpoints, short enough for CI
 COMMAND = [sys.executable, "-m", "cgt", "train", "--dataset", "indian_pines", "--method", "joint_uniform",
            "--profile", "smoke", "--epochs", str(EPOCHS), "--quiet"]
 
