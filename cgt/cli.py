@@ -305,7 +305,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: --latency-budget-us takes positive µs per sample (got {bad}) and --threads a positive count "
               f"(got {args.threads})", file=sys.stderr)
         return 2
-    out, digest = export_run(args.run, args.out, args.latency_budget_us, args.threads)
+    bad = [b for b in args.learned_budget if not 0 < b <= 1]
+    if bad:
+        print(f"error: --learned-budget takes relative costs in (0, 1] (the share of the full network's FLOPs); "
+              f"got {bad}", file=sys.stderr)
+        return 2
+    out, digest = export_run(args.run, args.out, args.latency_budget_us, args.threads, args.learned_budget)
     print(f"exported {args.run} -> {out} (the early-exit graph, one graph per exit segment, the plain network, "
           f"calibration samples; manifest.json with every file's sha256)")
     print(f"export digest: {digest}  (pin it: cgt.deployment.exported.load(DIR, digest=...); recorded in "
@@ -416,6 +421,9 @@ def parser() -> argparse.ArgumentParser:
                    help="add val_latency_<us> operating points: thresholds fitted on validation to a predicted time "
                         "per sample on this machine (batch 1, ONNX Runtime segments, measured at export)")
     p.add_argument("--threads", type=int, default=1, help="threads the latency time model is measured with")
+    p.add_argument("--learned-budget", type=float, nargs="*", default=[],
+                   help="carry the learned exit policy (fitted on the run's validation logits) with learned_budget_<pct> "
+                        "points: per-exit thresholds on its score, picked on validation for these relative costs")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="wall-clock speed-up of real early exit against its FLOPs prediction")

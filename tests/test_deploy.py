@@ -199,7 +199,7 @@ def test_a_calibration_table_given_at_load_decides_the_pass(small_export):
     assert model.chosen == {1: "segments", 256: "full"}
     assert model.pass_for(1) == "segments" and model.pass_for(64) == "full" and model.pass_for(4096) == "full"
     assert "batch 1: segments (30.0 us/sample, 1.33x the plain network)" in model.description
-    with pytest.raises(ValueError, match="needs a positive time for each of"):
+    with pytest.raises(ValueError, match="needs positive times for .full. and for at least one of"):
         deploy.load(small_export["folder"], calibration={1: {"full": 1e-6}})
     with pytest.raises(ValueError, match=r"unknown pass 'fast'; valid choices: \['auto', 'full', 'graph', 'segments'\]"):
         deploy.load(small_export["folder"], choose="fast")
@@ -237,6 +237,8 @@ def test_cli_export_refuses_a_missing_or_unfinished_run(tmp_path, capsys):
     (tmp_path / "unfinished").mkdir()
     assert cli.main(["export", "--run", str(tmp_path / "unfinished")]) == 2
     assert "is not a finished run" in capsys.readouterr().err
+    assert cli.main(["export", "--run", str(tmp_path / "unfinished"), "--learned-budget", "0.4", "0"]) == 2
+    assert "--learned-budget takes relative costs in (0, 1]" in capsys.readouterr().err
 
 
 def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeypatch, capsys):
@@ -247,7 +249,8 @@ def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeyp
     monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path / "runs"))
     (record,) = run_methods("indian_pines", "smoke", ["hard_cgt"], progress=False)
     run_dir = record.run.run_dir
-    assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "onnx"), "--latency-budget-us", "1e6"]) == 0
+    assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "onnx"), "--latency-budget-us", "1e6",
+                     "--learned-budget", "0.5"]) == 0
     out = capsys.readouterr().out
     digest = deploy.export_digest(tmp_path / "onnx")
     assert "exported" in out and f"export digest: {digest}" in out
@@ -260,6 +263,9 @@ def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeyp
     latency = json.loads((tmp_path / "onnx" / "latency.json").read_text())
     assert latency["points"]["val_latency_1000000"]["met"] and "val_latency_1000000" in manifest["thresholds"]
     assert latency["curve"]["device"].startswith("cpu") and len(latency["curve"]["test_accuracy"]) == 1
+    # the learned exit policy, fitted on the run's validation logits, rides along with its point
+    assert manifest["learned_policy"]["points"]["learned_budget_50"]["budget"] == 0.5
+    assert len(manifest["thresholds"]["learned_budget_50"]) == 2
     model = deploy.load(tmp_path / "onnx", point="val_tolerance", digest=digest, choose="segments")
     x = load_dataset("indian_pines", "smoke").x["test"]
     preds, exits = model.predict(x.numpy())
@@ -272,6 +278,86 @@ def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeyp
     assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "onnx2")]) == 2
     err = capsys.readouterr().err
     assert "metrics.json is not valid JSON" in err and "evaluate the run again" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a learned exit policy carried by the export
+@pytest.fixture(scope="module")
+def learned_export(fashion_mnist_run, tmp_path_factory):
+    """The Fashion-MNIST run exported with its learned exit policy (fitted on its validation logits) and the
+    policy's points at relative costs 0.4 and 0.6, beside one threshold point."""
+    from cgt.cost import exit_costs
+    from cgt.evaluation.learned_policy import learned_operating_points
+
+    run, data = fashion_mnist_run
+    learned, points = learned_operating_points(run.logits["val"], run.logits["y_val"],
+                                               exit_costs(run.model, data.input_shape), budgets=(0.4, 0.6))
+    folder = deploy.export_model(run.model, data.input_shape, tmp_path_factory.mktemp("learned"),
+                                 {"paper_tau": [0.9, 0.9]}, data.class_names, calibration_inputs=data.x["val"],
+                                 learned=learned, learned_points=points)
+    return {"model": run.model, "x": data.x["test"], "folder": folder, "learned": learned, "points": points}
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_a_learned_point_decides_as_evaluation_does_on_the_same_logits(learned_export, batch_size):
+    """ONNX Runtime by segments under the exported learned policy: the same predictions and exits as
+    cgt.inference.exits_from_logits (what evaluation scores) on the export's own logits, and the real PyTorch
+    pass agrees (float rounding between the engines may move a sample sitting on a threshold)."""
+    from cgt.inference import exits_from_logits
+
+    model = deploy.load(learned_export["folder"], point="learned_budget_40", choose="segments")
+    np.testing.assert_array_equal(model.learned.coef, learned_export["learned"].coef)
+    assert model.thresholds == learned_export["points"]["learned_budget_40"]["thresholds"]
+    x = learned_export["x"].numpy()
+    preds, exits = model.predict(x, batch_size=batch_size)
+    ref_preds, ref_exits = exits_from_logits(torch.from_numpy(np.stack(model.logits(x))), model.thresholds, model.learned)
+    np.testing.assert_array_equal(exits, ref_exits.numpy())
+    np.testing.assert_array_equal(preds, ref_preds.numpy())
+    assert len(set(exits.tolist())) > 1  # the budget sends samples out by more than one exit
+    real = early_exit_forward(learned_export["model"], learned_export["x"], model.thresholds, policy=model.learned)
+    assert (real.exit_index.numpy() == exits).mean() > 0.99
+
+
+def test_the_export_carries_the_learned_policy_verified_and_runs_it_only_where_it_can(learned_export, tmp_path):
+    """The coefficients are in the verified manifest (an edited weight is refused); a learned point has no
+    one-graph pass (refused by name; calibration times the plain network and segments only); the threshold
+    points of the same export keep all three passes."""
+    import shutil
+
+    folder, learned = learned_export["folder"], learned_export["learned"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format"] == deploy.FORMAT and manifest["learned_policy"]["coef"] == learned.coef.tolist()
+    assert manifest["learned_policy"]["points"] == {name: {"budget": p["budget"], "objective_met": p["objective_met"]}
+                                                    for name, p in learned_export["points"].items()}
+    with pytest.raises(ValueError, match="one-graph pass cannot run it"):
+        deploy.load(folder, point="learned_budget_60", choose="graph")
+    auto = deploy.load(folder, point="learned_budget_60")
+    assert all(set(times) == {"full", "segments"} for times in auto.calibration.values())
+    assert auto.pass_for(1) in ("full", "segments") and auto.pass_for(256) in ("full", "segments")
+    with pytest.raises(deploy.ExportError, match="one-graph pass"):
+        auto.predict_graph(learned_export["x"].numpy()[:2])
+    assert deploy.load(folder, point="paper_tau", choose="graph").learned is None
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    manifest["learned_policy"]["coef"][0][0] += 0.5
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(deploy.ExportError, match="does not match its own checksum"):
+        deploy.load(edited, point="learned_budget_60")
+
+
+def test_a_learned_policy_is_exported_only_whole_and_for_reachable_budgets(learned_export, fashion_mnist_run, tmp_path):
+    from cgt.cost import exit_costs
+    from cgt.evaluation.learned_policy import learned_operating_points
+
+    run, data = fashion_mnist_run
+    costs = exit_costs(run.model, data.input_shape)
+    with pytest.raises(ValueError, match="must be at least exit 1's relative cost"):
+        learned_operating_points(run.logits["val"], run.logits["y_val"], costs, budgets=(0.4, costs.relative[0] / 2))
+    with pytest.raises(deploy.ExportError, match="give both or neither"):
+        deploy.export_model(run.model, data.input_shape, tmp_path, {"paper_tau": [0.9, 0.9]}, data.class_names,
+                            learned=learned_export["learned"])
+    with pytest.raises(deploy.ExportError, match="have the names of threshold points"):
+        deploy.export_model(run.model, data.input_shape, tmp_path, {"learned_budget_40": [0.9, 0.9]}, data.class_names,
+                            learned=learned_export["learned"], learned_points=learned_export["points"])
 
 
 # ---------------------------------------------------------------- the time model and the chooser on hand-made timings
@@ -337,8 +423,12 @@ def test_chooser_takes_the_fastest_pass_and_ties_go_to_the_plain_network():
     table = {1: {}, 64: {}, 1024: {}}
     assert [chooser.nearest_batch_size(table, b) for b in (1, 2, 16, 100, 600, 5000)] == [1, 64, 64, 64, 1024, 1024]
     assert chooser.nearest_batch_size({1: {}}, 32) == 1 and chooser.nearest_batch_size({256: {}}, 1) == 256
-    with pytest.raises(ValueError, match="positive time for each of"):
-        chooser.choose_pass({"full": 1.0, "graph": 0.0, "segments": 1.0})
+    # a learned exit policy has no one-graph pass: the choice is among the passes timed
+    assert chooser.choose_pass({"full": 10.0, "segments": 9.0}) == "segments"
+    for bad in ({"full": 1.0, "graph": 0.0, "segments": 1.0}, {"full": 1.0}, {"graph": 1.0, "segments": 1.0},
+                {"full": 1.0, "segments": 1.0, "gpu": 0.5}):
+        with pytest.raises(ValueError, match="positive times for 'full' and for at least one of"):
+            chooser.choose_pass(bad)
 
 
 def test_latency_targets_read_the_records():

@@ -16,9 +16,13 @@ An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm 
   calibration.npz   validation inputs the loader times the passes on (optional)
   latency.json      the time model measured at export and the accuracy-vs-latency curve (optional)
   manifest.json     the policy, every operating point's thresholds (fitted on validation), class names,
-                    shapes, the sha256 of every other file, and its own checksum
+                    shapes, the sha256 of every other file, and its own checksum; optionally a learned
+                    exit policy (cgt.learned_policy): its per-exit coefficients and its learned_budget_* points
 A sample runs segment e + 1 only if exit e did not take it, exactly as
-cgt.inference.early_exit_forward does in PyTorch; the decision is cgt.policy's rule.
+cgt.inference.early_exit_forward does in PyTorch; the decision is cgt.policy's rule, or for a learned
+point the learned score of cgt.learned_policy (computed in Python from the segment's logits and the
+earlier exits' predictions — the one-graph pass scores max-softmax or entropy inside the graph, so a
+learned point runs by segments, or by the plain network when that is faster).
 
 Verification: `load` refuses an export whose manifest does not match its own checksum or any file its
 recorded sha256; the sha256 of manifest.json is therefore a digest of the whole export
@@ -44,12 +48,15 @@ from torch import nn
 
 from ..fileio import save_npz_atomic, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from ..inference import fuse_for_inference
+from ..learned_policy import LearnedPolicy
 from ..models import EarlyExitNet
 from ..policy import check_policy, check_thresholds, passes
 from . import chooser
 from .onnx_graphs import OPSET, ExportError, early_exit_graph, segment_graph
 
-FORMAT = "cgt-early-exit-onnx/3"  # /3: every file hashed, the manifest's own checksum, score outputs, calibration
+FORMAT = "cgt-early-exit-onnx/4"
+"""/3: every file hashed, the manifest's own checksum, score outputs, calibration; /4: a learned exit policy
+(a /3 reader would take a learned point's thresholds for max-softmax ones, so the format says it changed)."""
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.npz"
 LATENCY = "latency.json"
@@ -110,12 +117,26 @@ def verify(folder: str | Path, digest: str | None = None) -> dict[str, Any]:
 def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str | Path,
                  thresholds: dict[str, list[float]], class_names: list[str], policy: str = "max_softmax",
                  source: dict[str, Any] | None = None, calibration_inputs: np.ndarray | torch.Tensor | None = None,
-                 latency: dict[str, Any] | None = None) -> Path:
+                 latency: dict[str, Any] | None = None, learned: LearnedPolicy | None = None,
+                 learned_points: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the graphs, calibration.npz (the first CALIBRATION_SAMPLES of `calibration_inputs`, if given),
-    latency.json (if given) and manifest.json with every file's sha256 and its own; returns out_dir."""
+    latency.json (if given) and manifest.json with every file's sha256 and its own; returns out_dir.
+    learned, learned_points: a learned exit policy and its operating points {name: {"thresholds", "budget",
+    "objective_met"}} (cgt.evaluation.learned_policy.learned_operating_points), carried in the manifest."""
     check_policy(policy)
     for name, taus in thresholds.items():
         check_thresholds(taus, model.num_exits)
+    learned_points = learned_points or {}
+    if (learned is None) != (not learned_points):
+        raise ExportError("a learned exit policy is exported with its operating points (learned_points), and "
+                          "learned points with their policy: give both or neither")
+    if learned is not None:
+        learned.check_num_exits(model.num_exits)
+        clash = sorted(set(learned_points) & set(thresholds))
+        if clash:
+            raise ExportError(f"learned points {clash} have the names of threshold points; name them apart")
+        for point in learned_points.values():
+            check_thresholds(point["thresholds"], model.num_exits)
     out_dir = Path(out_dir)
     fused = fuse_for_inference(model).cpu().eval()  # Conv2d + BatchNorm2d folded
     sample = torch.zeros(1, *input_shape)
@@ -145,7 +166,11 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
     if latency is not None:
         write_json_atomic(out_dir / LATENCY, latency)
         files.append(LATENCY)
+    learned_record = None if learned is None else learned.to_dict() | {
+        "points": {name: {k: v for k, v in point.items() if k != "thresholds"} for name, point in learned_points.items()}}
+    thresholds = thresholds | {name: point["thresholds"] for name, point in learned_points.items()}
     manifest = {"format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds,
+                "learned_policy": learned_record,
                 "class_names": class_names, "input_shape": list(input_shape), "num_exits": model.num_exits,
                 "segments": segments, **{key: {"file": file} for key, (file, _) in graphs.items()},
                 "calibration": CALIBRATION if calibration_inputs is not None else None,
@@ -155,11 +180,13 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_budgets_us=(),
-               threads: int = 1) -> tuple[Path, str]:
+               threads: int = 1, learned_budgets=()) -> tuple[Path, str]:
     """Export a finished run of a built-in dataset (the network rebuilt from its recorded preparation
     parameters, thresholds from its metrics.json, calibration samples from its validation split);
     default output folder: <run_dir>/onnx. With latency budgets (µs per sample), the time model is
     measured here (batch 1, `threads`) and `val_latency_<µs>` points fitted on validation are added.
+    With learned budgets (relative cost, e.g. 0.4), the learned exit policy is fitted on the run's
+    validation logits and carried with its `learned_budget_<pct>` points, picked on validation.
     Returns the folder and the export's digest (also recorded in <run_dir>/exports.json)."""
     from ..cost import exit_costs
     from ..data import BUILTIN, DataConfig
@@ -209,8 +236,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
         latency = {"points": points, "curve": latency_curve(lg["val"], lg["y_val"], lg["test"], lg["y_test"], times,
                                                             exit_costs(run.model, data.input_shape), latency_budgets_us,
                                                             machine, policy)}
+    learned, learned_points = None, None
+    if learned_budgets:
+        from ..evaluation.learned_policy import learned_operating_points
+
+        learned, learned_points = learned_operating_points(run.logits["val"], run.logits["y_val"],
+                                                           exit_costs(run.model, data.input_shape), learned_budgets)
     out = export_model(run.model, data.input_shape, out_dir or run_dir / "onnx", thresholds, data.class_names,
-                       policy, source, calibration_inputs=x_val, latency=latency)
+                       policy, source, calibration_inputs=x_val, latency=latency, learned=learned,
+                       learned_points=learned_points)
     digest = export_digest(out)
     record_path = run_dir / "exports.json"
     records = read_json_named(record_path, "delete it (it only lists past exports)") if record_path.exists() else {}
@@ -283,6 +317,9 @@ class OnnxEarlyExit:
     """{batch size: {pass: seconds per sample}} measured at load (or given); empty when not calibrated."""
     forced: str | None = None
     """A pass named at load ('graph', 'segments', 'full') instead of the calibrated choice."""
+    learned: LearnedPolicy | None = None
+    """The learned exit policy when the point in use is one of its points: exits decide on its score, computed
+    in Python from each segment's logits (the one-graph pass cannot run it)."""
 
     def __post_init__(self):
         self._threshold_array = np.asarray(self.thresholds, np.float32)
@@ -336,6 +373,9 @@ class OnnxEarlyExit:
     # ------------------------------------------------ the three passes
     def predict_graph(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """The early-exit pass by early_exit.onnx, batch_size samples per call."""
+        if self.learned is not None:
+            raise ExportError("the one-graph pass scores max-softmax or entropy inside the graph; a learned point "
+                              "runs by segments (predict_segments) or the plain network")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if batch_size == 1:
             bound = self._bound_graph or self._bind_graph()
@@ -357,6 +397,8 @@ class OnnxEarlyExit:
         """The early-exit pass with one session call per exit segment and the exit decisions in Python."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
+        if self.learned is not None:
+            return self._predict_segments_learned(x, batch_size, preds, exits)
         if batch_size == 1:
             one = self._predict_one
             for i in range(len(x)):
@@ -373,6 +415,29 @@ class OnnxEarlyExit:
                 exits[pending[done]] = e
                 if done.all():
                     break
+                h, pending = h[~done], pending[~done]
+        return preds, exits
+
+    def _predict_segments_learned(self, x: np.ndarray, batch_size: int, preds: np.ndarray,
+                                  exits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """predict_segments under the learned policy: exit e decides with cgt.learned_policy's score (the very
+        function evaluation uses on cached logits) from its logits and the earlier exits' predictions."""
+        last, learned = len(self.sessions) - 1, self.learned
+        for start in range(0, len(x), batch_size):
+            h = x[start:start + batch_size]
+            pending, earlier = np.arange(start, start + len(h)), np.empty((0, len(h)), np.int64)
+            for e, session in enumerate(self.sessions):
+                h, logits, prediction = session.run(["features_out", "logits", "prediction"], {"features": h})
+                if e == last:
+                    done = np.ones(len(h), bool)
+                else:
+                    score = learned.score_exit(e, torch.from_numpy(logits), torch.from_numpy(earlier))
+                    done = (score >= float(self._threshold_array[e])).numpy()
+                preds[pending[done]] = prediction[done]
+                exits[pending[done]] = e
+                if done.all():
+                    break
+                earlier = np.concatenate([earlier, prediction[None]])[:, ~done]
                 h, pending = h[~done], pending[~done]
         return preds, exits
 
@@ -473,6 +538,8 @@ class OnnxEarlyExit:
             runs = {"full": lambda a, b: self.predict_full(xs[a:b], batch_size),
                     "graph": lambda a, b: self.predict_graph(xs[a:b], batch_size),
                     "segments": lambda a, b: self.predict_segments(xs[a:b], batch_size)}
+            if self.learned is not None:  # the one-graph pass cannot run a learned point
+                del runs["graph"]
             estimate, _ = interleaved_times(runs, len(xs), batch_size, repeats)
             table[batch_size] = {p: float(t) for p, t in zip(runs, estimate)}
         self.calibration, self._dispatch = table, {}
@@ -491,7 +558,8 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
     """Load an export (every file verified, see `verify`; `digest` pins the whole export), with the
     thresholds of `point`. choose='auto' runs, per batch size, the fastest pass timed on the export's
     calibration samples (or `calibration_inputs`; a `calibration` table given is used as is); or name a
-    pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set)."""
+    pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set).
+    A learned_budget_* point decides with the export's learned exit policy (by segments or the plain network)."""
     import onnxruntime as ort
 
     if choose not in ("auto", *chooser.PASSES):
@@ -512,15 +580,26 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
     def session(file: str):
         return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
 
+    learned_record = manifest.get("learned_policy") or {}
+    learned = None
+    if point in learned_record.get("points", {}):
+        if choose == "graph":
+            raise ValueError(f"point {point!r} is the learned exit policy's; the one-graph pass cannot run it; "
+                             f"valid choices: {['auto', 'segments', 'full']}")
+        learned = LearnedPolicy.from_dict(learned_record)
+        learned.check_num_exits(manifest["num_exits"])
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
     model = OnnxEarlyExit(session(manifest["early_exit"]["file"]), [session(seg["file"]) for seg in manifest["segments"]],
                           session(manifest["full_network"]["file"]), manifest, taus, threads,
-                          forced=None if choose == "auto" else choose)
+                          forced=None if choose == "auto" else choose, learned=learned)
     if choose == "auto":
         if calibration is not None:
             for times in calibration.values():
                 chooser.check_times(times)
-            model.calibration, model._dispatch = {int(b): dict(t) for b, t in calibration.items()}, {}
+            # a learned point has no one-graph pass: its time in a given table cannot be chosen
+            model.calibration = {int(b): {p: t for p, t in times.items() if not (learned and p == "graph")}
+                                 for b, times in calibration.items()}
+            model._dispatch = {}
         else:
             if calibration_inputs is None and manifest.get("calibration"):
                 calibration_inputs = _read_npz(folder / manifest["calibration"])["x"]

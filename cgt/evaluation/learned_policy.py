@@ -6,6 +6,7 @@ max-softmax thresholds at the same budgets — from a finished run's cached logi
     # one row per (policy ∈ {threshold, learned}, budget): the per-exit thresholds each picks on
     # validation for that budget (cgt.evaluation.thresholds.pick, as evaluate's val_budget_* points),
     # and its test metrics, in the columns of evaluate.metrics_table plus `policy` and `budget`
+    policy, points = learned_operating_points(val_logits, y_val, costs)  # what an ONNX export carries
 
 Why "correct" is the default target: the exit decision is there to trade accuracy for cost, and
 "this exit is right" is exactly what an early exit contributes to accuracy; it is also what the
@@ -86,6 +87,39 @@ def fit_learned_policy(val_logits: torch.Tensor, y_val: torch.Tensor, target: st
             for e in range(val_logits.shape[0] - 1)]
     return LearnedPolicy(np.stack([w for w, _ in fits]), np.array([b for _, b in fits]), target,
                          tuple(int(k) for k in torch.unique(y_val).tolist()))
+
+
+LEARNED_POINT_PREFIX = "learned_budget_"
+
+
+def learned_point_name(budget: float) -> str:
+    """The operating point of the learned policy at a relative-cost budget (beside evaluate's val_budget_*)."""
+    return budget_point_name(budget).replace("val_budget_", LEARNED_POINT_PREFIX, 1)
+
+
+def learned_operating_points(val_logits: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts,
+                             budgets=(0.3, 0.4, 0.5), target: str = "correct",
+                             per_exit: int = 24) -> tuple[LearnedPolicy, dict[str, dict]]:
+    """The learned policy fitted on validation and, per relative-cost budget, its per-exit thresholds picked on
+    validation exactly as compare_policies' learned rows: (policy, {learned_budget_<pct>: {"budget",
+    "thresholds", "objective_met"}}) — what an export carries (cgt.deployment.exported). A budget below exit
+    1's relative cost cannot be reached by any setting and is refused, before any fitting."""
+    _check_split(val_logits, y_val, "validation")
+    if len(costs.relative) != val_logits.shape[0]:
+        raise ValueError(f"the costs have {len(costs.relative)} exits, the validation logits {val_logits.shape[0]}: "
+                         f"they must come from one model")
+    unreachable = [b for b in budgets if not b >= costs.relative[0] - 1e-12]
+    if unreachable or not budgets:
+        raise ValueError(f"budgets {list(budgets)}: each must be at least exit 1's relative cost "
+                         f"{costs.relative[0]:.4f} (no setting is cheaper than everyone leaving there)")
+    learned = fit_learned_policy(val_logits, y_val, target)
+    fitted = candidates(val_logits, y_val, costs, learned, per_exit)
+    points = {}
+    for budget in budgets:
+        taus, met = pick(fitted, "budget", budget=budget)
+        points[learned_point_name(budget)] = {"budget": float(budget), "thresholds": [float(t) for t in taus],
+                                              "objective_met": bool(met)}
+    return learned, points
 
 
 def _budget_rows(policy: ExitPolicy, name: str, splits: dict, costs: ExitCosts, num_classes: int,
