@@ -45,6 +45,7 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     assert executed == sorted([f"{nb}-{ds}.ipynb" for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")
                                for ds in ("fashion_mnist", "indian_pines", "indian_pines-spatial", "indian_pines-blocked")]
                               + ["06_ablations-fashion_mnist.ipynb", "06_ablations-indian_pines-blocked.ipynb"]
+                              + ["07_learned_policy-fashion_mnist.ipynb", "07_learned_policy-indian_pines-blocked.ipynb"]
                               + ["04_figures.ipynb"])
     figures = runs / "smoke" / "figures"
     for table in ("split_comparison", "spatial_split_counts"):
@@ -99,10 +100,10 @@ def test_second_run_trains_nothing_and_a_truncated_artifact_is_redone(first_run)
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", runs_dir=runs).stdout
     assert sum(trained_counts(log)) == 0, log
     # nothing changed since: every step is skipped, and says so
-    assert log.count(": skipped") == 14 and ": running" not in log, log
+    assert log.count(": skipped") == 15 and ": running" not in log, log
     log = cgt_cli("paper", "--profile", "smoke", "--dataset", "indian_pines", "--force-step", "04_figures",
                   runs_dir=runs).stdout
-    assert log.count(": skipped") == 13 and "04_figures: running, because --force-step" in log, log
+    assert log.count(": skipped") == 14 and "04_figures: running, because --force-step" in log, log
 
 
 @pytest.mark.slow
@@ -172,11 +173,12 @@ def test_pipeline_plan_validates_names():
     steps = plan("smoke", ["indian_pines"])
     assert [s.label for s in steps] == [f"{nb} [indian_pines{split}]" for split in ("", "-spatial", "-blocked")
                                         for nb in ("00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt")] + [
-        "06_ablations [indian_pines-blocked]", "04_figures"]
+        "06_ablations [indian_pines-blocked]", "07_learned_policy [indian_pines-blocked]", "04_figures"]
     assert steps[4].parameters["split"] == "spatial" and steps[-1].parameters["spatial"] == ["indian_pines"]
     # the blocked protocol runs the folds the profile plans (smoke: fold 0 only)
     assert steps[8].parameters == {"profile": "smoke", "dataset": "indian_pines", "split": "blocked", "folds": [0]}
     assert steps[-1].parameters["blocked"] == ["indian_pines"]
+    assert steps[-2].parameters == {"profile": "smoke", "dataset": "indian_pines", "split": "blocked", "fold": 0}
     assert all("split" not in s.parameters for s in plan("smoke", ["fashion_mnist"]))
 
 
@@ -208,7 +210,7 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 1 + 19 and first["wall_time_s"] > 0  # the workers' training step, then the notebooks
+    assert len(first["steps"]) == 1 + 21 and first["wall_time_s"] > 0  # the workers' training step, then the notebooks
     assert first["steps"][0]["step"] == "training runs (2 workers)"
     assert sum(s["runs_trained"] for s in first["steps"]) == 76  # as counted in the first test
     assert {"commit", "dirty"} <= set(first["git"])

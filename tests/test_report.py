@@ -186,17 +186,23 @@ def test_the_timing_sentence_tells_the_runner_stage_from_the_notebooks():
 def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):
     import json
 
-    (tmp_path / "pipeline_workers_quick.json").write_text(json.dumps(
-        {"profile": "quick", "device": "cpu: x86_64, 2 threads", "git": {"commit": "1234567abc"},
-         "rows": [{"workers": 1, "wall_s": 900.0}, {"workers": 2, "wall_s": 600.0}], "speedup": 1.5}))
+    record = {"profile": "quick", "device": "cpu: x86_64, 2 threads", "git": {"commit": "1234567abc"},
+              "rows": [{"workers": 1, "wall_s": 900.0}, {"workers": 2, "wall_s": 600.0}], "speedup": 1.5}
+    # a record from before the one-thread rule (no threads_per_cpu_run) says so, and how to measure again
+    (tmp_path / "pipeline_workers_quick.json").write_text(json.dumps(record))
     text = "\n".join(results_pages.scaling_section(tmp_path))
-    assert "serially 15.0 min, with `--workers 2` 10.0 min (1.50× faster)." in text and "Less than" not in text
+    assert "serially 15.0 min, with `--workers 2` 10.0 min (1.50× faster)." in text
+    assert "earlier thread rule" in text and "cgt scaling --pipeline quick --workers 2" in text
+    (tmp_path / "pipeline_workers_quick.json").write_text(json.dumps(record | {"threads_per_cpu_run": 1}))
+    text = "\n".join(results_pages.scaling_section(tmp_path))
+    assert "earlier thread rule" not in text and "Less than" not in text
     # beside a run-list measurement on the same kind of machine that gained more, the gap is explained
     rows = [{"workers": n, "runs": 16, "wall_s": w, "mean_run_s": 6.0, "speedup_vs_1_worker": sp}
             for n, w, sp in ((1, 100.0, 1.0), (2, 54.3, 1.84))]
     (tmp_path / "runner_scaling.json").write_text(json.dumps(
         {**_gpu_record([1, 1])["runner_scaling"], "rows": rows, "device": "cpu", "cpu_cores": 2, "git": {"commit": "1"}}))
-    assert "Less than the 1.84× of the run list above" in "\n".join(results_pages.scaling_section(tmp_path))
+    text = "\n".join(results_pages.scaling_section(tmp_path))
+    assert "Less than the 1.84× of the run list above" in text and "execute one after another either way" in text
 
 
 def test_the_ablation_part_names_its_grid_and_shows_gating_beside_routing(tmp_path):

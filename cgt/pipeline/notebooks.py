@@ -40,6 +40,9 @@ from .stepcache import StepCache, runs_read
 PER_DATASET = ["00_data", "01_baselines", "02_hard_cgt", "03_soft_cgt"]
 ABLATIONS = ["06_ablations"]
 """Per dataset, on its primary protocol (blocked cross-validation where planned), after the training notebooks."""
+POLICIES = ["07_learned_policy"]
+"""Per dataset, on its primary protocol's first replicate (blocked: the first planned fold): the learned exit
+policy against the thresholds on runs the training notebooks left; trains nothing."""
 ONCE = ["04_figures"]
 
 
@@ -121,6 +124,11 @@ def plan(profile: str, datasets: list[str] | None = None, force: bool = False) -
                         **({"split": "blocked", "folds": get_profile(profile).plan_for(ds, "blocked").folds}
                            if ds in blocked else {})})
               for ds in datasets if ds in BUILTIN for nb in ABLATIONS]
+    # the learned policy reads one replicate of the primary protocol: blocked, the first planned fold (None: all, so 0)
+    steps += [Step(nb, {"profile": profile, "dataset": ds,
+                        **({"split": "blocked", "fold": (get_profile(profile).plan_for(ds, "blocked").folds or [0])[0]}
+                           if ds in blocked else {})})
+              for ds in datasets if ds in BUILTIN for nb in POLICIES]
     steps += [Step(nb, {"profile": profile, "datasets": datasets, "spatial": spatial, "blocked": blocked})
               for nb in ONCE]
     return steps
@@ -139,7 +147,7 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     so workers change the wall time, never a result."""
     import papermill as pm
 
-    valid = PER_DATASET + ABLATIONS + ONCE
+    valid = PER_DATASET + ABLATIONS + POLICIES + ONCE
     unknown = sorted(set(force_steps or []) - set(valid))
     if unknown:
         raise ValueError(f"unknown step(s) {unknown} for --force-step; valid choices: {valid}")

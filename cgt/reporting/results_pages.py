@@ -372,12 +372,15 @@ def scaling_section(fig_dir: Path) -> list[str]:
         text = (f"The whole `{r['profile']}` pipeline from nothing (`figures/{path.name}`; {r['device']}, commit "
                 f"`{(r['git'].get('commit') or 'unknown')[:7]}`): serially {serial['wall_s'] / 60:.1f} min, with "
                 f"`--workers {parallel['workers']}` {parallel['wall_s'] / 60:.1f} min ({r['speedup']:.2f}× faster).")
-        if same_machine.get(parallel["workers"], 0) > r["speedup"]:
-            text += (f" Less than the {same_machine[parallel['workers']]:.2f}× of the run list above, which compares "
-                     "1-thread workers with *one* 1-thread worker: a serial pipeline already trains each run on every "
-                     "core as intra-op threads, so workers gain only what several 1-thread processes do better than "
-                     "one multi-threaded run, and the notebooks (evaluation, tables, figures) execute one after "
-                     "another either way.")
+        if "threads_per_cpu_run" not in r:  # measured before every CPU run trained with one thread
+            text += (" Measured under the earlier thread rule: the serial pipeline then trained each run on every "
+                     "core as intra-op threads, so workers gained only what several 1-thread processes do better "
+                     "than one multi-threaded run. Every CPU run now trains with one thread however it is "
+                     "scheduled; `python -m cgt scaling --pipeline quick --workers 2` measures the comparison again.")
+        elif same_machine.get(parallel["workers"], 0) > r["speedup"]:
+            text += (f" Less than the {same_machine[parallel['workers']]:.2f}× of the run list above: the training "
+                     "runs spread over the workers, but the notebooks (evaluation, tables, figures) execute one "
+                     "after another either way.")
         parts += [text, ""]
     return parts
 
