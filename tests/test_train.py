@@ -328,8 +328,14 @@ def test_last_exit_backbone_gradient_is_the_plain_networks(ip_data):
 
 # ---------------------------------------------------------------- resume after SIGKILL
 EPOCHS = 6  # long enough to be killed between checkpoints, short enough for CI
-COMMAND = [sys.executable, "-m", "cgt", "train", "--dataset", "indian_pines", "--method", "joint_uniform",
-           "--profile", "smoke", "--epochs", str(EPOCHS), "--quiet"]
+
+
+def _command(epochs: int = EPOCHS) -> list[str]:
+    return [sys.executable, "-m", "cgt", "train", "--dataset", "indian_pines", "--method", "joint_uniform",
+            "--profile", "smoke", "--epochs", str(epochs), "--quiet"]
+
+
+COMMAND = _command()
 
 
 def _env(runs: Path) -> dict[str, str]:
@@ -338,8 +344,8 @@ def _env(runs: Path) -> dict[str, str]:
     return os.environ | {"CGT_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
 
 
-def _start(runs: Path) -> subprocess.Popen:
-    return subprocess.Popen(COMMAND, cwd=ROOT, env=_env(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _start(runs: Path, epochs: int = EPOCHS) -> subprocess.Popen:
+    return subprocess.Popen(_command(epochs), cwd=ROOT, env=_env(runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -434,15 +440,18 @@ def test_two_identical_commands_train_the_run_once(tmp_path):
 def test_a_waiter_takes_over_a_run_whose_holder_was_killed_and_resumes_it(tmp_path):
     """A second command waits on the run's lock; the holder is SIGKILLed; the kernel releases its lock, and
     the waiter resumes the run from the holder's last checkpoint, ending bit-identical to a clean run."""
-    clean = _start(tmp_path / "clean")  # the uninterrupted reference, in parallel
-    holder = _start(tmp_path / "killed")
+    # The holder must still be training when the waiter, a new process, has started and reached the lock: an
+    # epoch takes a few seconds and a process start ten or more under load, hence more epochs than the others.
+    epochs = 3 * EPOCHS
+    clean = _start(tmp_path / "clean", epochs)  # the uninterrupted reference, in parallel
+    holder = _start(tmp_path / "killed", epochs)
     pattern = str(tmp_path / "killed" / "smoke" / "indian_pines" / "joint_uniform" / "seed0-*" / "checkpoint.pt")
     deadline = time.monotonic() + 150
     while not glob.glob(pattern):
         assert holder.poll() is None, f"run ended before it could be killed: {holder.communicate()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    waiter = _start(tmp_path / "killed")
+    waiter = _start(tmp_path / "killed", epochs)
     waiter_err = _stderr_lines(waiter)
     while not any("another process is training this run; waiting for it" in line for line in waiter_err):
         assert holder.poll() is None, "the holder finished before the waiter reached the lock"
