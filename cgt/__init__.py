@@ -35,13 +35,15 @@ Upstairs — the machinery, floor by floor (each floor imports only the ones bel
                    chosen on validation (recipe)
     pipeline/      running it all: the notebooks through papermill (notebooks), which steps can be skipped
                    (stepcache), the training-run runner for local workers or Dask (runner), its scaling
-                   (scaling), committed-notebook hygiene (nbtools), the GPU path timed (cuda_check)
+                   (scaling), finished runs trained again and compared bit for bit (reproduce),
+                   committed-notebook hygiene (nbtools), the GPU path timed (cuda_check)
     deployment/    a run exported to ONNX and verified whole (onnx_graphs, exported), the pass that runs (chooser),
                    cost in time and latency budgets (timecost, timing), the wall-clock benchmark (bench)
     reporting/     tables over seeds and verdict tables (tables), figures (plots, dataviz, paper_figures),
                    the notebooks' shared views (views), the README's results (readme)
 
-On the roof: cli — `python -m cgt data | split | train | paper | scaling | publish | results | export | bench`.
+On the roof: cli — `python -m cgt data | split | train | paper | scaling | reproduce | publish | results | export |
+bench`.
 
 This file holds the map and no code: training runs are keyed by the source of the modules they
 execute (cgt.runs.code_version), and this one is left out of that key.

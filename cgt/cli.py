@@ -1,4 +1,4 @@
-"""Command line: `python -m cgt data|split|train|paper|scaling|publish|results|export|bench ...` (see --help of each).
+"""Command line: `python -m cgt data|split|train|paper|scaling|reproduce|publish|results|export|bench ...` (see --help of each).
 
 Every sub-command checks its arguments before any work; a bad value ends with one line on stderr,
 `error: argument --flag: ...` naming the valid choices, and exit status 2 (no traceback, nothing
@@ -219,6 +219,16 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .pipeline.reproduce import RECORD, reproduce
+
+    record = reproduce(args.profile, args.runs, args.draw_seed)
+    same = sum(not r["differing"] for r in record["rows"])
+    print(f"{same} of {len(record['rows'])} run(s) trained again are bit-identical to the finished ones "
+          f"(drawn from {record['finished_runs']} finished); runs/{args.profile}/{RECORD} written")
+    return 0 if record["identical"] else 1
+
+
 def cmd_scaling(args: argparse.Namespace) -> int:
     from .experiments.paths import project_root
     from .pipeline.scaling import measure, pipeline_comparison
@@ -394,6 +404,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None, choices=profiles,
                    help="instead: the whole pipeline of this profile from nothing, serial vs --workers N")
     p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("reproduce", help="train a few finished runs again from nothing and compare them bit for bit")
+    p.add_argument("--profile", default="paper", choices=profiles)
+    p.add_argument("--runs", type=positive_int, default=2, help="how many finished runs to train again")
+    p.add_argument("--draw-seed", type=int, default=0, help="seed of the random draw of runs")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("publish", help="copy the executed notebooks (with outputs) and HTML exports to paper/")
     p.add_argument("--profile", default="paper", choices=profiles)

@@ -222,3 +222,35 @@ def test_a_run_landing_in_another_folder_than_planned_is_an_error(tmp_path):
     runner._same_run({"run": "/elsewhere/smoke/indian_pines/hard_cgt/seed0-aaaa"}, planned)  # same run, other mount
     with pytest.raises(RunnerError, match="the worker's cgt code differs"):
         runner._same_run({"run": str(planned.with_name("seed0-bbbb"))}, planned)
+
+
+# ---------------------------------------------------------------- finished runs trained again (python -m cgt reproduce)
+def test_differing_tensors_names_every_difference():
+    from cgt.pipeline.reproduce import differing_tensors
+
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5]), "only_a": torch.zeros(1)}
+    b = {"w": torch.tensor([1.0, 2.0 + 2 ** -20]), "b": torch.tensor([0.5], dtype=torch.float64), "only_b": torch.zeros(1)}
+    assert differing_tensors(a, b) == ["only_a", "only_b", "b", "w"]
+    assert differing_tensors(a, {k: v.clone() for k, v in a.items()}) == []
+
+
+@pytest.mark.slow
+def test_a_finished_run_trained_again_is_bit_identical(tmp_path, monkeypatch, capsys):
+    """`python -m cgt reproduce` on the smoke profile: one finished planned run, trained again in a temporary folder
+    by the runner, has the same weights and logits; its record names it; a bad count is refused first."""
+    from cgt import cli
+    from cgt.pipeline.reproduce import RECORD, finished_runs, reproduce
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="no finished planned run"):
+        reproduce("smoke", 1)
+    planned = RunRequest("indian_pines", "smoke", "hard_cgt", 0)  # notebook 02's run, at the profile's own epochs
+    runner.train_all([planned], workers=1, log=lambda _: None)
+    assert [r.label for r, _ in finished_runs("smoke")] == [planned.label]
+    assert cli.main(["reproduce", "--profile", "smoke", "--runs", "3"]) == 0
+    assert "1 of 1 run(s) trained again are bit-identical" in capsys.readouterr().out
+    record = json.loads((tmp_path / "smoke" / RECORD).read_text())
+    assert record["identical"] and record["rows"][0]["differing"] == [] and record["rows"][0]["tensors"] > 10
+    assert list((tmp_path / "smoke").rglob("complete.json")) == [p / "complete.json" for _, p in finished_runs("smoke")]
+    with pytest.raises(ValueError, match="count=0"):
+        reproduce("smoke", 0)

@@ -64,7 +64,7 @@ def measure(worker_counts: list[int], out: str, runs: int = 16, epochs: int = 5)
         check_workers(n)
     if runs < 1 or epochs < 1:
         raise ValueError(f"runs={runs} and epochs={epochs} must be ≥ 1")
-    record = {**_this_machine(), **runner_scaling(worker_counts, runs, epochs)}
+    record = {**this_machine(), **runner_scaling(worker_counts, runs, epochs)}
     write_json_atomic(out, record)
     return record
 
@@ -90,13 +90,13 @@ def pipeline_comparison(profile: str, workers: int, out: str, datasets: list[str
             run_pipeline(profile, datasets, workers=n, log=lambda line: print(f"[{n} worker(s)] {line}", flush=True))
             rows.append({"workers": n, "wall_s": round(time.perf_counter() - t0, 1)})
     # the thread rule the comparison ran under: what the results page explains the speed-up with
-    record = {**_this_machine(), "profile": profile, "datasets": datasets or "all", "rows": rows,
+    record = {**this_machine(), "profile": profile, "datasets": datasets or "all", "rows": rows,
               "speedup": round(rows[0]["wall_s"] / rows[1]["wall_s"], 2), "threads_per_cpu_run": CPU_TRAINING_THREADS}
     write_json_atomic(out, record)
     return record
 
 
-def _this_machine() -> dict:
+def this_machine() -> dict:
     """When, at which commit and on what CPU a measurement was taken (the head of every artifact here)."""
     from datetime import datetime, timezone
 
