@@ -111,6 +111,10 @@ def test_package_version_follows_every_module(tmp_path):
     before = stepcache.package_version(tmp_path)
     (tmp_path / "sub" / "b.py").write_text("y = 3")
     assert stepcache.package_version(tmp_path) != before
+    # by default the whole cgt package, every storey: an edit upstairs or on the ground floor re-runs the steps
+    import cgt
+
+    assert stepcache.package_version() == stepcache.package_version(Path(cgt.__file__).parent)
 
 
 def test_unknown_force_step_is_refused_with_the_choices():

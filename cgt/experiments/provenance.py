@@ -1,6 +1,7 @@
 """Provenance sidecars: what produced an artifact, so every number can be traced back."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -32,6 +33,16 @@ def git_state() -> dict[str, Any]:
     # otherwise mark every artifact after its first as "with uncommitted changes".
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_version(package_dir: Path | None = None) -> str:
+    """Hash of every module of the cgt package (paths and contents): what a pipeline step or a run's evaluation
+    was computed with (training runs have their own, narrower key: cgt.runs.code_version)."""
+    package_dir = package_dir or Path(__file__).resolve().parents[1]  # cgt/, not this subpackage
+    h = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        h.update(str(path.relative_to(package_dir)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str | None]:

@@ -8,7 +8,6 @@ records them; the next pipeline compares and says, per step, why it runs or that
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,19 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments.paths import project_root
-from ..experiments.provenance import project_relative
+from ..experiments.provenance import package_version, project_relative
 from ..fileio import read_json, sha256_file, write_json_atomic
 
 RECORD = "steps.json"
-
-
-def package_version(package_dir: Path | None = None) -> str:
-    """Hash of every module of the cgt package (paths and contents)."""
-    package_dir = package_dir or Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        h.update(str(path.relative_to(package_dir)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def run_state(run_dir: Path) -> str | None:
