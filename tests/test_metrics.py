@@ -288,3 +288,39 @@ def test_with_folds_the_common_target_is_per_fold_and_seed_and_the_table_has_the
     # metrics written before folds existed (no "fold" key) read as fold None
     del runs[0].metrics["run"]["fold"]
     assert metrics_table([runs[0].metrics])["fold"].isna().all()
+
+
+def test_a_run_is_evaluated_once_per_code_version_and_settings(tmp_path, monkeypatch):
+    """Loading a finished run again reuses its metrics.json (evaluate_run not called) when the run's artifacts, the
+    evaluation settings and the cgt source are what it was computed from and the file is intact; any of them
+    changed, it is evaluated again."""
+    from cgt.experiments import train_evaluate
+    from cgt.experiments.train_evaluate import EVALUATION_RECORD, load_finished, run_methods
+
+    monkeypatch.setenv("CGT_RUNS_DIR", str(tmp_path))
+    (first,) = run_methods("indian_pines", "smoke", ["joint_uniform"], train_overrides={"epochs": 1}, progress=False)
+    assert (first.run.run_dir / EVALUATION_RECORD).exists()
+    calls = []
+    evaluate = train_evaluate.evaluate_run
+
+    def counted(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("cfg"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_evaluate, "evaluate_run", counted)
+
+    def load(eval_cfg=EvalConfig()):
+        (again,) = load_finished("indian_pines", "smoke", ["joint_uniform"], train_overrides={"epochs": 1},
+                                 eval_cfg=eval_cfg)
+        return again.metrics
+
+    assert load() == first.metrics and calls == []  # from the cache: the same metrics, nothing computed
+    metrics = first.run.run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text()[:100])  # cut short: computed again, never trusted
+    assert load() == first.metrics and len(calls) == 1
+    assert load() == first.metrics and len(calls) == 1  # and cached again
+    other = load(EvalConfig(paper_tau=0.8))  # other settings: computed, and they show
+    assert len(calls) == 2 and other["operating_points"]["paper_tau"] != first.metrics["operating_points"]["paper_tau"]
+    assert load() == first.metrics and len(calls) == 3  # one evaluation is kept per run: the latest
+    monkeypatch.setattr(train_evaluate, "package_version", lambda: "edited")  # the code changed: computed
+    assert load() == first.metrics and len(calls) == 4

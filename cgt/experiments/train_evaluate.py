@@ -21,6 +21,7 @@ from .. import distributed
 from ..cost import ExitCosts, exit_costs
 from ..data import BUILTIN, PreparedData, load, resolve
 from ..evaluation.evaluate import EvalConfig, common_target_point, evaluate_run
+from ..fileio import read_json, sha256_bytes, sha256_file, write_json_atomic
 from ..methods import BASELINES, JOINT_BASELINES, check_methods
 from ..models import EarlyExitNet
 from ..runs import TrainedRun, is_complete, load_run, run_dir, run_identity
@@ -28,7 +29,7 @@ from ..train import TrainConfig, resolve_device, train_run
 from .paths import data_dir as default_data_dir
 from .paths import prepared_dir, runs_dir
 from .profiles import data_config, get_profile, train_config
-from .provenance import write_sidecar
+from .provenance import package_version, write_sidecar
 from .recipe_choice import profile_recipe
 
 NOTEBOOK_METHODS = {
@@ -271,15 +272,44 @@ def load_finished(dataset: str, profile: str, methods: list[str], seeds: list[in
     return out
 
 
+EVALUATION_RECORD = "evaluation.json"
+"""Beside a run's metrics.json: the key of what it was computed from and its sha256 (see `_cached_metrics`)."""
+
+
+def _evaluation_key(run: TrainedRun, eval_cfg: EvalConfig) -> str:
+    """What a run's metrics depend on: its artifacts (complete.json holds their hashes), the evaluation settings
+    and the source of the whole cgt package (any code change evaluates again)."""
+    return sha256_bytes(json.dumps([sha256_file(run.run_dir / "complete.json"), vars(eval_cfg), package_version()],
+                                   sort_keys=True, default=str).encode())
+
+
+def _cached_metrics(run_dir: Path, key: str) -> dict | None:
+    """The run's metrics.json when it was computed from exactly these inputs and is intact; else None. Notebooks
+    01–03, 04 and 06 read the same runs: each is evaluated once per code version, not once per notebook."""
+    try:
+        record = read_json(run_dir / EVALUATION_RECORD)
+        if record.get("key") != key or record.get("metrics_sha256") != sha256_file(run_dir / "metrics.json"):
+            return None
+        return read_json(run_dir / "metrics.json")
+    except (OSError, ValueError, AttributeError):  # missing, unreadable or not the record this writes
+        return None
+
+
 def _evaluate(data: PreparedData, method: str, cell: Cell, run: TrainedRun, eval_cfg: EvalConfig, device: str,
               t0: float, progress: bool) -> EvaluatedRun:
     fold, seed = cell
     costs = exit_costs(run.model.cpu(), data.input_shape)
-    metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)
+    key = _evaluation_key(run, eval_cfg)
+    metrics = _cached_metrics(run.run_dir, key)
+    if metrics is None:
+        metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)  # writes metrics.json
+        write_json_atomic(run.run_dir / EVALUATION_RECORD,
+                          {"key": key, "metrics_sha256": sha256_file(run.run_dir / "metrics.json")})
+        write_sidecar(run.run_dir / "metrics.json", params={"run": run.config, "eval": vars(eval_cfg)},
+                      seed=seed, data_checksums={data.name: data.checksum},
+                      device=resolve_device(device), wall_time_s=time.perf_counter() - t0)
+    metrics["run"]["run_dir"] = str(run.run_dir)  # where it is now, wherever it was evaluated
     wall = time.perf_counter() - t0
-    write_sidecar(run.run_dir / "metrics.json", params={"run": run.config, "eval": vars(eval_cfg)},
-                  seed=seed, data_checksums={data.name: data.checksum},
-                  device=resolve_device(device), wall_time_s=wall)
     _record_run(run)
     if progress:
         status = "cached" if run.cached else f"trained in {wall:.0f} s"
