@@ -303,11 +303,12 @@ def _evaluate(data: PreparedData, method: str, cell: Cell, run: TrainedRun, eval
     metrics = _cached_metrics(run.run_dir, key)
     if metrics is None:
         metrics = evaluate_run(run, costs, data.num_classes, eval_cfg)  # writes metrics.json
-        write_json_atomic(run.run_dir / EVALUATION_RECORD,
-                          {"key": key, "metrics_sha256": sha256_file(run.run_dir / "metrics.json")})
         write_sidecar(run.run_dir / "metrics.json", params={"run": run.config, "eval": vars(eval_cfg)},
                       seed=seed, data_checksums={data.name: data.checksum},
                       device=resolve_device(device), wall_time_s=time.perf_counter() - t0)
+        # last: a cache hit implies metrics.json and its provenance sidecar were both written
+        write_json_atomic(run.run_dir / EVALUATION_RECORD,
+                          {"key": key, "metrics_sha256": sha256_file(run.run_dir / "metrics.json")})
     metrics["run"]["run_dir"] = str(run.run_dir)  # where it is now, wherever it was evaluated
     wall = time.perf_counter() - t0
     _record_run(run)
