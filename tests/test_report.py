@@ -301,3 +301,22 @@ def test_the_premise_is_quoted_from_the_fair_interference_table_and_an_old_one_i
     assert "toy (`joint_uniform`, 3 seeds): the last exit holds 30.0 [25.0, 35.0] % of the gradient norm" in lines
     assert "cos exits 1·3: 0.300 [0.100, 0.500]" in lines
     assert "`table_old_ablation_interference.csv` predates the fair measurement" in lines
+
+
+def test_floor_comparison_pairs_by_fold_and_seed_and_flags_below_the_floor():
+    """Hand-checked: method a beats the SVM by 6 and 8 points on its two cells (mean +7.0, clears the 5-point
+    margin); b is 2 points below on both (flagged); the random-forest rows and other operating points are ignored."""
+    from cgt.reporting.results_pages import floor_comparison
+
+    floor = pd.DataFrame({"protocol": ["blocked"] * 4 + ["random"], "fold": [0, 1, 0, 1, None],
+                          "seed": [0, 0, 0, 0, 0], "model": ["svm_rbf", "svm_rbf", "random_forest", "random_forest",
+                                                           "svm_rbf"],
+                          "oa": [0.70, 0.60, 0.10, 0.10, 0.99]})
+    metrics = pd.DataFrame({"method": ["a", "a", "b", "b", "a"], "fold": [0, 1, 0, 1, 0], "seed": [0] * 5,
+                            "operating_point": ["full_network"] * 4 + ["paper_tau"],
+                            "accuracy": [0.76, 0.68, 0.68, 0.58, 0.0]})
+    out = floor_comparison(floor, metrics, "blocked").set_index("method")
+    assert out.loc["a", "replicates"] == 2 and out.loc["a", "network − SVM, points"] == "+7.0 ± 1.4"
+    assert out.loc["a", "clears the floor by ≥ 5"] == "yes"
+    assert out.loc["b", "network − SVM, points"] == "-2.0 ± 0.0"
+    assert out.loc["b", "clears the floor by ≥ 5"] == "no: below the floor"

@@ -20,7 +20,7 @@ from ..experiments.provenance import project_relative, write_sidecar
 from ..fileio import atomic_path, read_json
 from ..methods import CGT_METHODS, JOINT_BASELINES
 from ..policy import PAPER_TAU
-from .tables import PAPER_REPORTED, QUALITY
+from .tables import PAPER_REPORTED, QUALITY, to_markdown
 
 FIGURE_LINK = "../figures"
 """Where a page's images are, relative to the page (results/ beside figures/)."""
@@ -224,10 +224,57 @@ def dataset_section(fig_dir: Path, ds: str) -> list[str]:
               "expectation, LTT with probability ≥ 0.9): the loss and accuracy gap realised on test, and the cost:", "",
               _table(fig_dir, ds, "risk_control")[0], ""]
     if ds.startswith("indian_pines"):
+        protocol = {"indian_pines": "random"}.get(ds, ds.removeprefix("indian_pines_"))
+        parts += floor_section(fig_dir, ds, protocol)
         parts += [f"F1 per class at τ = {PAPER_TAU} (%, mean over seeds) — the rare classes are where macro and weighted "
                   "averages part:", "", _table(fig_dir, ds, "per_class_f1")[0], "",
                   f"![per-class F1, {ds}]({rel}/per_class_f1_{ds}.png)", ""]
     return parts
+
+
+FLOOR_TABLE = "table_indian_pines_floor.csv"
+FLOOR_MARGIN = 5.0
+"""Points of overall accuracy a network should clear the SVM floor by (issue 22's target), mean over replicates."""
+
+
+def floor_comparison(floor: pd.DataFrame, metrics: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Each method's full network against the RBF SVM on the same pixels (same protocol, fold and seed):
+    the paired difference in overall accuracy, in points, mean ± sample SD over the replicates both have."""
+    keys = ["fold", "seed"]
+    svm = floor[(floor.protocol == protocol) & (floor.model == "svm_rbf")][keys + ["oa"]]
+    full = metrics[metrics.operating_point == "full_network"][["method", *keys, "accuracy"]]
+    paired = full.merge(svm, on=keys, how="inner")  # fold is NaN on both sides outside the blocked protocol
+    if paired.empty:
+        paired = full.drop(columns="fold").merge(svm.drop(columns="fold"), on="seed", how="inner")
+    paired["gap"] = (paired.accuracy - paired.oa) * 100
+    rows = []
+    for method, group in paired.groupby("method", sort=False):
+        gap = group.gap
+        rows.append({"method": method, "replicates": len(gap),
+                     "network OA %": f"{100 * group.accuracy.mean():.1f}", "SVM OA %": f"{100 * group.oa.mean():.1f}",
+                     "network − SVM, points": f"{gap.mean():+.1f} ± {gap.std(ddof=1) if len(gap) > 1 else 0.0:.1f}",
+                     "clears the floor by ≥ 5": "yes" if gap.mean() >= FLOOR_MARGIN
+                     else ("no: below the floor" if gap.mean() < 0 else "no")})
+    return pd.DataFrame(rows)
+
+
+def floor_section(fig_dir: Path, ds: str, protocol: str) -> list[str]:
+    """The classic floor (RBF SVM, random forest on per-pixel spectra) beside the networks' full network."""
+    from ..experiments.floors import floor_summary
+
+    if not (fig_dir / FLOOR_TABLE).exists() or not (fig_dir / f"metrics_{ds}_all_runs.csv").exists():
+        return [f"*The classic floor is not in these figures (`figures/{FLOOR_TABLE}`); notebook 04 writes it.*", ""]
+    floor = pd.read_csv(fig_dir / FLOOR_TABLE)
+    comparison = floor_comparison(floor, pd.read_csv(fig_dir / f"metrics_{ds}_all_runs.csv"), protocol)
+    summary = floor_summary(floor[floor.protocol == protocol])
+    below = comparison[comparison["clears the floor by ≥ 5"] != "yes"].method.tolist()
+    verdict = (f"**{len(below)} of {len(comparison)} methods do not clear the SVM floor by {FLOOR_MARGIN:.0f} points**"
+               + (f" ({', '.join(f'`{m}`' for m in below)})." if below else ".")) if len(comparison) else ""
+    return [f"The classic floor on the same pixels ({protocol} protocol; `figures/{FLOOR_TABLE}`): an RBF SVM "
+            "(C and γ chosen on validation) and a random forest on the raw per-pixel spectra, standardised on the "
+            "training pixels (%, mean ± sample SD over replicates):", "", to_markdown(summary), "",
+            "Each method's full network against the SVM, paired by fold and seed (test split, overall accuracy):",
+            "", to_markdown(comparison), "", verdict, ""]
 
 
 def spatial_section(fig_dir: Path, ds: str) -> list[str]:
