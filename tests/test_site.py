@@ -22,7 +22,7 @@ def test_site_sources_are_the_results_pages_notebooks_and_figures(tmp_path):
                 "docs/index.md"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
-    assert site_sources(tmp_path) == ["figures/a.png", "paper/01_x.ipynb", "results/toy.md"]
+    assert site_sources(tmp_path) == ["figures/a.png", "paper/01_x.ipynb", "results/toy.md"]  # no pre-registration here
 
 
 def test_results_index_links_every_page_by_its_title():
@@ -93,6 +93,7 @@ def built_site(tmp_path_factory) -> Path:
         (project / folder).mkdir()
         for path in (ROOT / folder).glob(pattern):
             shutil.copy(path, project / folder / path.name)
+    shutil.copy(ROOT / "PREREGISTRATION.md", project)  # the results pages link the verdicts to it
     if not list((project / "results").glob("*.md")):
         (project / "results" / "toy.md").write_text(TOY_RESULTS)
     import matplotlib

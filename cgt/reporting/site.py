@@ -19,8 +19,9 @@ from mkdocs.utils import get_relative_url
 
 from cgt.pipeline.mathjax import copy_mathjax, script_url
 
-SOURCES = ("results/*.md", "paper/*.ipynb", "figures/*.png")
-"""What the site takes from the repository besides docs/, as globs relative to its root."""
+SOURCES = ("results/*.md", "paper/*.ipynb", "figures/*.png", "PREREGISTRATION.md")
+"""What the site takes from the repository besides docs/, as globs relative to its root (the pre-registration:
+the results pages link the verdicts to it)."""
 
 MATHJAX_DIR = "mathjax"
 """Where the site serves MathJax from, relative to the site's root."""
