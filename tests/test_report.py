@@ -320,3 +320,14 @@ def test_floor_comparison_pairs_by_fold_and_seed_and_flags_below_the_floor():
     assert out.loc["a", "clears the floor by ≥ 5"] == "yes"
     assert out.loc["b", "network − SVM, points"] == "-2.0 ± 0.0"
     assert out.loc["b", "clears the floor by ≥ 5"] == "no: below the floor"
+
+
+def test_floor_comparison_pairs_by_seed_where_the_protocol_has_no_folds():
+    from cgt.reporting.results_pages import floor_comparison
+
+    floor = pd.DataFrame({"protocol": ["random", "random"], "fold": [np.nan, np.nan], "seed": [0, 1],
+                          "model": ["svm_rbf", "svm_rbf"], "oa": [0.80, 0.90]})
+    metrics = pd.DataFrame({"method": ["a", "a"], "fold": [np.nan, np.nan], "seed": [1, 0],
+                            "operating_point": ["full_network"] * 2, "accuracy": [0.91, 0.85]})
+    row = floor_comparison(floor, metrics, "random").iloc[0]
+    assert row["replicates"] == 2 and row["network − SVM, points"] == "+3.0 ± 2.8"  # +1 and +5, paired by seed

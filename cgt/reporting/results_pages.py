@@ -243,9 +243,7 @@ def floor_comparison(floor: pd.DataFrame, metrics: pd.DataFrame, protocol: str) 
     keys = ["fold", "seed"]
     svm = floor[(floor.protocol == protocol) & (floor.model == "svm_rbf")][keys + ["oa"]]
     full = metrics[metrics.operating_point == "full_network"][["method", *keys, "accuracy"]]
-    paired = full.merge(svm, on=keys, how="inner")  # fold is NaN on both sides outside the blocked protocol
-    if paired.empty:
-        paired = full.drop(columns="fold").merge(svm.drop(columns="fold"), on="seed", how="inner")
+    paired = full.merge(svm, on=keys, how="inner")  # fold is NaN on both sides outside blocked; merge pairs NaN keys
     paired["gap"] = (paired.accuracy - paired.oa) * 100
     rows = []
     for method, group in paired.groupby("method", sort=False):
