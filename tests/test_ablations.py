@@ -70,6 +70,11 @@ def test_best_by_validation_uses_validation_accuracy_at_the_selection_point_per_
                "h2": [run(0.85, 0.70), run(0.83, 0.70)],   # mean val 0.84: chosen
                "s1": [run(0.5, 0.5)]}
     assert [c.name for c in ablations.best_by_validation(results, configs)] == ["h2", "s1"]
+    # the recipe check retrains those two and the reference with smoothing; none at smoothing 0
+    best, smoothed = ablations.recipe_check(results, configs, 0.1)
+    assert [c.name for c in smoothed] == ["h2 + smoothing 0.1", "s1 + smoothing 0.1", "joint_uniform + smoothing 0.1"]
+    assert all(c.train == {"label_smoothing": 0.1} for c in smoothed) and best == ablations.best_by_validation(results, configs)
+    assert ablations.recipe_check(results, configs, 0)[1] == []
 
 
 def test_routed_accuracy_counts_only_the_samples_each_exit_takes():

@@ -75,11 +75,15 @@ def test_smoke_pipeline_runs_every_notebook_and_writes_every_artifact(first_run)
     # reference, joint_uniform with the same smoothing
     steps = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())[0]["steps"]
     assert sum(s["runs_trained"] for s in steps) == 44 + (3 + 4 + 2) + (16 + 4 + 3), log
-    # The runner's plan (cgt.pipeline.runner.step_requests) covers every run the notebooks train at their default
-    # parameters — except the label-smoothing runs of 06, which depend on the grid's results.
+    # The runner's plan covers every run the notebooks train at their default parameters: the steps' runs
+    # (cgt.pipeline.runner.step_requests), then the label-smoothing runs of 06, chosen from its trained grid
+    # (recipe_check_requests) — the same ones the notebook's own choice names, so no notebook trains a run.
     assert re.search(r"\d+ run\(s\) to train \(0 already finished\) on 2 local worker process\(es\)", log), log
+    assert "recipe check: 5 label-smoothed run(s)" in log, log
     in_notebooks = {s["step"]: s["runs_trained"] for s in steps if s["runs_trained"] and not s["step"].startswith("training runs")}
-    assert in_notebooks == {"06_ablations [fashion_mnist]": 2, "06_ablations [indian_pines-blocked]": 3}, log
+    assert in_notebooks == {}, log
+    (check,) = [s for s in steps if s["step"] == "training runs: recipe check (2 workers)"]
+    assert check["runs_trained"] == 2 + 3, check
     for ds in ("fashion_mnist", "indian_pines"):
         for table in ("means", "verdicts", "gating", "interference", "recipe"):
             assert (figures / f"table_{ds}_ablation_{table}.md").exists()
@@ -210,7 +214,8 @@ def test_pipeline_records_its_timing(first_run):
     runs, _, _ = first_run
     entries = json.loads((runs / "smoke" / "pipeline_timings.json").read_text())
     first = entries[0]
-    assert len(first["steps"]) == 1 + 21 and first["wall_time_s"] > 0  # the workers' training step, then the notebooks
-    assert first["steps"][0]["step"] == "training runs (2 workers)"
+    # the workers' training stages (the steps' runs, then notebook 06's recipe check), then the notebooks
+    assert len(first["steps"]) == 2 + 21 and first["wall_time_s"] > 0
+    assert [s["step"] for s in first["steps"][:2]] == ["training runs (2 workers)", "training runs: recipe check (2 workers)"]
     assert sum(s["runs_trained"] for s in first["steps"]) == 76  # as counted in the first test
     assert {"commit", "dirty"} <= set(first["git"])

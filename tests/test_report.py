@@ -177,10 +177,12 @@ def test_the_timing_sentence_tells_the_runner_stage_from_the_notebooks():
     t = {"git": {"commit": "abcdef0123", "dirty": False}, "finished": "2026-11-29T23:00:00", "device": "cpu",
          "wall_time_s": 600, "steps": [
              {"step": "training runs (2 workers)", "seconds": 300, "runs_trained": 20, "runs_cached": 0},
-             {"step": "01_baselines [x]", "seconds": 300, "runs_trained": 0, "runs_cached": 20}]}
+             {"step": "training runs: recipe check (2 workers)", "seconds": 60, "runs_trained": 4, "runs_cached": 0},
+             {"step": "01_baselines [x]", "seconds": 240, "runs_trained": 0, "runs_cached": 24}]}
     text = readme._describe(t)
     assert text.startswith("1 notebooks in 10 min") and "first 20 training runs (2 workers) in 5 min" in text
-    assert "20 training runs trained, 20 taken from the run cache" in text
+    assert "; then 4 training runs: recipe check (2 workers) in 1 min" in text
+    assert "24 training runs trained, 24 taken from the run cache" in text
 
 
 def test_the_pipeline_comparison_is_quoted_with_its_ratio(tmp_path):

@@ -110,6 +110,22 @@ def with_label_smoothing(config: Config, smoothing: float = 0.1) -> Config:
                   config.train | {"label_smoothing": smoothing}, config.tau_infer)
 
 
+LABEL_SMOOTHING = 0.1
+"""The recipe check's smoothing: the authors' setting (notebook 06's `label_smoothing` default)."""
+
+
+def recipe_check(results: dict[str, list[EvaluatedRun]], configs: list[Config],
+                 smoothing: float = LABEL_SMOOTHING) -> tuple[list[Config], list[Config]]:
+    """(the best configuration of each method, chosen on validation; those trained again with label
+    smoothing plus joint_uniform with the same smoothing — like for like, their reference). No smoothed
+    configurations when smoothing is 0. Notebook 06 trains the second list after its grid; the pipeline's
+    runner plans the same list from the same grid, so both train the same runs."""
+    best = best_by_validation(results, configs)
+    if not smoothing:
+        return best, []
+    return best, [with_label_smoothing(c, smoothing) for c in [*best, REFERENCE]]
+
+
 def best_by_validation(results: dict[str, list[EvaluatedRun]], configs: list[Config],
                        point: str = SELECTION_POINT) -> list[Config]:
     """Per method of the grid: the configuration with the highest mean validation accuracy at `point`

@@ -155,9 +155,8 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
     if scheduler and workers > 1:
         raise ValueError(f"--workers {workers} and --scheduler {scheduler!r}: give one (local processes, or a Dask cluster)")
     pretrain = workers > 1 or bool(scheduler)
-    # With workers, the runs are trained (--force: retrained) first and the notebooks only find them. The
-    # label-smoothing runs of 06 are the exception: they depend on the grid, so 06 trains them and, as
-    # without workers, reuses them when they exist.
+    # With workers, the runs are trained (--force: retrained) first and the notebooks only find them: the
+    # steps' planned runs, then notebook 06's label-smoothing runs, which are chosen from its trained grid.
     steps = plan(profile, datasets, force and not pretrain)
     src = Path(notebooks_dir or project_root() / "notebooks")
     out_dir = runs_dir(profile) / "notebooks"
@@ -173,10 +172,15 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             t0 = time.perf_counter()
             trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
                                        force=force, log=log, client=client)
-            record.append({"step": f"{RUNNER_STEP} ({'Dask' if scheduler else f'{workers} workers'})",
-                           "seconds": round(time.perf_counter() - t0, 1),
-                           "runs_trained": sum(not t["cached"] for t in trained),
-                           "runs_cached": sum(bool(t["cached"]) for t in trained), "skipped": False})
+            where = 'Dask' if scheduler else f'{workers} workers'
+            record.append(_runner_record(f"{RUNNER_STEP} ({where})", t0, trained))
+            t0 = time.perf_counter()
+            checks = [r for s in steps for r in runner.recipe_check_requests(s.notebook, s.parameters)]
+            if checks:
+                log(f"recipe check: {len(checks)} label-smoothed run(s) of the grids' best configurations, chosen "
+                    f"on validation")
+                trained = runner.train_all(checks, workers, force=force, log=log, client=client)
+                record.append(_runner_record(f"{RUNNER_STEP}: recipe check ({where})", t0, trained))
     finally:
         if client is not None:
             client.close()
@@ -235,6 +239,12 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
 PUBLISHED_MAX_BYTES = 3_000_000
 """Notebook 04 shows every protocol's tables and 24 figures (2.1 MB at the paper profile); a larger file is
 refused so a figure at an accidental high dpi is caught, not committed."""
+
+
+def _runner_record(step: str, t0: float, trained: list[dict[str, Any]]) -> dict[str, Any]:
+    """A runner stage's line of the pipeline timing."""
+    return {"step": step, "seconds": round(time.perf_counter() - t0, 1), "runs_trained": sum(not t["cached"] for t in trained),
+            "runs_cached": sum(bool(t["cached"]) for t in trained), "skipped": False}
 
 
 def publish_notebooks(profile: str, dest: str | Path | None = None) -> list[Path]:

@@ -87,8 +87,8 @@ class RunRequest:
 
 def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]:
     """The runs one pipeline step trains at its notebook's default parameters ([] for steps that train
-    nothing, and for the runs of notebook 06 that depend on other runs' results: its label-smoothing
-    stage picks the best configuration first, so the notebook trains those itself)."""
+    nothing), except notebook 06's label-smoothing runs: which ones depends on its grid's results
+    (`recipe_check_requests` plans them once the grid is trained)."""
     from ..data import resolve
     from ..experiments import ablations
     from ..experiments.profiles import get_profile
@@ -114,6 +114,29 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
                   for s in seeds[:ablations.INTERFERENCE_SEEDS]]
         return grid + logged
     return []
+
+
+def recipe_check_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]:
+    """Notebook 06's label-smoothing runs at these parameters: the best configuration of each method of its
+    grid, chosen on validation, and the reference, each with label smoothing (cgt.experiments.ablations.
+    recipe_check, as the notebook calls it). Reads the grid's runs, so call it once they are trained: they
+    are evaluated here from their cached logits (the notebook then finds their metrics cached). [] for
+    other notebooks."""
+    from ..experiments import ablations
+    from ..experiments.profiles import get_profile
+    from ..experiments.train_evaluate import protocol_folds
+
+    if notebook != "06_ablations":
+        return []
+    profile, dataset, split = parameters["profile"], parameters["dataset"], parameters.get("split", "random")
+    seeds = ablations.grid_seeds(get_profile(profile).seeds, split)
+    folds = protocol_folds(dataset, profile, split, parameters.get("folds"))
+    configs = ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]
+    results = ablations.run_grid(dataset, profile, configs, seeds, split=split, folds=parameters.get("folds"),
+                                 progress=False)
+    _, smoothed = ablations.recipe_check(results, configs, parameters.get("label_smoothing", ablations.LABEL_SMOOTHING))
+    return [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None, fold=f)
+            for c in smoothed for f in folds for s in seeds]
 
 
 def search_requests(profile: str, dataset: str) -> list[RunRequest]:

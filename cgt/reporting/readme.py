@@ -58,8 +58,9 @@ def _describe(t: dict) -> str:
     notebooks = [s for s in t["steps"] if s not in runner]
     skipped = sum(bool(s.get("skipped")) for s in notebooks)
     steps = f"{len(notebooks)} notebooks" + (f" ({skipped} skipped as unchanged)" if skipped else "")
-    first = "".join(f"; first {s['runs_trained']} {s['step']} in {_duration(s['seconds'])}" for s in runner
-                    if s["runs_trained"])
+    training = [s for s in runner if s["runs_trained"]]
+    first = "".join(f"; {'then' if i else 'first'} {s['runs_trained']} {s['step']} in {_duration(s['seconds'])}"
+                    for i, s in enumerate(training))
     return (f"{steps} in {_duration(t['wall_time_s'])} ({t['finished'][:10]}, commit "
             f"`{commit}`, {t['device']}{first}): {trained} training runs trained, {cached} taken from the run cache")
 
