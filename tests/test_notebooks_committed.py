@@ -113,3 +113,21 @@ def test_a_notebook_runs_in_its_own_folder_over_ipc(tmp_path, monkeypatch):
     nb = execute(new_notebook(cells=[new_code_cell("import os\nprint(os.path.basename(os.getcwd()))")]), folder,
                  timeout=120)
     assert nb.cells[0].outputs[0]["text"].strip() == "nb"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_every_parameter_the_pipeline_passes_is_one_its_notebook_declares(profile, caplog):
+    """papermill injects undeclared parameters with only a warning, and skips (with a warning) a parameter
+    line it cannot parse, e.g. one with a second '=' in its comment: both would leave a notebook running on
+    a default the pipeline meant to replace."""
+    import papermill as pm
+
+    from cgt.pipeline.notebooks import plan
+
+    folder = NOTEBOOKS[0].parent
+    with caplog.at_level("WARNING", logger="papermill"):
+        declared = {p.stem: set(pm.inspect_notebook(str(p))) for p in NOTEBOOKS}
+    assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()]
+    for step in plan(profile):
+        undeclared = set(step.parameters) - declared[step.notebook]
+        assert not undeclared, f"{step.label} passes {sorted(undeclared)}, not declared in {folder / step.notebook}.ipynb"
