@@ -333,3 +333,29 @@ def test_floor_comparison_pairs_by_seed_where_the_protocol_has_no_folds():
                             "operating_point": ["full_network"] * 2, "accuracy": [0.91, 0.85]})
     row = floor_comparison(floor, metrics, "random").iloc[0]
     assert row["replicates"] == 2 and row["network − SVM, points"] == "+3.0 ± 2.8"  # +1 and +5, paired by seed
+
+
+def test_the_performance_page_shows_the_time_model_the_choice_and_the_latency_targets(tmp_path):
+    """bench.json's time-model columns and `chosen` reach the table; each latency target is stated met or not,
+    and a speed-up goal above the time model's own prediction is called out of reach, with that ceiling."""
+    import json
+
+    def rec(engine, measured, time_predicted, **kw):
+        return {"dataset": "fashion_mnist", "batch_size": 1, "threads": 1, "engine": engine, "median_us_per_sample": 50.0,
+                "iqr_us_per_sample": 1.0, "measured_speedup": measured, "predicted_speedup": 2.5, "ratio": measured / 2.5,
+                "time_predicted_speedup": time_predicted, "time_ratio": measured / time_predicted,
+                "speedup_over_best_full": measured, "exit_fractions": [0.6, 0.1, 0.3], "chosen": False, **kw}
+
+    records = [rec("onnx_full", 1.0, 1.0), rec("onnx_early_exit_segments", 1.1, 1.2, chosen=True),
+               rec("onnx_chosen", 1.1, 1.2, chosen_pass="segments")]
+    (tmp_path / "bench.json").write_text(json.dumps(records))
+    text = "\n".join(results_pages.bench_table(tmp_path))
+    assert "| fashion_mnist | onnx_early_exit_segments ✓ | 1 | 1 | 50.0 [1.0] | 1.10× | 2.50× | 44 % | 1.20× | 92 % | 1.10× |" in text
+    assert "| fashion_mnist | onnx_chosen (runs segments) |" in text
+    assert "Latency targets (2 of 3 met" in text
+    assert ("chosen pass / ONNX Runtime full 1.10 (segments), goal ≥ 1.40: **not met** — out of reach for this network "
+            "and exit mix on this machine: the segments' own measured times predict at most 1.20× (exits taken "
+            "60.0 / 10.0 / 30.0 %)") in text
+    records[1]["time_predicted_speedup"] = 1.5  # a ceiling above the goal: missed, but not out of reach
+    (tmp_path / "bench.json").write_text(json.dumps(records))
+    assert "out of reach" not in "\n".join(results_pages.bench_table(tmp_path))
