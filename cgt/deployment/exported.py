@@ -366,20 +366,13 @@ class OnnxEarlyExit:
         return run(x, batch_size)
 
     def _dispatch_for(self, size: int):
-        chosen = self.pass_for(size)
-        if chosen == "full":
-            run = self._full_one_at_a_time_with_exits if size == 1 else self._predict_full_with_exits
-        else:
-            run = self.predict_graph if chosen == "graph" else self.predict_segments
+        run = {"full": self._predict_full_with_exits, "graph": self.predict_graph,
+               "segments": self.predict_segments}[self.pass_for(size)]
         self._dispatch[size] = run
         return run
 
     def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         preds = self.predict_full(x, batch_size)
-        return preds, np.full(len(preds), len(self.sessions) - 1, np.int64)
-
-    def _full_one_at_a_time_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        preds = self._full_one_at_a_time(x)
         exits = np.empty(len(preds), np.int64)
         exits.fill(len(self.sessions) - 1)  # 0.25 µs against np.full's 0.65 µs, on a path of ~20 µs
         return preds, exits

@@ -172,7 +172,7 @@ def run_pipeline(profile: str, datasets: list[str] | None = None, force: bool = 
             t0 = time.perf_counter()
             trained = runner.train_all(runner.planned_runs([(s.notebook, s.parameters) for s in steps]), workers,
                                        force=force, log=log, client=client)
-            where = 'Dask' if scheduler else f'{workers} workers'
+            where = "Dask" if scheduler else f"{workers} workers"
             record.append(_runner_record(f"{RUNNER_STEP} ({where})", t0, trained))
             t0 = time.perf_counter()
             checks = [r for s in steps for r in runner.recipe_check_requests(s.notebook, s.parameters)]

@@ -102,11 +102,8 @@ def step_requests(notebook: str, parameters: dict[str, Any]) -> list[RunRequest]
                 for m in NOTEBOOK_METHODS[notebook] for f in folds for s in seeds]
     seeds = get_profile(profile).seeds
     if notebook == "06_ablations":
-        grid_seeds = ablations.grid_seeds(seeds, split)
-        folds = protocol_folds(dataset, profile, split, parameters.get("folds"))
-        configs = [ablations.REFERENCE, *ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]]
-        grid = [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None, fold=f)
-                for c in configs for f in folds for s in grid_seeds]
+        grid_seeds, folds, configs = _ablation_plan(parameters)
+        grid = _config_requests(parameters, [ablations.REFERENCE, *configs], grid_seeds, folds)
         logged_folds = ablations.interference_folds(split, parameters.get("folds")) or [None]
         logged = [RunRequest(dataset, profile, m, s, split, fold=f,
                              train_overrides={"log_gradients_every": ablations.LOG_GRADIENTS_EVERY})
@@ -123,20 +120,33 @@ def recipe_check_requests(notebook: str, parameters: dict[str, Any]) -> list[Run
     are evaluated here from their cached logits (the notebook then finds their metrics cached). [] for
     other notebooks."""
     from ..experiments import ablations
-    from ..experiments.profiles import get_profile
-    from ..experiments.train_evaluate import protocol_folds
 
     if notebook != "06_ablations":
         return []
-    profile, dataset, split = parameters["profile"], parameters["dataset"], parameters.get("split", "random")
-    seeds = ablations.grid_seeds(get_profile(profile).seeds, split)
-    folds = protocol_folds(dataset, profile, split, parameters.get("folds"))
-    configs = ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")]
-    results = ablations.run_grid(dataset, profile, configs, seeds, split=split, folds=parameters.get("folds"),
-                                 progress=False)
+    seeds, folds, configs = _ablation_plan(parameters)
+    results = ablations.run_grid(parameters["dataset"], parameters["profile"], configs, seeds,
+                                 split=parameters.get("split", "random"), folds=parameters.get("folds"), progress=False)
     _, smoothed = ablations.recipe_check(results, configs, parameters.get("label_smoothing", ablations.LABEL_SMOOTHING))
+    return _config_requests(parameters, smoothed, seeds, folds)
+
+
+def _ablation_plan(parameters: dict[str, Any]) -> tuple[list[int], list, list]:
+    """Notebook 06's (grid seeds, folds, grid configurations) at these parameters, as the notebook resolves them."""
+    from ..experiments import ablations
+    from ..experiments.profiles import get_profile
+    from ..experiments.train_evaluate import protocol_folds
+
+    profile, dataset, split = parameters["profile"], parameters["dataset"], parameters.get("split", "random")
+    return (ablations.grid_seeds(get_profile(profile).seeds, split),
+            protocol_folds(dataset, profile, split, parameters.get("folds")),
+            ablations.GRIDS[ablations.DEFAULT_GRID.get(dataset, "reduced")])
+
+
+def _config_requests(parameters: dict[str, Any], configs: list, seeds: list[int], folds: list) -> list[RunRequest]:
+    """One request per configuration × fold × seed of notebook 06 at these parameters."""
+    profile, dataset, split = parameters["profile"], parameters["dataset"], parameters.get("split", "random")
     return [RunRequest(dataset, profile, c.method, s, split, c.options or None, c.train or None, fold=f)
-            for c in smoothed for f in folds for s in seeds]
+            for c in configs for f in folds for s in seeds]
 
 
 def search_requests(profile: str, dataset: str) -> list[RunRequest]:
