@@ -43,7 +43,7 @@ def test_bad_grids_are_refused_naming_the_problem(knobs, word):
 def test_declared_grids_are_valid_and_unique():
     for candidates in recipe.GRIDS.values():
         recipe.check_candidates(candidates)
-    assert len(recipe.GRIDS["paper"]) == 12
+    assert len(recipe.GRIDS["paper"]) == 9
 
 
 def test_empty_or_repeated_candidates_are_refused():

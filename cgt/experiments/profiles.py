@@ -106,7 +106,7 @@ SEARCH_SEEDS = [2]
 """The Indian Pines recipe search trains on the tile deal of seed 2, which no primary replicate uses (blocked:
 seeds 0 and 1): no search run is reused as a primary run, and the validation tiles it is scored on are not
 the primary replicates' test tiles as they are dealt. Every labelled pixel is still tested in some primary
-fold, so the choice (one of 12 recipes) has seen the scene's labels through other deals — stated in
+fold, so the choice (one of 9 recipes) has seen the scene's labels through other deals — stated in
 PREREGISTRATION.md."""
 
 
