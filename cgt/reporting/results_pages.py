@@ -132,7 +132,9 @@ def bench_table(fig_dir: Path) -> list[str]:
     lines = ["Each row's speed-up is over the same engine's full network; the time model predicts it from each exit "
              "segment's measured time (`cgt/deployment/timecost.py`), the FLOPs model from FLOPs. ✓ marks the pass "
              "`cgt.deployment.exported.load` chooses (`onnx_chosen` times `predict` itself, which runs it); the last "
-             "column compares each row with the fastest full-network engine of its batch size and thread count.", "",
+             "column compares each row with the fastest full-network engine of its batch size at its thread count or "
+             "fewer: a thread count is a ceiling, so at 2 threads `onnx_full_1_thread` (the plain network on the "
+             "loader's one-thread sessions, which it may run any pass on: `segments@1`) is timed in the same rounds.", "",
              "| dataset | engine | batch | threads | µs / sample (median [IQR]) | measured speed-up | FLOPs-predicted "
              "| measured / FLOPs-predicted | time-predicted | measured / time-predicted | over the best full network |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
