@@ -20,8 +20,8 @@ interquartile range over `repeats` timings of:
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples), the one predicted by the time
 model (cgt.deployment.timecost: each segment's measured time, same engine, batch size and threads),
-their ratios, and the speed-up over the fastest full-network engine at its thread count or fewer. The engines of a row are timed
-in turn, round after round, so a load spike hits them alike. Both PyTorch
+their ratios, and the speed-up over the fastest full-network engine at its thread count or fewer.
+The engines of a row are timed in turn, round after round, so a load spike hits them alike. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
 (where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
@@ -176,7 +176,8 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     "onnx_chosen": lambda a, b: onnx_model.predict(xs_np[a:b], batch_size=batch_size),
                 }
                 if onnx_model.one_thread is not None:
-                    runs[ONE_THREAD_FULL] = lambda a, b: onnx_model.one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
+                    one_thread = onnx_model.one_thread
+                    runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
                 estimate, t = interleaved_times(runs, len(xs), batch_size, repeats)
                 medians = dict(zip(runs, estimate))
                 best_full = min(medians[e] for e in FULL_ENGINES if e in medians)  # at this thread count or fewer
@@ -239,10 +240,11 @@ def component_latency(model, sample: torch.Tensor, calls: int = 2000) -> tuple[n
 def onnx_segment_breakdown(onnx_model, x: np.ndarray, exit_fractions: np.ndarray, costs: ExitCosts,
                            repeats: int = 30) -> dict:
     """Where ONNX Runtime's time goes at this batch size: each segment graph's time on x (µs per sample;
-    reaching exit e timed as segments 1..e back to back, cgt.deployment.timecost), its cumulative time as a share of the full network's next to its cumulative FLOPs share,
-    and the speed-up those measured times predict for these exit fractions (no dispatch between the
-    segments counted): if it is far below the FLOPs-predicted one, the FLOPs model is what fails
-    (costs not proportional to FLOPs), not the early-exit machinery."""
+    reaching exit e timed as segments 1..e back to back, cgt.deployment.timecost), its cumulative time as a
+    share of the full network's next to its cumulative FLOPs share, and the speed-up those measured times
+    predict for these exit fractions (no dispatch between the segments counted): if it is far below the
+    FLOPs-predicted one, the FLOPs model is what fails (costs not proportional to FLOPs), not the early-exit
+    machinery."""
     calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
     times = measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)),
                                np.ascontiguousarray(x, dtype=np.float32),

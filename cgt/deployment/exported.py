@@ -634,7 +634,8 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
                     raise ValueError(f"calibration names one-thread passes ({sorted(times)}) but this load has "
                                      f"no one-thread sessions (threads=1); valid names: {list(chooser.PASSES)}")
             # a learned point has no one-graph pass: its time in a given table cannot be chosen
-            model.calibration = {int(b): {p: t for p, t in times.items() if not (learned and chooser.base_pass(p) == "graph")}
+            model.calibration = {int(b): {p: t for p, t in times.items()
+                                          if not (learned and chooser.base_pass(p) == "graph")}
                                  for b, times in calibration.items()}
             model._dispatch = {}
         else:
