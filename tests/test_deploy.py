@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cgt import cli
+from cgt.deployment import chooser
 from cgt.deployment import exported as deploy
 from cgt.inference import early_exit_forward
 from cgt.models import EarlyExitNet, generic_mlp
@@ -171,16 +172,19 @@ def test_a_damaged_calibration_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("choose", ["full", "graph", "segments", "auto"])
 @pytest.mark.parametrize("batch_size", [1, 16])
-def test_the_chosen_pass_predicts_as_its_reference(small_export, choose, batch_size):
-    """`predict` runs the chosen pass: the plain network gives the last exit's class to every sample;
-    the early-exit passes give cgt.inference.early_exit_forward's predictions and exits."""
-    model = deploy.load(small_export["folder"], choose=choose, threads=1)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_chosen_pass_predicts_as_its_reference(small_export, choose, batch_size, threads):
+    """`predict` runs the chosen pass (at 2 threads, possibly on the one-thread sessions): the plain network
+    gives the last exit's class to every sample; the early-exit passes give cgt.inference.early_exit_forward's
+    predictions and exits."""
+    model = deploy.load(small_export["folder"], choose=choose, threads=threads)
     x, net = small_export["x"], small_export["net"]
     chosen = model.pass_for(batch_size)
     assert chosen == choose or choose == "auto"
     assert model.description and (choose == "auto") == bool(model.calibration)  # calibrated on the stored samples
+    assert (model.one_thread is not None) == (choose == "auto" and threads == 2)
     preds, exits = model.predict(x.numpy(), batch_size=batch_size)
-    if chosen == "full":
+    if chooser.base_pass(chosen) == "full":
         with torch.no_grad():
             want = net(x)[-1].argmax(-1).numpy()
         np.testing.assert_array_equal(preds, want)
@@ -203,6 +207,31 @@ def test_a_calibration_table_given_at_load_decides_the_pass(small_export):
         deploy.load(small_export["folder"], calibration={1: {"full": 1e-6}})
     with pytest.raises(ValueError, match=r"unknown pass 'fast'; valid choices: \['auto', 'full', 'graph', 'segments'\]"):
         deploy.load(small_export["folder"], choose="fast")
+
+
+def test_a_thread_count_is_a_ceiling_the_loader_may_run_below(small_export, monkeypatch):
+    """Hand-made timings at 2 threads with the one-thread passes ('@1') beside them: the fastest pass on either
+    is run, and the plain network it must beat is the faster of the two; a one-thread name without one-thread
+    sessions (threads=1) is refused by name."""
+    x = small_export["x"].numpy()
+    table = {1: {"full": 40e-6, "graph": 45e-6, "segments": 35e-6, "full@1": 30e-6, "graph@1": 38e-6, "segments@1": 25e-6},
+             256: {"full": 20e-6, "graph": 19.8e-6, "segments": 25e-6, "full@1": 39e-6, "graph@1": 40e-6, "segments@1": 41e-6}}
+    model = deploy.load(small_export["folder"], threads=2, calibration=table)
+    assert model.chosen == {1: "segments@1", 256: "full"}
+    assert "batch 1: segments@1 (25.0 us/sample, 1.20x the plain network on 1 thread)" in model.description
+    # within the tie margin of the one-thread plain network: that network runs, on one thread
+    near = {1: {"full": 40e-6, "segments": 39e-6, "full@1": 30e-6, "segments@1": 29.5e-6}}
+    model = deploy.load(small_export["folder"], threads=2, calibration=near)
+    assert model.pass_for(1) == "full@1"
+    calls = []
+    monkeypatch.setattr(model.one_thread, "_predict_full_with_exits",
+                        lambda xs, b: calls.append(len(xs)) or (np.zeros(len(xs), np.int64), np.full(len(xs), 2)))
+    model.predict(x[:3], batch_size=1)
+    assert calls == [3]  # the one-thread sessions ran it
+    with pytest.raises(ValueError, match="no one-thread sessions .threads=1.; valid names"):
+        deploy.load(small_export["folder"], threads=1, calibration=table)
+    with pytest.raises(ValueError, match=r"names from \['full', 'graph', 'segments', 'full@1'"):
+        deploy.load(small_export["folder"], threads=2, calibration={1: {"full": 1e-6, "segments@3": 1e-6}})
 
 
 def test_bad_input_is_refused_by_name(trained, tmp_path):
@@ -330,9 +359,11 @@ def test_the_export_carries_the_learned_policy_verified_and_runs_it_only_where_i
                                                     for name, p in learned_export["points"].items()}
     with pytest.raises(ValueError, match="one-graph pass cannot run it"):
         deploy.load(folder, point="learned_budget_60", choose="graph")
-    auto = deploy.load(folder, point="learned_budget_60")
-    assert all(set(times) == {"full", "segments"} for times in auto.calibration.values())
-    assert auto.pass_for(1) in ("full", "segments") and auto.pass_for(256) in ("full", "segments")
+    for threads, names in ((1, {"full", "segments"}), (2, {"full", "segments", "full@1", "segments@1"})):
+        auto = deploy.load(folder, point="learned_budget_60", threads=threads)  # at 2 threads, one-thread passes too
+        assert all(set(times) == names for times in auto.calibration.values())
+        assert auto.pass_for(1) in names and auto.pass_for(256) in names
+        assert auto.predict(learned_export["x"].numpy()[:1], batch_size=1)[1][0] in range(3)
     with pytest.raises(deploy.ExportError, match="one-graph pass"):
         auto.predict_graph(learned_export["x"].numpy()[:2])
     assert deploy.load(folder, point="paper_tau", choose="graph").learned is None
@@ -377,15 +408,39 @@ def test_time_model_predicts_from_segment_times():
         ExitTimes((1e-6,), 0.0)
 
 
-def test_measure_exit_times_times_each_segment_on_what_reaches_it():
-    """Fake segments whose 'time' is what they are given: each segment is timed on the previous one's output."""
+def test_measure_exit_times_times_each_exit_as_the_pass_reaches_it():
+    """A fake clock: segment k costs k per sample, and calling a different segment than the last one costs 0.5 more
+    (a session switch, which timing a segment alone, call after call, never sees). Reaching exit e is timed as
+    segments 1..e back to back, so the switches are in the model: exits cost 1, 1 + 2.5, 1 + 2.5 + 3.5 per sample."""
     from cgt.deployment.timecost import measure_exit_times
 
-    segments = [lambda h, k=k: (h + k, None) for k in (1.0, 2.0, 3.0)]
-    times = measure_exit_times(segments, lambda h: None, np.array([4.0, 4.0]),
-                               time_fn=lambda fn: 10.0 if fn() is None else float(np.sum(fn()[0])))
-    # segment 1 on h = 4 → 5 per sample; segment 2 on 5 → 7; segment 3 on 7 → 10; the full network 10 / 2
-    assert times.segment_s == (5.0, 7.0, 10.0) and times.full_s == 5.0 and times.batch_size == 2
+    clock = {"t": 0.0, "last": None}
+
+    def segment(k):
+        def run(h):
+            clock["t"] += k * len(h) + (0.5 * len(h) if clock["last"] not in (None, k) else 0.0)
+            clock["last"] = k
+            return h, None
+        return run
+
+    def time_fn(fn):
+        clock["t"], clock["last"] = 0.0, None
+        fn()
+        return clock["t"]
+
+    times = measure_exit_times([segment(1), segment(2), segment(3)], lambda h: clock.__setitem__("t", 5.0 * len(h)),
+                               np.zeros(2), time_fn)
+    assert times.segment_s == pytest.approx((1.0, 2.5, 3.5)) and times.full_s == 5.0 and times.batch_size == 2
+    assert times.cumulative == pytest.approx([1.0, 3.5, 7.0])
+
+
+def test_measure_exit_times_never_gives_a_negative_segment():
+    """A prefix measured faster than a shorter one (timing noise) counts as the shorter one's time."""
+    from cgt.deployment.timecost import measure_exit_times
+
+    measured = iter([2.0, 1.5, 3.0, 4.0])  # exits 1, 2, 3, then the full network
+    times = measure_exit_times([lambda h: (h, None)] * 3, lambda h: None, np.zeros(1), lambda fn: next(measured))
+    assert times.segment_s == (2.0, 0.0, 1.0) and times.full_s == 4.0
 
 
 def test_latency_points_fit_thresholds_to_a_time_budget_on_validation():
@@ -420,6 +475,11 @@ def test_chooser_takes_the_fastest_pass_and_ties_go_to_the_plain_network():
     assert chooser.choose_pass({"full": 10.0, "graph": 9.8, "segments": 9.9}) == "full"  # within the margin: a tie
     assert chooser.choose_pass({"full": 10.0, "graph": 9.8, "segments": 11.0}, margin=0.0) == "graph"
     assert chooser.choose_pass({"full": 10.0, "graph": 20.0, "segments": 30.0}) == "full"
+    # one-thread passes ('@1'): the plain network to beat is the faster of the two; equal plain networks: 'full'
+    assert chooser.choose_pass({"full": 10.0, "segments": 9.0, "full@1": 8.0, "segments@1": 8.5}) == "full@1"
+    assert chooser.choose_pass({"full": 10.0, "segments": 7.0, "full@1": 8.0, "segments@1": 8.5}) == "segments"
+    assert chooser.choose_pass({"full": 8.0, "segments": 9.0, "full@1": 8.0}) == "full"
+    assert chooser.base_pass("segments@1") == "segments" and chooser.base_pass("graph") == "graph"
     table = {1: {}, 64: {}, 1024: {}}
     assert [chooser.nearest_batch_size(table, b) for b in (1, 2, 16, 100, 600, 5000)] == [1, 64, 64, 64, 1024, 1024]
     assert chooser.nearest_batch_size({1: {}}, 32) == 1 and chooser.nearest_batch_size({256: {}}, 1) == 256

@@ -283,11 +283,25 @@ def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(trained
 def test_latency_protocol_records_hang_together(trained):
     """One record per (engine, batch size, threads) with the fields the README reads; each engine's
     speed-up is against the full network of the same engine, and ratio = measured / predicted."""
-    from cgt.deployment.bench import ENGINES, latency_records, predicted_speedups, target_check
+    from cgt.deployment.bench import (
+        ENGINES,
+        FULL_ENGINES,
+        ONE_THREAD_FULL,
+        latency_records,
+        predicted_speedups,
+        target_check,
+    )
 
     records = latency_records(trained["model"], trained["x"][:64], tau=0.9, dataset="toy", batch_sizes=(1, 32),
-                              threads=(1, None), repeats=3, single_samples=8)
-    assert len(records) == len(ENGINES) * 2 * 2
+                              threads=(1, 2), repeats=3, single_samples=8)
+    # every engine at each batch size and thread count, and at 2 threads the plain network on one thread too
+    assert len(records) == len(ENGINES) * 2 * 2 + 2
+    assert {(r["threads"], r["batch_size"]) for r in records if r["engine"] == ONE_THREAD_FULL} == {(2, 1), (2, 32)}
+    for threads, batch_size in {(r["threads"], r["batch_size"]) for r in records}:
+        rows = {r["engine"]: r for r in records if (r["threads"], r["batch_size"]) == (threads, batch_size)}
+        best_full = min(rows[e]["median_us_per_sample"] for e in FULL_ENGINES if e in rows)
+        for r in rows.values():  # over the fastest plain network at this thread count or fewer
+            assert r["speedup_over_best_full"] == pytest.approx(best_full / r["median_us_per_sample"])
     for r in records:
         assert {"dataset", "engine", "batch_size", "threads", "predicted_speedup", "measured_speedup",
                 "ratio", "median_us_per_sample", "iqr_us_per_sample"} <= set(r)

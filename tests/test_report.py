@@ -324,6 +324,17 @@ def test_floor_comparison_pairs_by_fold_and_seed_and_flags_below_the_floor():
     assert out.loc["b", "clears the floor by ≥ 5"] == "no: below the floor"
 
 
+def test_the_published_range_sentence_places_the_reference_method_and_says_why_outside():
+    from cgt.reporting.results_pages import published_range_sentence
+
+    comparison = pd.DataFrame({"method": ["joint_uniform", "hard_cgt"], "network OA %": ["71.6", "90.0"]})
+    inside = published_range_sentence(comparison, "joint_uniform")
+    assert "65–82 % OA" in inside and "`joint_uniform`'s full network here reaches 71.6 %, inside that range." in inside
+    above = published_range_sentence(comparison, "hard_cgt")
+    assert "reaches 90.0 %, above that range: those protocols split differently" in above
+    assert published_range_sentence(comparison, "soft_cgt") == ""
+
+
 def test_floor_comparison_pairs_by_seed_where_the_protocol_has_no_folds():
     from cgt.reporting.results_pages import floor_comparison
 

@@ -15,11 +15,13 @@ interquartile range over `repeats` timings of:
                               size 1), the graph's exit score compared with τ in Python between them
   onnx_chosen                 cgt.deployment.exported's `predict`: the pass its loader chose (calibrated on the
                               timed samples; `chosen` marks that pass's own row)
+  onnx_full_1_thread          (at more than one thread) the plain network on the loader's one-thread sessions: a
+                              thread count is a ceiling, and the loader may run any pass on one thread
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples), the one predicted by the time
 model (cgt.deployment.timecost: each segment's measured time, same engine, batch size and threads),
-their ratios, and the speed-up over the fastest full-network engine. The engines of a row are timed
-in turn, round after round, so a load spike hits them alike. Both PyTorch
+their ratios, and the speed-up over the fastest full-network engine at its thread count or fewer.
+The engines of a row are timed in turn, round after round, so a load spike hits them alike. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
 (where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
@@ -43,14 +45,20 @@ from ..experiments.train_evaluate import load_dataset, load_finished
 from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
+from . import chooser
 from .timecost import ExitTimes, measure_exit_times
 from .timing import interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
            "onnx_early_exit_segments", "onnx_chosen")
-PASS_ENGINES = {"full": "onnx_full", "graph": "onnx_early_exit_graph", "segments": "onnx_early_exit_segments"}
-"""The engine row of each pass cgt.deployment.exported.load can choose."""
-FULL_ENGINES = ("torch_full", "onnx_full")
+ONE_THREAD_FULL = "onnx_full_1_thread"
+"""An extra row at more than one thread: the plain network on the loader's one-thread sessions, timed in the same
+rounds. A thread count is a ceiling, so it is a full-network engine the chosen pass must beat there too."""
+PASS_ENGINES = {"full": "onnx_full", "graph": "onnx_early_exit_graph", "segments": "onnx_early_exit_segments",
+                "full@1": ONE_THREAD_FULL}
+"""The engine row of each pass cgt.deployment.exported.load can choose (its one-thread early-exit passes,
+'graph@1' and 'segments@1', have no row of their own at more than one thread: `onnx_chosen` times them)."""
+FULL_ENGINES = ("torch_full", "onnx_full", ONE_THREAD_FULL)
 TARGETS = {1: 0.85, 1024: 0.90}
 """Measured / FLOPs-predicted speed-up the best engine should reach, per batch size (an earlier round's targets)."""
 CHOSEN_VS_BEST_FULL = 1.0
@@ -80,8 +88,9 @@ def _all_exits_then_select(model, x: torch.Tensor, tau: float, batch_size: int) 
 
 def time_models(model, onnx_model, x: torch.Tensor, threads: int, repeats: int) -> dict[str, ExitTimes]:
     """The time model of eager PyTorch ('torch': block e then head e) and of ONNX Runtime's segments
-    ('onnx', bound single-sample calls at batch 1) on x, at the current thread count: median seconds
-    per sample of each segment and of the plain network."""
+    ('onnx', bound single-sample calls at batch 1) on x, at the current thread count, and of the loader's
+    one-thread sessions ('onnx_1_thread') when it has them: median seconds per sample of each segment and
+    of the plain network."""
     calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
 
     def median_s(fn) -> float:
@@ -98,18 +107,27 @@ def time_models(model, onnx_model, x: torch.Tensor, threads: int, repeats: int) 
         torch_times = measure_exit_times([torch_segment(e) for e in range(model.num_exits)],
                                          lambda h: full_network_forward(model, h), x, median_s, "torch", threads)
     x_np = np.ascontiguousarray(x.numpy())
-    onnx_times = measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)),
-                                    x_np, median_s, "onnx_segments", threads)
-    return {"torch": torch_times, "onnx": onnx_times}
+    out = {"torch": torch_times}
+    for name, lane, n in (("onnx", onnx_model, threads), ("onnx_1_thread", onnx_model.one_thread, 1)):
+        if lane is not None:
+            out[name] = measure_exit_times(lane.segment_fns(), lambda h, m=lane: m.predict_full(h, batch_size=len(h)),
+                                           x_np, median_s, "onnx_segments", n)
+    return out
 
 
 def time_predicted_speedups(times: dict[str, ExitTimes], fractions: np.ndarray) -> dict[str, float]:
-    """Per engine, the speed-up the time model predicts over the same engine's full network."""
+    """Per engine, the speed-up the time model predicts over the same engine's full network (ONNX Runtime's
+    one-thread passes over ONNX Runtime full at the row's thread count, keyed by the loader's pass names)."""
     torch_t, onnx_t = times["torch"], times["onnx"]
-    return {"torch_full": 1.0, "torch_all_exits_then_select": torch_t.all_exits_speedup(),
-            "torch_early_exit": torch_t.predicted_speedup(fractions), "onnx_full": 1.0,
-            "onnx_early_exit_graph": onnx_t.predicted_speedup(fractions),
-            "onnx_early_exit_segments": onnx_t.predicted_speedup(fractions)}
+    out = {"torch_full": 1.0, "torch_all_exits_then_select": torch_t.all_exits_speedup(),
+           "torch_early_exit": torch_t.predicted_speedup(fractions), "onnx_full": 1.0,
+           "onnx_early_exit_graph": onnx_t.predicted_speedup(fractions),
+           "onnx_early_exit_segments": onnx_t.predicted_speedup(fractions)}
+    one = times.get("onnx_1_thread")
+    if one is not None:
+        early = onnx_t.full_s / one.predicted_time(fractions)
+        out |= {ONE_THREAD_FULL: onnx_t.full_s / one.full_s, "graph@1": early, "segments@1": early}
+    return out
 
 
 def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch_sizes=(1, 1024),
@@ -142,10 +160,12 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 fractions = np.bincount(exit_index, minlength=model.num_exits) / len(exit_index)
                 chosen_pass = onnx_model.pass_for(batch_size)
                 predicted = predicted_speedups(costs, exit_index)
-                predicted["onnx_chosen"] = 1.0 if chosen_pass == "full" else predicted["onnx_early_exit_segments"]
+                predicted[ONE_THREAD_FULL] = 1.0
+                predicted["onnx_chosen"] = (1.0 if chooser.base_pass(chosen_pass) == "full"
+                                            else predicted["onnx_early_exit_segments"])
                 times = time_models(model, onnx_model, xs[:1] if batch_size == 1 else xs, n_threads, repeats)
                 time_predicted = time_predicted_speedups(times, fractions)
-                time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES[chosen_pass]]
+                time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
                 runs = {
                     "torch_full": lambda a, b: full_network_forward(model, xs[a:b], batch_size=batch_size),
                     "torch_all_exits_then_select": lambda a, b: _all_exits_then_select(model, xs[a:b], tau, batch_size),
@@ -155,9 +175,12 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     "onnx_early_exit_segments": lambda a, b: onnx_model.predict_segments(xs_np[a:b], batch_size=batch_size),
                     "onnx_chosen": lambda a, b: onnx_model.predict(xs_np[a:b], batch_size=batch_size),
                 }
+                if onnx_model.one_thread is not None:
+                    one_thread = onnx_model.one_thread
+                    runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
                 estimate, t = interleaved_times(runs, len(xs), batch_size, repeats)
                 medians = dict(zip(runs, estimate))
-                best_full = min(medians[e] for e in FULL_ENGINES)
+                best_full = min(medians[e] for e in FULL_ENGINES if e in medians)  # at this thread count or fewer
                 for j, engine in enumerate(runs):
                     q1, q3 = np.percentile(t[:, j], [25, 75])
                     median = medians[engine]
@@ -171,7 +194,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                                     "time_predicted_speedup": time_predicted[engine],
                                     "time_ratio": measured / time_predicted[engine],
                                     "speedup_over_best_full": best_full / median,
-                                    "chosen": engine == PASS_ENGINES[chosen_pass],
+                                    "chosen": engine == PASS_ENGINES.get(chosen_pass),
                                     **({"chosen_pass": chosen_pass} if engine == "onnx_chosen" else {}),
                                     "time_model": {k: v.to_dict() for k, v in times.items()},
                                     "exit_fractions": fractions.tolist()})
@@ -216,11 +239,12 @@ def component_latency(model, sample: torch.Tensor, calls: int = 2000) -> tuple[n
 
 def onnx_segment_breakdown(onnx_model, x: np.ndarray, exit_fractions: np.ndarray, costs: ExitCosts,
                            repeats: int = 30) -> dict:
-    """Where ONNX Runtime's time goes at this batch size: each segment graph timed alone on x (µs per
-    sample), its cumulative time as a share of the full network's next to its cumulative FLOPs share,
-    and the speed-up those measured times predict for these exit fractions (no dispatch between the
-    segments counted): if it is far below the FLOPs-predicted one, the FLOPs model is what fails
-    (costs not proportional to FLOPs), not the early-exit machinery."""
+    """Where ONNX Runtime's time goes at this batch size: each segment graph's time on x (µs per sample;
+    reaching exit e timed as segments 1..e back to back, cgt.deployment.timecost), its cumulative time as a
+    share of the full network's next to its cumulative FLOPs share, and the speed-up those measured times
+    predict for these exit fractions (no dispatch between the segments counted): if it is far below the
+    FLOPs-predicted one, the FLOPs model is what fails (costs not proportional to FLOPs), not the early-exit
+    machinery."""
     calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
     times = measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)),
                                np.ascontiguousarray(x, dtype=np.float32),

@@ -7,6 +7,11 @@ early exit ('full'). Which is fastest depends on the batch size, the thread coun
 per batch size, the fastest, with ties going to the plain network: an early-exit pass is chosen only
 if it was measured at least `TIE_MARGIN` faster. Running the plain network means no early exit:
 every sample takes the last exit's prediction, the most accurate and here also the fastest.
+
+A thread count given to the loader is a ceiling, not a floor: with more than one thread it also loads
+the passes on one thread, named '<pass>@1' ('segments@1'), because a tiny network called one sample at
+a time can run faster without a thread pool to wake on every call. The plain network the choice must
+beat is then the faster of 'full' and 'full@1'.
 """
 from __future__ import annotations
 
@@ -14,25 +19,43 @@ import math
 
 PASSES = ("full", "graph", "segments")
 EARLY_EXIT_PASSES = ("graph", "segments")
+ONE_THREAD = "@1"
+"""The suffix of a pass run on the loader's one-thread sessions ('full@1', 'graph@1', 'segments@1')."""
 TIE_MARGIN = 0.03
 """An early-exit pass must be measured this much faster (relative) than the plain network to be chosen:
 within timing noise of each other they tie, and ties go to the plain network."""
+
+
+def base_pass(key: str) -> str:
+    """The pass a calibration key names: 'segments@1' → 'segments'."""
+    return key[:-len(ONE_THREAD)] if key.endswith(ONE_THREAD) else key
+
+
+def valid_keys() -> list[str]:
+    return [*PASSES, *(p + ONE_THREAD for p in PASSES)]
 
 
 def check_times(times: dict[str, float]) -> None:
     """A calibration row: a positive time for the plain network and for at least one early-exit pass (a
     learned exit policy has no one-graph pass), and no other names."""
     bad = {p: t for p, t in times.items() if not t > 0}
-    if "full" not in times or not set(times) & set(EARLY_EXIT_PASSES) or bad or set(times) - set(PASSES):
+    early = [k for k in times if base_pass(k) in EARLY_EXIT_PASSES]
+    if "full" not in times or not early or bad or set(times) - set(valid_keys()):
         raise ValueError(f"a calibration row needs positive times for 'full' and for at least one of "
-                         f"{list(EARLY_EXIT_PASSES)} (names from {list(PASSES)}); got {times}")
+                         f"{list(EARLY_EXIT_PASSES)} (names from {valid_keys()}); got {times}")
+
+
+def fastest_full(times: dict[str, float]) -> str:
+    """The faster plain-network key of a row ('full' on a tie: the thread count asked for)."""
+    return min((k for k in ("full", "full" + ONE_THREAD) if k in times), key=times.__getitem__)
 
 
 def choose_pass(times: dict[str, float], margin: float = TIE_MARGIN) -> str:
     """The pass to run given its measured seconds per sample {pass: s} at one batch size and thread count."""
     check_times(times)
-    fastest = min((p for p in EARLY_EXIT_PASSES if p in times), key=times.__getitem__)
-    return fastest if times[fastest] < (1.0 - margin) * times["full"] else "full"
+    full = fastest_full(times)
+    fastest = min((k for k in times if base_pass(k) in EARLY_EXIT_PASSES), key=times.__getitem__)
+    return fastest if times[fastest] < (1.0 - margin) * times[full] else full
 
 
 def nearest_batch_size(table: dict[int, dict[str, float]], batch_size: int) -> int:
@@ -53,10 +76,11 @@ def choices(table: dict[int, dict[str, float]], margin: float = TIE_MARGIN) -> d
 
 
 def describe(table: dict[int, dict[str, float]], threads: int | None, margin: float = TIE_MARGIN) -> str:
-    """One line: per calibrated batch size, the chosen pass and its measured speed-up over the plain network."""
+    """One line: per calibrated batch size, the chosen pass and its measured speed-up over the fastest plain network."""
     parts = []
     for b, chosen in choices(table, margin).items():
         times = table[b]
-        parts.append(f"batch {b}: {chosen} ({1e6 * times[chosen]:.1f} us/sample, {times['full'] / times[chosen]:.2f}x "
-                     f"the plain network)")
+        full = fastest_full(times)
+        parts.append(f"batch {b}: {chosen} ({1e6 * times[chosen]:.1f} us/sample, {times[full] / times[chosen]:.2f}x "
+                     f"the plain network{'' if full == 'full' else ' on 1 thread'})")
     return f"{threads or 'default'} thread(s); " + "; ".join(parts)

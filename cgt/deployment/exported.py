@@ -30,7 +30,9 @@ recorded sha256; the sha256 of manifest.json is therefore a digest of the whole 
 
 Which pass: `load` times the three passes (one graph, segments, plain network) on the calibration
 samples at batch size 1 and in batches and runs, per batch size, the fastest (cgt.deployment.chooser;
-ties go to the plain network, so it is never slower than running no early exit at all).
+ties go to the plain network, so it is never slower than running no early exit at all). Allowed more
+than one thread, it times each pass on one thread too and may run it there: at batch size 1 a call on
+these networks takes microseconds, and waking a second thread costs about as much as it saves.
 """
 from __future__ import annotations
 
@@ -320,6 +322,10 @@ class OnnxEarlyExit:
     learned: LearnedPolicy | None = None
     """The learned exit policy when the point in use is one of its points: exits decide on its score, computed
     in Python from each segment's logits (the one-graph pass cannot run it)."""
+    one_thread: "OnnxEarlyExit | None" = None
+    """The same export on one-thread sessions, loaded beside these when more than one thread is allowed and
+    the pass is calibrated: the thread count is a ceiling, and a tiny network called one sample at a time can
+    run faster with no thread pool to wake per call. Its passes are calibrated as '<pass>@1' (cgt.deployment.chooser)."""
 
     def __post_init__(self):
         self._threshold_array = np.asarray(self.thresholds, np.float32)
@@ -349,7 +355,7 @@ class OnnxEarlyExit:
         return f"fastest measured pass, ties to the plain network: {chooser.describe(self.calibration, self.threads)}"
 
     def pass_for(self, batch_size: int) -> str:
-        """The pass `predict` runs for batches of this size."""
+        """The pass `predict` runs for batches of this size ('segments@1': on the one-thread sessions)."""
         if self.forced:
             return self.forced
         if not self.calibration:
@@ -366,8 +372,10 @@ class OnnxEarlyExit:
         return run(x, batch_size)
 
     def _dispatch_for(self, size: int):
-        run = {"full": self._predict_full_with_exits, "graph": self.predict_graph,
-               "segments": self.predict_segments}[self.pass_for(size)]
+        key = self.pass_for(size)
+        lane = self.one_thread if key.endswith(chooser.ONE_THREAD) else self
+        run = {"full": lane._predict_full_with_exits, "graph": lane.predict_graph,
+               "segments": lane.predict_segments}[chooser.base_pass(key)]
         self._dispatch[size] = run
         return run
 
@@ -539,19 +547,24 @@ class OnnxEarlyExit:
     def calibrate(self, x: np.ndarray, batch_sizes=(1, CALIBRATION_SAMPLES), repeats: int = 7,
                   single_samples: int = 64) -> dict:
         """Time the three passes on x at each batch size (batch 1: the first `single_samples` samples one
-        at a time; larger: one batch), interleaved over `repeats` rounds after a warm-up, and keep the
-        table the choice is made from; returns it ({batch size: {pass: seconds per sample}})."""
+        at a time; larger: one batch), and on the one-thread sessions too when they are loaded ('<pass>@1'),
+        interleaved over `repeats` rounds after a warm-up, and keep the table the choice is made from;
+        returns it ({batch size: {pass: seconds per sample}})."""
         from .timing import interleaved_times
 
         x = np.ascontiguousarray(x, dtype=np.float32)
         table = {}
         for batch_size in sorted({min(b, len(x)) for b in batch_sizes}):
             xs = x[:single_samples] if batch_size == 1 else x[:batch_size]
-            runs = {"full": lambda a, b: self.predict_full(xs[a:b], batch_size),
-                    "graph": lambda a, b: self.predict_graph(xs[a:b], batch_size),
-                    "segments": lambda a, b: self.predict_segments(xs[a:b], batch_size)}
-            if self.learned is not None:  # the one-graph pass cannot run a learned point
-                del runs["graph"]
+            runs = {}
+            for lane, suffix in ((self, ""), (self.one_thread, chooser.ONE_THREAD)):
+                if lane is None:
+                    continue
+                runs |= {"full" + suffix: lambda a, b, m=lane: m.predict_full(xs[a:b], batch_size),
+                         "graph" + suffix: lambda a, b, m=lane: m.predict_graph(xs[a:b], batch_size),
+                         "segments" + suffix: lambda a, b, m=lane: m.predict_segments(xs[a:b], batch_size)}
+                if self.learned is not None:  # the one-graph pass cannot run a learned point
+                    del runs["graph" + suffix]
             estimate, _ = interleaved_times(runs, len(xs), batch_size, repeats)
             table[batch_size] = {p: float(t) for p, t in zip(runs, estimate)}
         self.calibration, self._dispatch = table, {}
@@ -570,7 +583,8 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
     """Load an export (every file verified, see `verify`; `digest` pins the whole export), with the
     thresholds of `point`. choose='auto' runs, per batch size, the fastest pass timed on the export's
     calibration samples (or `calibration_inputs`; a `calibration` table given is used as is); or name a
-    pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set).
+    pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set); a
+    ceiling under choose='auto', which also loads one-thread sessions and may run a pass on them.
     A learned_budget_* point decides with the export's learned exit policy (by segments or the plain network)."""
     import onnxruntime as ort
 
@@ -581,15 +595,15 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
     if point not in manifest["thresholds"]:
         raise ValueError(f"unknown operating point {point!r}; valid choices: {sorted(manifest['thresholds'])}")
     threads = threads if threads is not None else _default_threads()
-    options = ort.SessionOptions()
-    # Several sessions run one after another: idle thread pools must sleep, not spin, or each
-    # session's spinning workers take the cores the next one needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
 
-    def session(file: str):
+    def session(file: str, n_threads: int | None = threads):
+        options = ort.SessionOptions()
+        # Several sessions run one after another: idle thread pools must sleep, not spin, or each
+        # session's spinning workers take the cores the next one needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if n_threads is not None:
+            options.intra_op_num_threads = n_threads
+            options.inter_op_num_threads = 1
         return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
 
     learned_record = manifest.get("learned_policy") or {}
@@ -601,15 +615,27 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         learned = LearnedPolicy.from_dict(learned_record)
         learned.check_num_exits(manifest["num_exits"])
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
-    model = OnnxEarlyExit(session(manifest["early_exit"]["file"]), [session(seg["file"]) for seg in manifest["segments"]],
-                          session(manifest["full_network"]["file"]), manifest, taus, threads,
-                          forced=None if choose == "auto" else choose, learned=learned)
+
+    def sessions(n_threads: int | None) -> tuple:
+        return (session(manifest["early_exit"]["file"], n_threads),
+                [session(seg["file"], n_threads) for seg in manifest["segments"]],
+                session(manifest["full_network"]["file"], n_threads))
+
+    one_thread = None
+    if choose == "auto" and threads != 1 and (threads or os.cpu_count() or 1) > 1:
+        one_thread = OnnxEarlyExit(*sessions(1), manifest, taus, 1, learned=learned)
+    model = OnnxEarlyExit(*sessions(threads), manifest, taus, threads,
+                          forced=None if choose == "auto" else choose, learned=learned, one_thread=one_thread)
     if choose == "auto":
         if calibration is not None:
             for times in calibration.values():
                 chooser.check_times(times)
+                if one_thread is None and any(k.endswith(chooser.ONE_THREAD) for k in times):
+                    raise ValueError(f"calibration names one-thread passes ({sorted(times)}) but this load has "
+                                     f"no one-thread sessions (threads=1); valid names: {list(chooser.PASSES)}")
             # a learned point has no one-graph pass: its time in a given table cannot be chosen
-            model.calibration = {int(b): {p: t for p, t in times.items() if not (learned and p == "graph")}
+            model.calibration = {int(b): {p: t for p, t in times.items()
+                                          if not (learned and chooser.base_pass(p) == "graph")}
                                  for b, times in calibration.items()}
             model._dispatch = {}
         else:

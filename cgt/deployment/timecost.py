@@ -4,7 +4,8 @@ On small networks FLOPs are a poor yardstick: per-call and per-operator overhead
 exit cost a third of the network's time (figures/bench_components.json). The time model is what a
 sample leaving at exit e actually paid on one engine, batch size and thread count:
 
-    time(e) = Σ_{k ≤ e} segment_k        segment_k: block k and head k, measured per sample
+    time(e) = Σ_{k ≤ e} segment_k        segment_k: block k and head k, per sample (measured as the
+                                          time of segments 1..k back to back less that of 1..k − 1)
     time(fractions) = Σ_e fraction_e · time(e)
     predicted speed-up = full network's measured time / time(fractions)
 
@@ -75,18 +76,29 @@ class ExitTimes:
 
 def measure_exit_times(segments: Sequence[Callable], full: Callable, x, time_fn: Callable[[Callable], float],
                        engine: str = "", threads: int = 1) -> ExitTimes:
-    """Time each segment on the features that reach it and the full network on x.
+    """Time reaching each exit, and the full network, on x.
 
     segments[e](h) → (features after block e, logits of exit e); full(x) → anything. time_fn(fn) gives
-    the seconds of one call fn() (e.g. a median of repeats). Every segment runs on all of x (not only
-    the samples that would reach it): times are per sample, as the model assumes they scale with the count.
+    the seconds of one call fn() (e.g. a median of repeats). Reaching exit e is timed as segments 1..e
+    called back to back, as the early-exit pass calls them: with more than one thread every session has
+    its own thread pool, and moving from one session to the next wakes it, which a segment timed alone,
+    call after call, never pays. Every prefix runs on all of x (not only the samples that would reach
+    it): times are per sample, as the model assumes they scale with the count. segment_s[e] is the
+    difference of consecutive prefix times (a prefix measured faster than a shorter one counts as the
+    shorter one's time, so no segment is negative).
     """
     n = len(x)
-    segment_s, h = [], x
-    for segment in segments:
-        segment_s.append(time_fn(lambda h=h: segment(h)) / n)
-        h = segment(h)[0]
-    return ExitTimes(tuple(segment_s), time_fn(lambda: full(x)) / n, engine, n, threads)
+
+    def prefix(last: int) -> Callable[[], None]:
+        def run():
+            h = x
+            for segment in segments[:last + 1]:
+                h = segment(h)[0]
+        return run
+
+    cumulative = np.maximum.accumulate([time_fn(prefix(e)) / n for e in range(len(segments))])
+    segment_s = np.diff(cumulative, prepend=0.0)
+    return ExitTimes(tuple(float(t) for t in segment_s), time_fn(lambda: full(x)) / n, engine, n, threads)
 
 
 def latency_point_name(budget_us: float) -> str:
