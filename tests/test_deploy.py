@@ -522,3 +522,35 @@ def test_a_bound_call_keeps_its_arrays_alive(small_export):
         run()
     with torch.no_grad():
         assert run.arrays[1]["prediction"][0] == small_export["net"](small_export["x"][:1])[-1].argmax(-1).item()
+
+
+def test_a_bound_call_is_one_cpp_call_with_the_public_methods_outputs(small_export):
+    """_bound_run calls the session's C++ run_with_iobinding directly on the pinned onnxruntime (the Python
+    wrapper's per-call checks are for WebGPU graph capture); its outputs equal the public method's."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(small_export["folder"] / "segment1.onnx"), providers=["CPUExecutionProvider"])
+    x = small_export["x"][:1].numpy()
+    direct = deploy._Bound(session, {"features": x.copy()}, deploy._session_outputs(session, 1))
+    assert direct.run.func.__self__ is session._sess  # the fast path is taken, not the fallback
+    public = deploy._session_outputs(session, 1)
+    binding = session.io_binding()
+    binding.bind_input("features", "cpu", 0, np.float32, [1, 12], x.ctypes.data)
+    for name, array in public.items():
+        binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+    direct.run()
+    session.run_with_iobinding(binding)
+    for name in public:
+        np.testing.assert_array_equal(direct.outputs[name], public[name])
+
+
+def test_a_sample_no_exit_takes_is_refused_by_name(small_export):
+    """A non-finite input gives NaN scores, which no exit's comparison accepts, not even the last's: the
+    single-sample pass says which sample, instead of returning an unwritten prediction."""
+    model = deploy.load(small_export["folder"], choose="segments")
+    x = small_export["x"][:3].numpy().copy()
+    x[1] = np.nan
+    with pytest.raises(ValueError, match=r"sample 1: no exit took it \(exit score nan\); are its inputs finite\?"):
+        model.predict(x, batch_size=1)
+    preds, exits = model.predict(small_export["x"][:3].numpy(), batch_size=1)
+    assert preds.dtype == exits.dtype == np.int64 and set(exits) <= {0, 1, 2}

@@ -309,6 +309,19 @@ def test_latency_protocol_records_hang_together(trained):
         assert sum(r["exit_fractions"]) == pytest.approx(1.0) and r["iqr_us_per_sample"] >= 0
         if r["engine"].endswith("_full"):
             assert r["measured_speedup"] == 1.0 and r["predicted_speedup"] == 1.0
+        # the time model is timed in the same rounds as the rows: its plain network is the row's own median,
+        # and a pass's predicted time is the exit-fraction-weighted time of reaching each exit
+        rows = {x["engine"]: x for x in records if (x["threads"], x["batch_size"]) == (r["threads"], r["batch_size"])}
+        model = r["time_model"]
+        for name, full in (("torch", "torch_full"), ("onnx", "onnx_full"), ("onnx_1_thread", ONE_THREAD_FULL)):
+            assert (name in model) == (full in rows)
+            if name in model:
+                assert 1e6 * model[name]["full_s"] == pytest.approx(rows[full]["median_us_per_sample"])
+        if r["engine"] == "onnx_early_exit_segments":
+            onnx = model["onnx"]
+            assert r["time_predicted_speedup"] == pytest.approx(
+                onnx["full_s"] / np.dot(r["exit_fractions"], np.cumsum(onnx["segment_s"])))
+            assert r["time_ratio"] == pytest.approx(r["measured_speedup"] / r["time_predicted_speedup"])
     costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
     early = next(r for r in records if r["engine"] == "torch_early_exit" and r["batch_size"] == 32)
     assert early["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(early["exit_fractions"], costs))

@@ -19,8 +19,9 @@ interquartile range over `repeats` timings of:
                               thread count is a ceiling, and the loader may run any pass on one thread
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples), the one predicted by the time
-model (cgt.deployment.timecost: each segment's measured time, same engine, batch size and threads),
-their ratios, and the speed-up over the fastest full-network engine at its thread count or fewer.
+model (cgt.deployment.timecost: the measured time of reaching each exit, same engine, batch size, threads
+and samples, timed in the same rounds as the passes it predicts), their ratios, and the speed-up over the
+fastest full-network engine at its thread count or fewer.
 The engines of a row are timed in turn, round after round, so a load spike hits them alike. Both PyTorch
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
@@ -46,7 +47,7 @@ from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
 from . import chooser
-from .timecost import ExitTimes, measure_exit_times
+from .timecost import ExitTimes, exit_times_from_prefixes, measure_exit_times, prefix_runs
 from .timing import interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
@@ -86,32 +87,40 @@ def _all_exits_then_select(model, x: torch.Tensor, tau: float, batch_size: int) 
     return torch.cat(preds)
 
 
-def time_models(model, onnx_model, x: torch.Tensor, threads: int, repeats: int) -> dict[str, ExitTimes]:
-    """The time model of eager PyTorch ('torch': block e then head e) and of ONNX Runtime's segments
-    ('onnx', bound single-sample calls at batch 1) on x, at the current thread count, and of the loader's
-    one-thread sessions ('onnx_1_thread') when it has them: median seconds per sample of each segment and
-    of the plain network."""
-    calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
+TIME_MODEL_FULL = {"torch": "torch_full", "onnx": "onnx_full", "onnx_1_thread": ONE_THREAD_FULL}
+"""Each time model's plain-network time: the engine row it predicts speed-ups over."""
 
-    def median_s(fn) -> float:
-        return float(np.median(time_repeats(fn, calls)))
 
-    @torch.inference_mode()
+def time_model_runs(model, onnx_model, xs: torch.Tensor, xs_np: np.ndarray) -> dict[str, list[Callable]]:
+    """Per time model, run(start, stop) per exit reaching it on those timed samples (segments 1..e back to
+    back, cgt.deployment.timecost.prefix_runs): eager PyTorch ('torch': block e then head e, in inference
+    mode per call as the torch rows), ONNX Runtime's segments at the row's thread count ('onnx': bound
+    single-sample calls at batch 1), and the loader's one-thread sessions ('onnx_1_thread') when it has
+    them. `latency_records` times them in the same rounds as the passes they predict."""
     def torch_segment(e):
         def run(h):
             h = model.blocks[e](h)
             return h, model.heads[e](h)
         return run
 
-    with torch.inference_mode():
-        torch_times = measure_exit_times([torch_segment(e) for e in range(model.num_exits)],
-                                         lambda h: full_network_forward(model, h), x, median_s, "torch", threads)
-    x_np = np.ascontiguousarray(x.numpy())
-    out = {"torch": torch_times}
-    for name, lane, n in (("onnx", onnx_model, threads), ("onnx_1_thread", onnx_model.one_thread, 1)):
+    out = {"torch": [torch.inference_mode()(run)
+                     for run in prefix_runs([torch_segment(e) for e in range(model.num_exits)], xs)]}
+    for name, lane in (("onnx", onnx_model), ("onnx_1_thread", onnx_model.one_thread)):
         if lane is not None:
-            out[name] = measure_exit_times(lane.segment_fns(), lambda h, m=lane: m.predict_full(h, batch_size=len(h)),
-                                           x_np, median_s, "onnx_segments", n)
+            out[name] = prefix_runs(lane.segment_fns(), xs_np)
+    return out
+
+
+def time_models_from(medians: dict[str, float], batch_size: int, threads: int) -> dict[str, ExitTimes]:
+    """The time models from one interleaved run's medians (seconds per sample): the prefix runs of
+    `time_model_runs`, named '<model>:<exit>', and each model's plain-network row (`TIME_MODEL_FULL`)."""
+    out = {}
+    for name, full in TIME_MODEL_FULL.items():
+        prefixes = sorted((k for k in medians if k.startswith(name + ":")), key=lambda k: int(k.rsplit(":", 1)[1]))
+        if prefixes:
+            out[name] = exit_times_from_prefixes([medians[k] for k in prefixes], medians[full],
+                                                 "torch" if name == "torch" else "onnx_segments", batch_size,
+                                                 1 if name == "onnx_1_thread" else threads)
     return out
 
 
@@ -163,9 +172,6 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 predicted[ONE_THREAD_FULL] = 1.0
                 predicted["onnx_chosen"] = (1.0 if chooser.base_pass(chosen_pass) == "full"
                                             else predicted["onnx_early_exit_segments"])
-                times = time_models(model, onnx_model, xs[:1] if batch_size == 1 else xs, n_threads, repeats)
-                time_predicted = time_predicted_speedups(times, fractions)
-                time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
                 runs = {
                     "torch_full": lambda a, b: full_network_forward(model, xs[a:b], batch_size=batch_size),
                     "torch_all_exits_then_select": lambda a, b: _all_exits_then_select(model, xs[a:b], tau, batch_size),
@@ -178,8 +184,13 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 if onnx_model.one_thread is not None:
                     one_thread = onnx_model.one_thread
                     runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
-                estimate, t = interleaved_times(runs, len(xs), batch_size, repeats)
-                medians = dict(zip(runs, estimate))
+                prefixes = {f"{name}:{e + 1}": run for name, lane in time_model_runs(model, onnx_model, xs, xs_np).items()
+                            for e, run in enumerate(lane)}
+                estimate, t = interleaved_times(runs | prefixes, len(xs), batch_size, repeats)
+                medians = dict(zip(runs | prefixes, estimate))
+                times = time_models_from(medians, batch_size, n_threads)
+                time_predicted = time_predicted_speedups(times, fractions)
+                time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
                 best_full = min(medians[e] for e in FULL_ENGINES if e in medians)  # at this thread count or fewer
                 for j, engine in enumerate(runs):
                     q1, q3 = np.percentile(t[:, j], [25, 75])

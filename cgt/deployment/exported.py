@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -287,10 +288,21 @@ class _Bound:
                 bind = binding.bind_input if kind == "input" else binding.bind_output
                 bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         self.binding = binding
-        self.run = functools.partial(session.run_with_iobinding, binding)  # a call: one C++ method, no arguments built
+        self.run = _bound_run(session, binding)  # a call: one C++ method, no arguments built
         # ONNX Runtime holds raw pointers into these arrays: they must live as long as the call does, even
         # when only `run` is kept.
         self.run.arrays = (inputs, outputs)
+
+
+def _bound_run(session, binding) -> functools.partial:
+    """session.run_with_iobinding(binding) as one C++ call. The Python wrapper checks WebGPU graph capture
+    on every call (a call into C++ and a few lookups): about 0.5 µs of a 20 µs single-sample call on the
+    CPU, measured. The wrapper's own C++ method is called directly where this onnxruntime has it (the pinned
+    version does; tests/test_deploy.py checks both give the same outputs), the public method otherwise."""
+    c_session, c_binding = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    if hasattr(c_session, "run_with_iobinding") and c_binding is not None:
+        return functools.partial(c_session.run_with_iobinding, c_binding, None)
+    return functools.partial(session.run_with_iobinding, binding)
 
 
 def _session_outputs(session, batch: int) -> dict[str, np.ndarray]:
@@ -380,6 +392,8 @@ class OnnxEarlyExit:
         return run
 
     def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        if batch_size == 1:
+            return self._full_one_at_a_time(x, with_exits=True)
         preds = self.predict_full(x, batch_size)
         exits = np.empty(len(preds), np.int64)
         exits.fill(len(self.sessions) - 1)  # 0.25 µs against np.full's 0.65 µs, on a path of ~20 µs
@@ -410,15 +424,12 @@ class OnnxEarlyExit:
 
     def predict_segments(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """The early-exit pass with one session call per exit segment and the exit decisions in Python."""
+        if batch_size == 1 and self.learned is None:
+            return self._segments_one_at_a_time(x)
         x = np.ascontiguousarray(x, dtype=np.float32)
         preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
         if self.learned is not None:
             return self._predict_segments_learned(x, batch_size, preds, exits)
-        if batch_size == 1:
-            one = self._predict_one
-            for i in range(len(x)):
-                preds[i], exits[i] = one(x[i])
-            return preds, exits
         last, policy = len(self.sessions) - 1, self.policy
         for start in range(0, len(x), batch_size):
             h = x[start:start + batch_size]
@@ -456,16 +467,22 @@ class OnnxEarlyExit:
                 h, pending = h[~done], pending[~done]
         return preds, exits
 
-    def _predict_one(self, sample: np.ndarray) -> tuple[int, int]:
-        """(prediction, exit index) of one sample (*input_shape): bound sessions, one float32 compared
-        with τ per exit (the score computed in the graph), no array built between the calls."""
-        first_input, calls, higher_leaves = self._bound_segments or self._bind_segments()
-        first_input[0] = sample  # copied into segment 1's bound input
-        for run, score, prediction, tau, e in calls:
-            run()
-            if (score[0] >= tau) if higher_leaves else (score[0] <= tau):
-                return int(prediction[0]), e
-        raise AssertionError("unreachable: the last exit takes every sample")
+    def _segments_one_at_a_time(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, exit indices) of x, one sample at a time: bound sessions (segment e's input array
+        is segment e − 1's output array), one float32 compared with τ per exit (the score computed in the
+        graph), no array built between the calls, no Python call per sample but the sessions'."""
+        first_input, calls, accepts = self._bound_segments or self._bind_segments()
+        preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
+        for i in range(len(x)):
+            first_input[0] = x[i]  # copied (and cast to float32) into segment 1's bound input
+            for run, score, prediction, tau, e in calls:
+                run()
+                if accepts(score[0], tau):  # the last exit's τ takes every sample
+                    preds[i], exits[i] = prediction[0], e
+                    break
+            else:  # only a NaN score fails the last exit's comparison
+                raise ValueError(f"sample {i}: no exit took it (exit score {score[0]}); are its inputs finite?")
+        return preds, exits
 
     def predict_full(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Predictions of the plain network, no early exit."""
@@ -476,16 +493,21 @@ class OnnxEarlyExit:
                  for i in range(0, len(x), batch_size)]
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
-    def _full_one_at_a_time(self, x: np.ndarray) -> np.ndarray:
-        """The plain network's predictions, one bound call per sample: the assignment into the bound input
-        casts to float32 as it copies (no converted copy of x is made first)."""
+    def _full_one_at_a_time(self, x: np.ndarray, with_exits: bool = False):
+        """The plain network's predictions (and, `with_exits`, every sample's exit index: the last), one
+        bound call per sample: the assignment into the bound input casts to float32 as it copies (no
+        converted copy of x is made first)."""
         features, run, prediction = self._bound_full or self._bind_full()
         preds = np.empty(len(x), np.int64)
         for i in range(len(x)):
             features[0] = x[i]
             run()
             preds[i] = prediction[0]
-        return preds
+        if not with_exits:
+            return preds
+        exits = np.empty(len(preds), np.int64)
+        exits.fill(len(self.sessions) - 1)  # 0.25 µs against np.full's 0.65 µs, on a path of ~20 µs
+        return preds, exits
 
     def logits(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for x (all segments run): for checking against PyTorch."""
@@ -518,6 +540,7 @@ class OnnxEarlyExit:
         """Segment e's bound input is segment e − 1's bound output: features never leave their arrays.
         The last exit's τ is ±inf, so it takes every sample by the same comparison."""
         higher_leaves = self.policy == "max_softmax"  # cgt.policy.passes: score >= τ, entropy <= τ
+        accepts = operator.ge if higher_leaves else operator.le
         features = first_input = np.zeros([1, *self.manifest["input_shape"]], np.float32)
         always = np.float32(-np.inf if higher_leaves else np.inf)
         calls, self._segment_bindings = [], []  # the bindings keep their arrays alive: ONNX Runtime writes into them
@@ -527,7 +550,7 @@ class OnnxEarlyExit:
             self._segment_bindings.append(_Bound(session, {"features": features}, outputs))
             calls.append((self._segment_bindings[-1].run, outputs["score"], outputs["prediction"], tau, e))
             features = outputs["features_out"]
-        self._bound_segments = (first_input, tuple(calls), higher_leaves)
+        self._bound_segments = (first_input, tuple(calls), accepts)
         return self._bound_segments
 
     def _bind_full(self) -> tuple[np.ndarray, Any, np.ndarray]:

@@ -74,31 +74,44 @@ class ExitTimes:
         return asdict(self) | {"segment_us": [1e6 * s for s in self.segment_s], "full_us": 1e6 * self.full_s}
 
 
+def prefix_runs(segments: Sequence[Callable], x) -> list[Callable[[int, int], None]]:
+    """Per exit e, run(start, stop): segments 1..e called back to back on samples start..stop − 1 of x, as
+    the early-exit pass calls them to reach exit e. segments[e](h) → (features after block e, logits of
+    exit e). Every prefix runs on all the samples given (not only those that would reach it): times are
+    per sample, as the model assumes they scale with the count."""
+    def prefix(last: int) -> Callable[[int, int], None]:
+        def run(start: int, stop: int) -> None:
+            h = x[start:stop]
+            for segment in segments[:last + 1]:
+                h = segment(h)[0]
+        return run
+    return [prefix(e) for e in range(len(segments))]
+
+
+def exit_times_from_prefixes(prefix_s: Sequence[float], full_s: float, engine: str = "", batch_size: int = 1,
+                             threads: int = 1) -> ExitTimes:
+    """The time model from measured seconds per sample of reaching each exit (`prefix_runs`) and of the
+    plain network. segment_s[e] is the difference of consecutive prefix times; a prefix measured faster
+    than a shorter one counts as the shorter one's time, so no segment is negative."""
+    cumulative = np.maximum.accumulate(np.asarray(prefix_s, np.float64))
+    segment_s = np.diff(cumulative, prepend=0.0)
+    return ExitTimes(tuple(float(t) for t in segment_s), float(full_s), engine, batch_size, threads)
+
+
 def measure_exit_times(segments: Sequence[Callable], full: Callable, x, time_fn: Callable[[Callable], float],
                        engine: str = "", threads: int = 1) -> ExitTimes:
     """Time reaching each exit, and the full network, on x.
 
     segments[e](h) → (features after block e, logits of exit e); full(x) → anything. time_fn(fn) gives
     the seconds of one call fn() (e.g. a median of repeats). Reaching exit e is timed as segments 1..e
-    called back to back, as the early-exit pass calls them: with more than one thread every session has
-    its own thread pool, and moving from one session to the next wakes it, which a segment timed alone,
-    call after call, never pays. Every prefix runs on all of x (not only the samples that would reach
-    it): times are per sample, as the model assumes they scale with the count. segment_s[e] is the
-    difference of consecutive prefix times (a prefix measured faster than a shorter one counts as the
-    shorter one's time, so no segment is negative).
+    called back to back (`prefix_runs`), as the early-exit pass calls them: with more than one thread
+    every session has its own thread pool, and moving from one session to the next wakes it, which a
+    segment timed alone, call after call, never pays. (cgt.deployment.bench times the prefixes in the
+    same interleaved rounds as the passes they predict instead, `exit_times_from_prefixes`.)
     """
     n = len(x)
-
-    def prefix(last: int) -> Callable[[], None]:
-        def run():
-            h = x
-            for segment in segments[:last + 1]:
-                h = segment(h)[0]
-        return run
-
-    cumulative = np.maximum.accumulate([time_fn(prefix(e)) / n for e in range(len(segments))])
-    segment_s = np.diff(cumulative, prepend=0.0)
-    return ExitTimes(tuple(float(t) for t in segment_s), time_fn(lambda: full(x)) / n, engine, n, threads)
+    prefix_s = [time_fn(lambda run=run: run(0, n)) / n for run in prefix_runs(segments, x)]
+    return exit_times_from_prefixes(prefix_s, time_fn(lambda: full(x)) / n, engine, n, threads)
 
 
 def latency_point_name(budget_us: float) -> str:

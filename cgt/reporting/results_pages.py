@@ -171,16 +171,38 @@ def latency_target_lines(records: list[dict]) -> list[str]:
     for t in targets:
         line = (f"* {t['dataset']}, batch {t['batch_size']}, {t['threads']} thread(s): {t['target']} "
                 f"{t['value']:.2f} ({t['engine']}), goal ≥ {t['goal']:.2f}: **{'met' if t['met'] else 'not met'}**")
-        if t["target"] == "chosen pass / ONNX Runtime full" and not t["met"]:
-            segments = next((r for r in records if r["engine"] == "onnx_early_exit_segments"
-                             and (r["dataset"], r["batch_size"], r["threads"]) == (t["dataset"], t["batch_size"], t["threads"])),
-                            None)
-            if segments and segments["time_predicted_speedup"] < t["goal"]:
-                line += (f" — out of reach for this network and exit mix on this machine: the segments' own measured "
-                         f"times predict at most {segments['time_predicted_speedup']:.2f}× (exits taken "
-                         f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch")
+        if not t["met"]:
+            line += _why_missed(t, {r["engine"]: r for r in records
+                                    if (r["dataset"], r["batch_size"], r["threads"]) == (t["dataset"], t["batch_size"], t["threads"])})
         lines.append(line + ".")
     return lines
+
+
+def _why_missed(target: dict, rows: dict[str, dict]) -> str:
+    """Where the time goes for a missed latency target, from the records of its row ('' if nothing to say)."""
+    from ..deployment import chooser
+    from ..deployment.bench import FULL_ENGINES
+
+    segments, chosen = rows.get("onnx_early_exit_segments"), rows.get("onnx_chosen")
+    if target["target"] == "chosen pass / ONNX Runtime full" and segments \
+            and segments["time_predicted_speedup"] < target["goal"]:
+        return (f" — out of reach for this network and exit mix on this machine: the segments' own measured "
+                f"times predict at most {segments['time_predicted_speedup']:.2f}× (exits taken "
+                f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch")
+    if target["target"] == "chosen pass / best full network" and chosen \
+            and chooser.base_pass(chosen.get("chosen_pass", "")) == "full":
+        best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"])
+        return (f" — the chosen pass is the plain network itself, as the {best['engine']} row: "
+                f"{chosen['median_us_per_sample']:.1f} µs per sample through `predict` against "
+                f"{best['median_us_per_sample']:.1f} µs (IQRs {chosen['iqr_us_per_sample']:.1f} and "
+                f"{best['iqr_us_per_sample']:.1f} µs); the difference is `predict`'s bookkeeping (the pass "
+                f"looked up, the exit indices returned) and timing noise")
+    if target["target"] == "measured / time-predicted" and segments and chosen and target["threads"] > 1 \
+            and chosen.get("chosen_pass") != "segments":
+        return (f" — {segments['median_us_per_sample']:.1f} µs per sample [IQR {segments['iqr_us_per_sample']:.1f}] on "
+                f"{target['threads']}-thread sessions, which the loader does not run here; the pass it runs "
+                f"({chosen.get('chosen_pass')}) measures {chosen['time_ratio']:.2f} of its time-predicted speed-up")
+    return ""
 
 
 def authors_timing_sentences(records: list[dict]) -> list[str]:
