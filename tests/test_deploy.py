@@ -554,3 +554,18 @@ def test_a_sample_no_exit_takes_is_refused_by_name(small_export):
         model.predict(x, batch_size=1)
     preds, exits = model.predict(small_export["x"][:3].numpy(), batch_size=1)
     assert preds.dtype == exits.dtype == np.int64 and set(exits) <= {0, 1, 2}
+
+
+def test_segments_that_decide_nothing_give_the_exported_segments_logits(trained):
+    """cgt.deployment.bench.undecided_segments (the ceiling of any exit decision, in bench_components.json)
+    times the same computation as the exported segments, without the score and class."""
+    from cgt.deployment.bench import undecided_segments
+    from cgt.inference import fuse_for_inference
+
+    x = trained["x"][:16].numpy()
+    sessions = undecided_segments(fuse_for_inference(trained["model"]).eval(), tuple(x.shape[1:]))
+    assert all({o.name for o in s.get_outputs()} == {"features_out", "logits"} for s in sessions)
+    h = x
+    for session, want in zip(sessions, deploy.load(trained["folder"], choose="segments").logits(x)):
+        h, logits = session.run(["features_out", "logits"], {"features": h})
+        np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)

@@ -343,6 +343,10 @@ def test_where_the_time_goes_is_consistent_with_its_own_times(trained):
     costs = trained["costs"]
     assert b["flops_predicted_speedup"] == pytest.approx(costs.full_network / average_cost(b["exit_fractions"], costs))
     assert b["cumulative_flops_share"] == pytest.approx(costs.relative.tolist()) and sum(b["exit_fractions"]) == pytest.approx(1)
+    # the segments that decide nothing, timed in the same rounds: the ceiling of any exit decision
+    undecided = np.cumsum(b["undecided_segment_us"])
+    assert len(undecided) == 3 and min(b["undecided_segment_us"]) >= 0
+    assert b["undecided_time_predicted_speedup"] == pytest.approx(b["full_us"] / np.dot(b["exit_fractions"], undecided))
 
 
 def test_target_objective_picks_the_cheapest_setting_reaching_a_shared_target(trained):

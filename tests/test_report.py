@@ -394,3 +394,20 @@ def test_a_missed_latency_target_says_where_the_time_went():
     records[3]["chosen_pass"] = "segments"  # the loader runs the missed row itself: nothing to explain it away
     lines = "\n".join(results_pages.latency_target_lines(records))
     assert "measured / time-predicted 0.80 (onnx_early_exit_segments), goal ≥ 0.90: **not met**.\n" in lines + "\n"
+
+
+def test_where_the_time_goes_names_the_ceiling_of_a_free_exit_decision():
+    """The breakdown sentence quotes bench_components.json's segments that decide nothing when it has them."""
+    breakdown = {"batch_size": 1, "segment_us": [12.0, 20.0, 16.0], "full_us": 32.0,
+                 "cumulative_time_share": [0.375, 1.0, 1.5], "cumulative_flops_share": [0.06, 0.53, 1.0],
+                 "exit_fractions": [0.6, 0.1, 0.3], "time_predicted_speedup": 1.3, "flops_predicted_speedup": 2.5}
+    components = {"fashion_mnist": {"onnx_segments": [breakdown], "torch_block_us": [48, 51, 45],
+                                    "torch_head_us": [14, 14, 15], "flops_share": [0.06, 0.53, 1.0]}}
+    records = [{"dataset": "fashion_mnist", "threads": 1, "batch_size": 1, "engine": "onnx_early_exit_segments",
+                "measured_speedup": 1.25}]
+    assert "decide nothing" not in "\n".join(results_pages.where_time_goes_sentences(records, components))
+    breakdown |= {"undecided_segment_us": [10.0, 19.0, 15.0], "undecided_time_predicted_speedup": 1.36}
+    text = "\n".join(results_pages.where_time_goes_sentences(records, components))
+    assert ("the best ONNX Runtime early-exit row measures 1.25× (96 % of the time-predicted, 50 % of the "
+            "FLOPs-predicted). Segments that decide nothing (no score, no class in the graph) take 10.0 / 19.0 / "
+            "15.0 µs: even a free exit decision would predict at most 1.36×.") in text

@@ -47,7 +47,7 @@ from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
 from . import chooser
-from .timecost import ExitTimes, exit_times_from_prefixes, measure_exit_times, prefix_runs
+from .timecost import ExitTimes, exit_times_from_prefixes, prefix_runs
 from .timing import interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
@@ -215,22 +215,42 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
 
 def where_time_goes(model, x: torch.Tensor, tau: float, batch_sizes=(1, 1024), repeats: int = 30,
                     single_samples: int = 200) -> list[dict]:
-    """`onnx_segment_breakdown` at one thread for each batch size (batch 1: the first sample timed, the
-    exit fractions of the first `single_samples` samples, as in `latency_records`)."""
+    """`onnx_segment_breakdown` at one thread for each batch size, with the segments that decide nothing
+    beside the exported ones (batch 1: the first `single_samples` samples one at a time, as in `latency_records`)."""
     from . import exported
 
     model = fuse_for_inference(model).cpu().eval()
     costs = exit_costs(model, tuple(x.shape[1:]))
+    undecided = undecided_segments(model, tuple(x.shape[1:]))
     out = []
     with tempfile.TemporaryDirectory() as folder:
         exported.export_model(model, tuple(x.shape[1:]), folder, {"bench": [tau] * (model.num_exits - 1)}, [])
         onnx_model = exported.load(folder, point="bench", threads=1)
         for batch_size in batch_sizes:
-            decided = x[:single_samples] if batch_size == 1 else x[:batch_size]
-            exit_index = early_exit_forward(model, decided, tau, batch_size=max(batch_size, 2)).exit_index.numpy()
+            timed = x[:single_samples] if batch_size == 1 else x[:batch_size]
+            exit_index = early_exit_forward(model, timed, tau, batch_size=max(batch_size, 2)).exit_index.numpy()
             fractions = np.bincount(exit_index, minlength=model.num_exits) / len(exit_index)
-            out.append(onnx_segment_breakdown(onnx_model, x[:batch_size].numpy(), fractions, costs, repeats))
+            out.append(onnx_segment_breakdown(onnx_model, timed.numpy(), fractions, costs, repeats, batch_size,
+                                              undecided))
     return out
+
+
+def undecided_segments(model, input_shape: tuple[int, ...]) -> list:
+    """One-thread ONNX Runtime sessions of each block and its head with no exit decision in the graph (the
+    features and logits out; no score, no class) of a fused model: what a segment costs before any decision."""
+    import onnxruntime as ort
+
+    from .exported import session_options
+    from .onnx_graphs import segment_graph
+
+    sample, sessions = torch.zeros(1, *input_shape), []
+    for block, head in zip(model.blocks, model.heads):
+        graph = segment_graph(block, head, sample)  # no policy: no score; no class
+        sessions.append(ort.InferenceSession(graph.SerializeToString(), session_options(1),
+                                             providers=["CPUExecutionProvider"]))
+        with torch.no_grad():
+            sample = block(sample)
+    return sessions
 
 
 @torch.inference_mode()
@@ -249,23 +269,37 @@ def component_latency(model, sample: torch.Tensor, calls: int = 2000) -> tuple[n
 
 
 def onnx_segment_breakdown(onnx_model, x: np.ndarray, exit_fractions: np.ndarray, costs: ExitCosts,
-                           repeats: int = 30) -> dict:
-    """Where ONNX Runtime's time goes at this batch size: each segment graph's time on x (µs per sample;
-    reaching exit e timed as segments 1..e back to back, cgt.deployment.timecost), its cumulative time as a
-    share of the full network's next to its cumulative FLOPs share, and the speed-up those measured times
-    predict for these exit fractions (no dispatch between the segments counted): if it is far below the
-    FLOPs-predicted one, the FLOPs model is what fails (costs not proportional to FLOPs), not the early-exit
-    machinery."""
-    calls = repeats * (100 if len(x) == 1 else 1)  # a single-sample call takes microseconds
-    times = measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)),
-                               np.ascontiguousarray(x, dtype=np.float32),
-                               lambda fn: float(np.median(time_repeats(fn, calls))), "onnx_segments")
-    full_s = times.full_s
-    return {"batch_size": len(x), "segment_us": [1e6 * s for s in times.segment_s], "full_us": 1e6 * full_s,
-            "cumulative_time_share": times.relative.tolist(), "cumulative_flops_share": costs.relative.tolist(),
-            "exit_fractions": np.asarray(exit_fractions).tolist(),
-            "time_predicted_speedup": times.predicted_speedup(exit_fractions),
-            "flops_predicted_speedup": costs.full_network / average_cost(exit_fractions, costs)}
+                           repeats: int = 30, batch_size: int | None = None, undecided: list | None = None) -> dict:
+    """Where ONNX Runtime's time goes at this batch size (default: x as one batch): each segment graph's
+    time on x (µs per sample; reaching exit e timed as segments 1..e back to back, cgt.deployment.timecost),
+    its cumulative time as a share of the full network's next to its cumulative FLOPs share, and the
+    speed-up those measured times predict for these exit fractions (no dispatch between the segments
+    counted): if it is far below the FLOPs-predicted one, the FLOPs model is what fails (costs not
+    proportional to FLOPs), not the early-exit machinery. With `undecided` (`undecided_segments`), the same
+    for segments that decide nothing, timed in the same rounds: the ceiling of any exit decision, even a
+    free one. Every time is a median over `repeats` interleaved rounds."""
+    from .exported import segment_calls
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    batch_size = batch_size or len(x)
+    runs = {"full": lambda a, b: onnx_model.predict_full(x[a:b], batch_size=batch_size)}
+    lanes = {"decided": onnx_model.segment_fns()} | ({"undecided": segment_calls(undecided)} if undecided else {})
+    for name, segments in lanes.items():
+        runs |= {f"{name}:{e}": run for e, run in enumerate(prefix_runs(segments, x))}
+    estimate, _ = interleaved_times(runs, len(x), batch_size, repeats)
+    medians = dict(zip(runs, estimate))
+    times = {name: exit_times_from_prefixes([medians[f"{name}:{e}"] for e in range(len(segments))], medians["full"],
+                                            "onnx_segments", batch_size) for name, segments in lanes.items()}
+    decided = times["decided"]
+    out = {"batch_size": batch_size, "segment_us": [1e6 * s for s in decided.segment_s], "full_us": 1e6 * decided.full_s,
+           "cumulative_time_share": decided.relative.tolist(), "cumulative_flops_share": costs.relative.tolist(),
+           "exit_fractions": np.asarray(exit_fractions).tolist(),
+           "time_predicted_speedup": decided.predicted_speedup(exit_fractions),
+           "flops_predicted_speedup": costs.full_network / average_cost(exit_fractions, costs)}
+    if "undecided" in times:
+        out |= {"undecided_segment_us": [1e6 * s for s in times["undecided"].segment_s],
+                "undecided_time_predicted_speedup": times["undecided"].predicted_speedup(exit_fractions)}
+    return out
 
 
 def target_check(records: list[dict]) -> list[dict]:

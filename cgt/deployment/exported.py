@@ -305,6 +305,42 @@ def _bound_run(session, binding) -> functools.partial:
     return functools.partial(session.run_with_iobinding, binding)
 
 
+def segment_calls(sessions: list) -> list:
+    """Per segment session, h → (features after it, logits): at batch size 1 a bound call (the sample copied
+    into the bound input), else session.run."""
+    def fn(session):
+        bound = None
+
+        def call(h: np.ndarray):
+            nonlocal bound
+            if len(h) != 1:
+                return session.run(["features_out", "logits"], {"features": h})
+            if bound is None:
+                bound = _Bound(session, {"features": np.zeros_like(h)}, _session_outputs(session, 1))
+            bound.inputs["features"][...] = h
+            bound.run()
+            return bound.outputs["features_out"], bound.outputs["logits"]
+        return call
+    return [fn(session) for session in sessions]
+
+
+def session_options(n_threads: int | None):
+    """ONNX Runtime options of every session `load` makes: n_threads intra-op threads (None: its default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Several sessions run one after another: idle thread pools must sleep, not spin, or each
+    # session's spinning workers take the cores the next one needs. (One process-wide pool shared by
+    # the sessions would be faster at batch 1 and 2 threads: 37 against 60 µs per Fashion-MNIST sample
+    # by segments, measured. But once ONNX Runtime 1.31 has made that pool it refuses any session with
+    # a pool of its own in the process: the one-thread sessions here, and every other user's.)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if n_threads is not None:
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 def _session_outputs(session, batch: int) -> dict[str, np.ndarray]:
     """Preallocated output arrays of a session for `batch` samples (the free dimension set)."""
     types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
@@ -519,21 +555,7 @@ class OnnxEarlyExit:
 
     def segment_fns(self) -> list:
         """Per segment, h → (features after it, logits): what the time model times (batch 1: bound calls)."""
-        def fn(e: int):
-            session = self.sessions[e]
-            bound = None
-
-            def call(h: np.ndarray):
-                nonlocal bound
-                if len(h) != 1:
-                    return session.run(["features_out", "logits"], {"features": h})
-                if bound is None:
-                    bound = _Bound(session, {"features": np.zeros_like(h)}, _session_outputs(session, 1))
-                bound.inputs["features"][...] = h
-                bound.run()
-                return bound.outputs["features_out"], bound.outputs["logits"]
-            return call
-        return [fn(e) for e in range(len(self.sessions))]
+        return segment_calls(self.sessions)
 
     # ------------------------------------------------ single-sample bindings, made on first use
     def _bind_segments(self):
@@ -620,17 +642,7 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
     threads = threads if threads is not None else _default_threads()
 
     def session(file: str, n_threads: int | None = threads):
-        options = ort.SessionOptions()
-        # Several sessions run one after another: idle thread pools must sleep, not spin, or each
-        # session's spinning workers take the cores the next one needs. (One process-wide pool shared by
-        # the sessions would be faster at batch 1 and 2 threads: 37 against 60 µs per Fashion-MNIST sample
-        # by segments, measured. But once ONNX Runtime 1.31 has made that pool it refuses any session with
-        # a pool of its own in the process: the one-thread sessions here, and every other user's.)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if n_threads is not None:
-            options.intra_op_num_threads = n_threads
-            options.inter_op_num_threads = 1
-        return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(folder / file), session_options(n_threads), providers=["CPUExecutionProvider"])
 
     learned_record = manifest.get("learned_policy") or {}
     learned = None

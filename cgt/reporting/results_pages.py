@@ -238,7 +238,11 @@ def where_time_goes_sentences(records: list[dict], components: dict) -> list[str
                        f"For the measured exit fractions these times predict a {b['time_predicted_speedup']:.2f}× "
                        f"speed-up, the FLOPs {b['flops_predicted_speedup']:.2f}×; the best ONNX Runtime early-exit "
                        f"row measures {best:.2f}× ({100 * best / b['time_predicted_speedup']:.0f} % of the "
-                       f"time-predicted, {100 * best / b['flops_predicted_speedup']:.0f} % of the FLOPs-predicted).")
+                       f"time-predicted, {100 * best / b['flops_predicted_speedup']:.0f} % of the FLOPs-predicted)."
+                       + (f" Segments that decide nothing (no score, no class in the graph) take "
+                          f"{' / '.join(f'{v:.1f}' for v in b['undecided_segment_us'])} µs: even a free exit "
+                          f"decision would predict at most {b['undecided_time_predicted_speedup']:.2f}×."
+                          if "undecided_segment_us" in b else ""))
         out.append(f"* Eager PyTorch on {ds}, batch 1: blocks {' / '.join(f'{v:.0f}' for v in c['torch_block_us'])} µs "
                    f"per call, heads {' / '.join(f'{v:.0f}' for v in c['torch_head_us'])} µs, while the exits' "
                    f"cumulative FLOPs shares are {' / '.join(f'{v:.3f}' for v in c['flops_share'])}: at this size a "
