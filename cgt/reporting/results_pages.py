@@ -186,9 +186,11 @@ def _why_missed(target: dict, rows: dict[str, dict]) -> str:
     segments, chosen = rows.get("onnx_early_exit_segments"), rows.get("onnx_chosen")
     if target["target"] == "chosen pass / ONNX Runtime full" and segments \
             and segments["time_predicted_speedup"] < target["goal"]:
-        return (f" — out of reach for this network and exit mix on this machine: the segments' own measured "
-                f"times predict at most {segments['time_predicted_speedup']:.2f}× (exits taken "
-                f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch")
+        return (f" — out of reach for these segment graphs, this network and exit mix on this machine: the "
+                f"segments' own measured times, their exit decision included, predict at most "
+                f"{segments['time_predicted_speedup']:.2f}× (exits taken "
+                f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch "
+                f"(where the time goes, below: the same without the decision)")
     if target["target"] == "chosen pass / best full network" and chosen \
             and chooser.base_pass(chosen.get("chosen_pass", "")) == "full":
         best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"])
