@@ -430,7 +430,10 @@ class OnnxEarlyExit:
     def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         if batch_size == 1:
             return self._full_one_at_a_time(x, with_exits=True)
-        preds = self.predict_full(x, batch_size)
+        return self._with_last_exit(self.predict_full(x, batch_size))
+
+    def _with_last_exit(self, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(preds, every sample's exit index: the last), what the plain network's pass returns."""
         exits = np.empty(len(preds), np.int64)
         exits.fill(len(self.sessions) - 1)  # 0.25 µs against np.full's 0.65 µs, on a path of ~20 µs
         return preds, exits
@@ -539,11 +542,7 @@ class OnnxEarlyExit:
             features[0] = x[i]
             run()
             preds[i] = prediction[0]
-        if not with_exits:
-            return preds
-        exits = np.empty(len(preds), np.int64)
-        exits.fill(len(self.sessions) - 1)  # 0.25 µs against np.full's 0.65 µs, on a path of ~20 µs
-        return preds, exits
+        return self._with_last_exit(preds) if with_exits else preds
 
     def logits(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for x (all segments run): for checking against PyTorch."""
