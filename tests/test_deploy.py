@@ -467,6 +467,37 @@ def test_latency_points_fit_thresholds_to_a_time_budget_on_validation():
         latency_points(logits, y, times, [0])
 
 
+def test_budget_curves_fit_the_same_relative_budget_in_time_and_in_flops():
+    """The two-exit case above with FLOPs 11 to exit 1 and 42 through exit 2 (plain network 41): at 0.7 of the
+    plain network, the time budget (24.5 µs) cannot send half on (25 µs), the FLOPs budget can (0.65):
+    fitted to FLOPs, accuracy 1 at 25 µs; fitted to time, 0.5 at 10 µs. The figure draws both."""
+    import matplotlib.pyplot as plt
+
+    from cgt.cost import ExitCosts
+    from cgt.deployment.timecost import ExitTimes, budget_curves
+    from cgt.reporting.plots import accuracy_vs_latency
+
+    y = torch.tensor([0, 0, 1, 1])
+    logits = torch.stack([torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.2, 0.0], [0.2, 0.0]]),
+                          torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]])])
+    times = ExitTimes((10e-6, 30e-6), 35e-6, "hand-made")
+    assert ExitTimes.from_dict(times.to_dict()) == times
+    curves = budget_curves(logits, y, logits, y, times, ExitCosts((10, 30), (1, 1)), "test machine",
+                           relative_budgets=(0.5, 0.7))
+    time_fit, flops_fit = curves["time_fitted"], curves["flops_fitted"]
+    assert time_fit["budget_us"] == pytest.approx([17.5, 24.5]) and time_fit["test_accuracy"] == [0.5, 0.5]
+    assert time_fit["test_predicted_us"] == pytest.approx([10.0, 10.0])
+    assert flops_fit["relative_budget"] == [0.5, 0.7] and flops_fit["test_accuracy"] == [0.5, 1.0]
+    assert flops_fit["test_predicted_us"] == pytest.approx([10.0, 25.0])
+    assert flops_fit["test_relative_flops"] == pytest.approx([11 / 41, 26.5 / 41]) and all(flops_fit["budget_met"])
+    assert curves["plain_network"] == {"test_accuracy": 1.0, "us": pytest.approx(35.0)}
+    fig = accuracy_vs_latency(curves)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["predicted latency, µs per sample",
+                                                    "average FLOPs (relative to the plain network)"]
+    assert "hand-made, batch 1, 1 thread(s), test machine" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
 def test_chooser_takes_the_fastest_pass_and_ties_go_to_the_plain_network():
     from cgt.deployment import chooser
 

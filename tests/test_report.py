@@ -411,3 +411,19 @@ def test_where_the_time_goes_names_the_ceiling_of_a_free_exit_decision():
     assert ("the best ONNX Runtime early-exit row measures 1.25× (96 % of the time-predicted, 50 % of the "
             "FLOPs-predicted). Segments that decide nothing (no score, no class in the graph) take 10.0 / 19.0 / "
             "15.0 µs: even a free exit decision would predict at most 1.36×.") in text
+
+
+def test_accuracy_vs_latency_reaches_the_performance_page():
+    """latency_curves.json → the figure link and, at the shown budgets, both fits scored by both yardsticks;
+    a budget no setting met is marked."""
+    fit = {"test_accuracy": [0.80, 0.85], "test_predicted_us": [12.0, 20.0], "test_relative_flops": [0.2, 0.5],
+           "budget_met": [False, True]}
+    curves = {"fashion_mnist": {"time_fitted": fit, "flops_fitted": fit | {"test_accuracy": [0.80, 0.90]},
+                                "relative_budgets": [0.5, 0.6], "plain_network": {"test_accuracy": 0.9, "us": 30.0},
+                                "method": "soft_cgt", "seed": 0, "split": "random", "device": "cpu: x86_64, 2 threads"}}
+    text = "\n".join(results_pages.latency_budget_lines(curves, shown=(0.5, 0.6)))
+    assert "![accuracy vs latency, fashion_mnist](../figures/accuracy_vs_latency_fashion_mnist.png)" in text
+    assert "plain network 90.0 % at 30.0 µs" in text
+    assert "| 0.5 | 80.0 (unmet) | 12.0 | 0.20 | 80.0 (unmet) | 12.0 | 0.20 |" in text
+    assert "| 0.6 | 85.0 | 20.0 | 0.50 | 90.0 | 20.0 | 0.50 |" in text
+    assert "| 0.7 |" not in "\n".join(results_pages.latency_budget_lines(curves, shown=(0.5,)))

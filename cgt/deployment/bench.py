@@ -26,7 +26,9 @@ The engines of a row are timed in turn, round after round, so a load spike hits 
 sides run the deployment copy (BatchNorm folded). Ratios from one run are comparable on a noisy
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
 (where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
-per-block and per-head times at batch size 1) in the profile's figures folder.
+per-block and per-head times at batch size 1) in the profile's figures folder; beside them
+latency_curves.json and accuracy_vs_latency_<dataset>.png: thresholds fitted on validation to latency
+budgets (the batch-1, 1-thread time model above) and to FLOPs budgets, each scored on test by both.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
 from . import chooser
-from .timecost import ExitTimes, exit_times_from_prefixes, prefix_runs
+from .timecost import ExitTimes, budget_curves, exit_times_from_prefixes, prefix_runs
 from .timing import interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
@@ -426,6 +428,38 @@ def overhead_of(model, x: torch.Tensor, calls: int = 3000) -> list[dict]:
                                       x.numpy(), calls)
 
 
+def latency_budget_curves(timed, records: list[dict], dataset: str) -> dict:
+    """cgt.deployment.timecost.budget_curves of a timed run (an EvaluatedRun: its cached logits, its FLOPs)
+    on the time model of ONNX Runtime's segments at batch 1 and 1 thread, as timed in `latency_records`'
+    rounds: thresholds fitted on validation to a latency budget and to a FLOPs budget, scored on test."""
+    row = next(r for r in records if (r["dataset"], r["engine"], r["batch_size"], r["threads"])
+               == (dataset, "onnx_early_exit_segments", 1, 1))
+    logits = timed.run.logits
+    curves = budget_curves(logits["val"], logits["y_val"], logits["test"], logits["y_test"],
+                           ExitTimes.from_dict(row["time_model"]["onnx"]), timed.costs, device_description("cpu"))
+    return curves | {"split": timed.run.config["data_params"].get("split", "random"), "method": timed.method,
+                     "seed": timed.seed}
+
+
+def save_latency_figures(curves: dict[str, dict], profile: str, sidecar_params: dict, wall_time_s: float) -> list:
+    """accuracy_vs_latency_<dataset>.png/.pdf in the profile's figures folder, each with its sidecar."""
+    import matplotlib.pyplot as plt
+
+    from ..data.registry import display_name
+    from ..reporting import plots
+
+    paths = []
+    for ds, c in curves.items():
+        fig = plots.accuracy_vs_latency(c)
+        plots.label_figure(fig, f"{display_name(ds)}, {c['split']} split, test set ({c['method']}, seed {c['seed']})")
+        for path in plots.save_figure(fig, figures_dir(profile) / f"accuracy_vs_latency_{ds}"):
+            write_sidecar(path, params=sidecar_params | {"dataset": ds}, device="cpu", seed=c["seed"],
+                          wall_time_s=wall_time_s)
+            paths.append(path)
+        plt.close(fig)
+    return paths
+
+
 def inputs_key(run_dirs: dict, method: str, tau: float, repeats: int, single_samples: int) -> str:
     """What a benchmark result depends on: the package code, the timed runs (their complete.json), the
     settings and this machine. Equal keys: the recorded result stands and nothing is measured again."""
@@ -445,7 +479,9 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0].run for ds in datasets}  # loaded once
     key = inputs_key({ds: run.run_dir for ds, run in timed.items()}, method, tau, repeats, single_samples)
     sidecar = out.with_name(out.name + ".provenance.json")
-    if not force and out.exists() and sidecar.exists() and read_json(sidecar)["params"].get("inputs") == key:
+    curves_path = out.with_name(f"latency_curves{subset}.json")
+    if not force and out.exists() and curves_path.exists() and sidecar.exists() \
+            and read_json(sidecar)["params"].get("inputs") == key:
         print(f"{out}: measured with the same code, models, settings and machine (inputs {key}); not measured "
               f"again (--force to measure anyway)")
         return read_json(out)
@@ -490,11 +526,20 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
         print(f"target {t['target']:34s} {t['dataset']:14s} batch {t['batch_size']:5d} threads {t['threads']}: "
               f"{t['value']:.2f} ({t['engine']}), goal >= {t['goal']:.2f}: {'met' if t['met'] else 'NOT MET'}")
     print(f"{sum(t['met'] for t in targets)} of {len(targets)} targets met")
+    curves = {ds: latency_budget_curves(timed[ds], records, ds) for ds in datasets}
+    for ds, c in curves.items():
+        for fit in ("time_fitted", "flops_fitted"):
+            f = c[fit]
+            print(f"{ds:14s} thresholds {fit.replace('_', ' ')} on validation: test accuracy "
+                  f"{' / '.join(f'{100 * a:.1f}' for a in f['test_accuracy'])} % at predicted "
+                  f"{' / '.join(f'{u:.1f}' for u in f['test_predicted_us'])} us per sample")
+    params = {"profile": profile, "method": method, "tau": tau, "repeats": repeats, "single_samples": single_samples,
+              "inputs": key}
     write_json_atomic(out, records)  # committed with the paper profile's figures
     write_json_atomic(out.with_name(f"bench_components{subset}.json"), components)
-    for path in (out, out.with_name(f"bench_components{subset}.json")):
-        write_sidecar(path, params={"profile": profile, "method": method, "tau": tau, "repeats": repeats,
-                                    "single_samples": single_samples, "inputs": key}, device="cpu", seed=0,
-                      wall_time_s=time.perf_counter() - t_start)
+    write_json_atomic(curves_path, curves)
+    for path in (out, out.with_name(f"bench_components{subset}.json"), curves_path):
+        write_sidecar(path, params=params, device="cpu", seed=0, wall_time_s=time.perf_counter() - t_start)
+    save_latency_figures(curves, profile, params, time.perf_counter() - t_start)
     print(f"written: {out}")
     return records

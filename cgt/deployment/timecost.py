@@ -73,6 +73,12 @@ class ExitTimes:
     def to_dict(self) -> dict:
         return asdict(self) | {"segment_us": [1e6 * s for s in self.segment_s], "full_us": 1e6 * self.full_s}
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "ExitTimes":
+        """The time model `to_dict` wrote (e.g. a bench.json record's time_model entry)."""
+        return cls(tuple(record["segment_s"]), record["full_s"], record.get("engine", ""),
+                   record.get("batch_size", 1), record.get("threads", 1))
+
 
 def prefix_runs(segments: Sequence[Callable], x) -> list[Callable[[int, int], None]]:
     """Per exit e, run(start, stop): segments 1..e called back to back on samples start..stop − 1 of x, as
@@ -141,6 +147,15 @@ def latency_points(val_logits: torch.Tensor, y_val: torch.Tensor, times: ExitTim
     return points
 
 
+def _scored(test_logits: torch.Tensor, y_test: torch.Tensor, thresholds, times: ExitTimes, costs: ExitCosts,
+            policy: str) -> tuple[float, float, float]:
+    """(test accuracy, predicted µs per sample, relative FLOPs) of these thresholds on test."""
+    preds, exit_index = exits_from_logits(test_logits, [float(t) for t in thresholds], policy)
+    fractions = np.bincount(exit_index.numpy(), minlength=len(times.segment_s)) / len(exit_index)
+    return (float((preds == y_test).float().mean()), 1e6 * times.predicted_time(fractions),
+            average_cost(fractions, costs) / costs.full_network)
+
+
 def latency_curve(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor, y_test: torch.Tensor,
                   times: ExitTimes, costs: ExitCosts, budgets_us: Sequence[float], device: str,
                   policy: str = "max_softmax") -> dict:
@@ -149,12 +164,38 @@ def latency_curve(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: to
     curve = {"device": device, "time_model": times.to_dict(), "budget_us": [], "thresholds": [], "budget_met": [],
              "test_accuracy": [], "test_predicted_us": [], "test_relative_flops": []}
     for point in latency_points(val_logits, y_val, times, budgets_us, policy).values():
-        preds, exit_index = exits_from_logits(test_logits, point["thresholds"], policy)
-        fractions = np.bincount(exit_index.numpy(), minlength=len(times.segment_s)) / len(exit_index)
+        accuracy, us, flops = _scored(test_logits, y_test, point["thresholds"], times, costs, policy)
         curve["budget_us"].append(point["budget_us"])
         curve["thresholds"].append(point["thresholds"])
         curve["budget_met"].append(point["met"])
-        curve["test_accuracy"].append(float((preds == y_test).float().mean()))
-        curve["test_predicted_us"].append(1e6 * times.predicted_time(fractions))
-        curve["test_relative_flops"].append(average_cost(fractions, costs) / costs.full_network)
+        curve["test_accuracy"].append(accuracy)
+        curve["test_predicted_us"].append(us)
+        curve["test_relative_flops"].append(flops)
     return curve
+
+
+RELATIVE_BUDGETS = tuple(np.round(np.arange(0.3, 1.51, 0.1), 2).tolist())
+"""Budgets of `budget_curves`, relative to the plain network (its time, or its FLOPs)."""
+
+
+def budget_curves(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor, y_test: torch.Tensor,
+                  times: ExitTimes, costs: ExitCosts, device: str, relative_budgets: Sequence[float] = RELATIVE_BUDGETS,
+                  policy: str = "max_softmax") -> dict:
+    """Thresholds fitted on validation to each budget twice, in time (`latency_curve`: µs per sample, the
+    plain network's time × the relative budget) and in FLOPs (the plain network's FLOPs × the same), each
+    scored on test by both yardsticks: what fitting to FLOPs costs in latency, and in accuracy at a latency."""
+    budgets_us = [1e6 * times.full_s * r for r in relative_budgets]
+    fitted = candidates(val_logits, y_val, costs, policy)
+    flops = {"relative_budget": [], "thresholds": [], "budget_met": [], "test_accuracy": [], "test_predicted_us": [],
+             "test_relative_flops": []}
+    for r in relative_budgets:
+        taus, met = pick(fitted, "budget", budget=r)
+        accuracy, us, relative = _scored(test_logits, y_test, taus, times, costs, policy)
+        for key, value in zip(flops, (r, [float(t) for t in taus], bool(met), accuracy, us, relative)):
+            flops[key].append(value)
+    last_exit_accuracy = float((test_logits[-1].argmax(-1) == y_test).float().mean())
+    return {"device": device, "policy": policy, "relative_budgets": list(relative_budgets),
+            "plain_network": {"test_accuracy": last_exit_accuracy, "us": 1e6 * times.full_s},
+            "time_fitted": latency_curve(val_logits, y_val, test_logits, y_test, times, costs, budgets_us, device,
+                                         policy),
+            "flops_fitted": flops}

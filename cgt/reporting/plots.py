@@ -296,6 +296,35 @@ def config_heatmap(means: pd.DataFrame,
     return fig
 
 
+def accuracy_vs_latency(curves: dict):
+    """Two panels from cgt.deployment.timecost.budget_curves: test accuracy against the time model's
+    predicted µs per sample, and against relative FLOPs, for thresholds fitted on validation to a time
+    budget and to a FLOPs budget (hollow markers: a budget no setting met); the plain network as a cross."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.9), sharey=True)
+    fits = {"time_fitted": ("fitted to a latency budget (time model)", "tab:blue"),
+            "flops_fitted": ("fitted to a FLOPs budget", "tab:orange")}
+    for ax, x_key, xlabel in ((axes[0], "test_predicted_us", "predicted latency, µs per sample"),
+                              (axes[1], "test_relative_flops", "average FLOPs (relative to the plain network)")):
+        for fit, (label, colour) in fits.items():
+            c = curves[fit]
+            x, y, met = np.array(c[x_key]), 100 * np.array(c["test_accuracy"]), np.array(c["budget_met"])
+            order = np.argsort(x)
+            ax.plot(x[order], y[order], color=colour, lw=1.6, label=label)
+            ax.scatter(x[met], y[met], color=colour, s=22, zorder=3)
+            ax.scatter(x[~met], y[~met], facecolor="white", edgecolor=colour, s=22, zorder=3)
+        plain = curves["plain_network"]
+        ax.scatter(plain["us"] if x_key == "test_predicted_us" else 1.0, 100 * plain["test_accuracy"], marker="X",
+                   s=70, color="black", zorder=4, label="plain network (no early exit)")
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("test accuracy, %")
+    axes[1].legend(frameon=False, fontsize=8, loc="lower right")
+    tm = curves["time_fitted"]["time_model"]
+    fig.suptitle(f"accuracy vs latency and vs FLOPs, thresholds fitted on validation (latency: {tm['engine']}, "
+                 f"batch {tm['batch_size']}, {tm['threads']} thread(s), {curves['device']})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def label_figure(fig, context: str) -> None:
     """Put `context` (dataset and split) at the head of a figure's title, so it stands alone: before its
     suptitle when it has one, else as its suptitle."""

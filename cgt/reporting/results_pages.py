@@ -158,6 +158,36 @@ def bench_table(fig_dir: Path) -> list[str]:
     components = fig_dir / "bench_components.json"
     if components.exists():
         lines += where_time_goes_sentences(records, read_json(components))
+    curves = fig_dir / "latency_curves.json"
+    if curves.exists():
+        lines += ["", *latency_budget_lines(read_json(curves))]
+    return lines
+
+
+def latency_budget_lines(curves: dict[str, dict], shown=(0.5, 0.7, 0.9, 1.1)) -> list[str]:
+    """Accuracy vs latency (figures/latency_curves.json, cgt.deployment.timecost.budget_curves): per dataset, its
+    figure and, at a few budgets relative to the plain network, the thresholds fitted on validation to time and
+    to FLOPs, each scored on test by the time model and by FLOPs."""
+    rel = FIGURE_LINK
+    lines = ["**Accuracy vs latency.** Thresholds fitted on validation to a latency budget (the time model of "
+             "ONNX Runtime's segments at batch 1, 1 thread, from the table above) and, beside them, to the same "
+             "budget in FLOPs; each scored on test by both yardsticks (predicted µs per sample; FLOPs relative to "
+             "the plain network). Budgets are fractions of the plain network's time or FLOPs.", ""]
+    for ds, c in curves.items():
+        time_fit, flops_fit = c["time_fitted"], c["flops_fitted"]
+        plain = c["plain_network"]
+        lines += [f"![accuracy vs latency, {ds}]({rel}/accuracy_vs_latency_{ds}.png)", "",
+                  f"{ds} ({c['method']}, seed {c['seed']}, {c['split']} split, test set; {c['device']}; plain "
+                  f"network {100 * plain['test_accuracy']:.1f} % at {plain['us']:.1f} µs):", "",
+                  "| budget (× plain network) | fitted to time: accuracy % | µs / sample | FLOPs | "
+                  "fitted to FLOPs: accuracy % | µs / sample | FLOPs |", "|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(c["relative_budgets"]):
+            if not any(abs(r - s) < 1e-9 for s in shown):
+                continue
+            cells = [f"{100 * f['test_accuracy'][i]:.1f}{'' if f['budget_met'][i] else ' (unmet)'} | "
+                     f"{f['test_predicted_us'][i]:.1f} | {f['test_relative_flops'][i]:.2f}" for f in (time_fit, flops_fit)]
+            lines.append(f"| {r:.1f} | {cells[0]} | {cells[1]} |")
+        lines.append("")
     return lines
 
 
