@@ -476,8 +476,8 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     was measured with the same inputs (`inputs_key`), unless `force`."""
     subset = "" if set(datasets) == set(BUILTIN) else "_" + "_".join(datasets)  # a partial run never replaces bench.json
     out = figures_dir(profile) / f"bench{subset}.json"
-    timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0].run for ds in datasets}  # loaded once
-    key = inputs_key({ds: run.run_dir for ds, run in timed.items()}, method, tau, repeats, single_samples)
+    timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0] for ds in datasets}  # loaded once
+    key = inputs_key({ds: t.run.run_dir for ds, t in timed.items()}, method, tau, repeats, single_samples)
     sidecar = out.with_name(out.name + ".provenance.json")
     curves_path = out.with_name(f"latency_curves{subset}.json")
     if not force and out.exists() and curves_path.exists() and sidecar.exists() \
@@ -491,7 +491,7 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     records, components = [], {}
     for ds in datasets:
         data = load_dataset(ds, profile)
-        model = timed[ds].model
+        model = timed[ds].run.model
         recs = latency_records(model, data.x["test"], tau, ds, repeats=repeats, single_samples=single_samples)
         records += recs
         block_s, head_s = component_latency(fuse_for_inference(model), data.x["test"])
