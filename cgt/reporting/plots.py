@@ -319,7 +319,7 @@ def accuracy_vs_latency(curves: dict):
     axes[0].set_ylabel("test accuracy, %")
     axes[1].legend(frameon=False, fontsize=8, loc="lower right")
     tm = curves["time_fitted"]["time_model"]
-    fig.suptitle(f"accuracy vs latency and vs FLOPs, thresholds fitted on validation (latency: {tm['engine']}, "
+    fig.suptitle(f"accuracy vs latency and vs FLOPs, thresholds fitted on validation\n(latency: {tm['engine']}, "
                  f"batch {tm['batch_size']}, {tm['threads']} thread(s), {curves['device']})", fontsize=9)
     fig.tight_layout()
     return fig
