@@ -329,11 +329,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .deployment.bench import run
+    from .deployment.bench import run, subset_suffix
+    from .reporting.paper_figures import save_latency_figures
 
     datasets = tuple(BUILTIN) if args.dataset == "all" else (args.dataset,)
     run(args.profile, args.method, args.tau, datasets=datasets, repeats=args.repeats, single_samples=args.single_samples,
         force=args.force)
+    for path in save_latency_figures(args.profile, subset_suffix(datasets)):
+        print(f"written: {path}")
     return 0
 
 

@@ -427,3 +427,30 @@ def test_accuracy_vs_latency_reaches_the_performance_page():
     assert "| 0.5 | 80.0 (unmet) | 12.0 | 0.20 | 80.0 (unmet) | 12.0 | 0.20 |" in text
     assert "| 0.6 | 85.0 | 20.0 | 0.50 | 90.0 | 20.0 | 0.50 |" in text
     assert "| 0.7 |" not in "\n".join(results_pages.latency_budget_lines(curves, shown=(0.5,)))
+
+
+def test_latency_figures_are_drawn_from_the_benchmarks_curves(tmp_path, monkeypatch):
+    """`python -m cgt bench` writes latency_curves.json (cgt.deployment, which draws nothing); the reporting
+    floor draws accuracy_vs_latency_<dataset> from it, each with a sidecar naming its source; no file, no figure."""
+    import torch
+
+    from cgt.cost import ExitCosts
+    from cgt.deployment.timecost import ExitTimes, budget_curves
+    from cgt.experiments.provenance import write_sidecar
+    from cgt.fileio import read_json, write_json_atomic
+    from cgt.reporting import paper_figures
+
+    monkeypatch.setattr(paper_figures, "figures_dir", lambda profile: tmp_path)
+    assert paper_figures.save_latency_figures("paper") == []
+    y = torch.tensor([0, 0, 1, 1])
+    logits = torch.stack([torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.2, 0.0], [0.2, 0.0]]),
+                          torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]])])
+    curves = budget_curves(logits, y, logits, y, ExitTimes((10e-6, 30e-6), 35e-6, "onnx_segments"),
+                           ExitCosts((10, 30), (1, 1)), "test machine")
+    source = tmp_path / "latency_curves.json"
+    write_json_atomic(source, {"fashion_mnist": curves | {"split": "random", "method": "soft_cgt", "seed": 0}})
+    write_sidecar(source, params={"profile": "paper", "repeats": 30}, device="cpu", seed=0, wall_time_s=1.0)
+    paths = paper_figures.save_latency_figures("paper")
+    assert sorted(p.name for p in paths) == ["accuracy_vs_latency_fashion_mnist.pdf", "accuracy_vs_latency_fashion_mnist.png"]
+    params = read_json(tmp_path / "accuracy_vs_latency_fashion_mnist.png.provenance.json")["params"]
+    assert params["dataset"] == "fashion_mnist" and params["repeats"] == 30 and params["source"].endswith("latency_curves.json")

@@ -27,8 +27,8 @@ sides run the deployment copy (BatchNorm folded). Ratios from one run are compar
 machine; absolute times are not. Results: bench.json (a list of records) and bench_components.json
 (where the time goes: each ONNX Runtime segment's time against its FLOPs, and eager PyTorch's
 per-block and per-head times at batch size 1) in the profile's figures folder; beside them
-latency_curves.json and accuracy_vs_latency_<dataset>.png: thresholds fitted on validation to latency
-budgets (the batch-1, 1-thread time model above) and to FLOPs budgets, each scored on test by both.
+latency_curves.json: thresholds fitted on validation to latency budgets (the batch-1, 1-thread time model
+above) and to FLOPs budgets, each scored on test by both (drawn by cgt.reporting.paper_figures.save_latency_figures).
 """
 from __future__ import annotations
 
@@ -441,23 +441,9 @@ def latency_budget_curves(timed, records: list[dict], dataset: str) -> dict:
                      "seed": timed.seed}
 
 
-def save_latency_figures(curves: dict[str, dict], profile: str, sidecar_params: dict, wall_time_s: float) -> list:
-    """accuracy_vs_latency_<dataset>.png/.pdf in the profile's figures folder, each with its sidecar."""
-    import matplotlib.pyplot as plt
-
-    from ..data.registry import display_name
-    from ..reporting import plots
-
-    paths = []
-    for ds, c in curves.items():
-        fig = plots.accuracy_vs_latency(c)
-        plots.label_figure(fig, f"{display_name(ds)}, {c['split']} split, test set ({c['method']}, seed {c['seed']})")
-        for path in plots.save_figure(fig, figures_dir(profile) / f"accuracy_vs_latency_{ds}"):
-            write_sidecar(path, params=sidecar_params | {"dataset": ds}, device="cpu", seed=c["seed"],
-                          wall_time_s=wall_time_s)
-            paths.append(path)
-        plt.close(fig)
-    return paths
+def subset_suffix(datasets) -> str:
+    """'' for every built-in dataset, else '_<dataset>...': what a partial run's file names carry."""
+    return "" if set(datasets) == set(BUILTIN) else "_" + "_".join(datasets)
 
 
 def inputs_key(run_dirs: dict, method: str, tau: float, repeats: int, single_samples: int) -> str:
@@ -474,7 +460,7 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
         repeats: int = 30, single_samples: int = 200, force: bool = False) -> list[dict]:
     """The protocol on each dataset's model; skipped (the recorded records returned) when bench.json
     was measured with the same inputs (`inputs_key`), unless `force`."""
-    subset = "" if set(datasets) == set(BUILTIN) else "_" + "_".join(datasets)  # a partial run never replaces bench.json
+    subset = subset_suffix(datasets)  # a partial run never replaces bench.json
     out = figures_dir(profile) / f"bench{subset}.json"
     timed = {ds: load_finished(ds, profile, [method], seeds=[0])[0] for ds in datasets}  # loaded once
     key = inputs_key({ds: t.run.run_dir for ds, t in timed.items()}, method, tau, repeats, single_samples)
@@ -540,6 +526,5 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     write_json_atomic(curves_path, curves)
     for path in (out, out.with_name(f"bench_components{subset}.json"), curves_path):
         write_sidecar(path, params=params, device="cpu", seed=0, wall_time_s=time.perf_counter() - t_start)
-    save_latency_figures(curves, profile, params, time.perf_counter() - t_start)
     print(f"written: {out}")
     return records

@@ -21,6 +21,7 @@ from ..experiments import ablations
 from ..experiments.paths import figures_dir, runs_dir
 from ..experiments.provenance import project_relative, write_sidecar
 from ..experiments.train_evaluate import COMMON_TARGET, EvaluatedRun, add_common_target, load_dataset, load_finished
+from ..fileio import read_json
 from ..inference import early_exit_forward
 from ..methods import COMPARED, JOINT_BASELINES
 from ..policy import PAPER_TAU
@@ -280,3 +281,24 @@ def save_ablation_outputs(tables: dict[str, pd.DataFrame], figures: dict[str, An
             write_sidecar(path, params=params, seed=seeds, wall_time_s=seconds + time.perf_counter() - t0)
             written.append(path)
     return written
+
+
+def save_latency_figures(profile: str, subset: str = "") -> list[Path]:
+    """accuracy_vs_latency_<dataset>.png/.pdf from the profile's latency_curves<subset>.json (written by
+    `python -m cgt bench`), each with a sidecar carrying the benchmark's parameters; none without that file."""
+    source = figures_dir(profile) / f"latency_curves{subset}.json"
+    if not source.exists():
+        return []
+    t0 = time.perf_counter()
+    params = read_json(source.with_name(source.name + ".provenance.json"))["params"]
+    paths = []
+    for ds, curves in read_json(source).items():
+        fig = plots.accuracy_vs_latency(curves)
+        plots.label_figure(fig, f"{display_name(ds)}, {curves['split']} split, test set ({curves['method']}, "
+                                f"seed {curves['seed']})")
+        for path in plots.save_figure(fig, figures_dir(profile) / f"accuracy_vs_latency_{ds}"):
+            write_sidecar(path, params=params | {"dataset": ds, "source": project_relative(source)}, device="cpu",
+                          seed=curves["seed"], wall_time_s=time.perf_counter() - t0)
+            paths.append(path)
+        plt.close(fig)
+    return paths
