@@ -113,17 +113,27 @@ def time_model_runs(model, onnx_model, xs: torch.Tensor, xs_np: np.ndarray) -> d
     return out
 
 
-def time_models_from(medians: dict[str, float], batch_size: int, threads: int) -> dict[str, ExitTimes]:
-    """The time models from one interleaved run's medians (seconds per sample): the prefix runs of
-    `time_model_runs`, named '<model>:<exit>', and each model's plain-network row (`TIME_MODEL_FULL`)."""
-    out = {}
-    for name, full in TIME_MODEL_FULL.items():
-        prefixes = sorted((k for k in medians if k.startswith(name + ":")), key=lambda k: int(k.rsplit(":", 1)[1]))
-        if prefixes:
-            out[name] = exit_times_from_prefixes([medians[k] for k in prefixes], medians[full],
-                                                 "torch" if name == "torch" else "onnx_segments", batch_size,
-                                                 1 if name == "onnx_1_thread" else threads)
-    return out
+def named_prefixes(lanes: dict[str, list[Callable]]) -> dict[str, Callable]:
+    """Several lanes' prefix runs (`time_model_runs`, cgt.deployment.timecost.prefix_runs) as one dict for
+    interleaved_times, keyed '<lane>:<exit>' (1-based)."""
+    return {f"{name}:{e + 1}": run for name, runs in lanes.items() for e, run in enumerate(runs)}
+
+
+def lane_times(medians: dict[str, float], name: str, num_exits: int, full_s: float, engine: str, batch_size: int,
+               threads: int = 1) -> ExitTimes:
+    """The time model of one lane of `named_prefixes` from an interleaved run's medians (seconds per sample)."""
+    return exit_times_from_prefixes([medians[f"{name}:{e + 1}"] for e in range(num_exits)], full_s, engine,
+                                    batch_size, threads)
+
+
+def time_models_from(medians: dict[str, float], lanes: dict[str, list], batch_size: int,
+                     threads: int) -> dict[str, ExitTimes]:
+    """The time models of `time_model_runs`' lanes from one interleaved run's medians: each lane's prefixes
+    and its engine's plain-network row (`TIME_MODEL_FULL`)."""
+    return {name: lane_times(medians, name, len(runs), medians[TIME_MODEL_FULL[name]],
+                             "torch" if name == "torch" else "onnx_segments", batch_size,
+                             1 if name == "onnx_1_thread" else threads)
+            for name, runs in lanes.items()}
 
 
 def time_predicted_speedups(times: dict[str, ExitTimes], fractions: np.ndarray) -> dict[str, float]:
@@ -186,11 +196,11 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 if onnx_model.one_thread is not None:
                     one_thread = onnx_model.one_thread
                     runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
-                prefixes = {f"{name}:{e + 1}": run for name, lane in time_model_runs(model, onnx_model, xs, xs_np).items()
-                            for e, run in enumerate(lane)}
+                lanes = time_model_runs(model, onnx_model, xs, xs_np)
+                prefixes = named_prefixes(lanes)
                 estimate, t = interleaved_times(runs | prefixes, len(xs), batch_size, repeats)
                 medians = dict(zip(runs | prefixes, estimate))
-                times = time_models_from(medians, batch_size, n_threads)
+                times = time_models_from(medians, lanes, batch_size, n_threads)
                 time_predicted = time_predicted_speedups(times, fractions)
                 time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
                 best_full = min(medians[e] for e in FULL_ENGINES if e in medians)  # at this thread count or fewer
@@ -284,14 +294,13 @@ def onnx_segment_breakdown(onnx_model, x: np.ndarray, exit_fractions: np.ndarray
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     batch_size = batch_size or len(x)
-    runs = {"full": lambda a, b: onnx_model.predict_full(x[a:b], batch_size=batch_size)}
     lanes = {"decided": onnx_model.segment_fns()} | ({"undecided": segment_calls(undecided)} if undecided else {})
-    for name, segments in lanes.items():
-        runs |= {f"{name}:{e}": run for e, run in enumerate(prefix_runs(segments, x))}
+    runs = {"full": lambda a, b: onnx_model.predict_full(x[a:b], batch_size=batch_size)} | named_prefixes(
+        {name: prefix_runs(segments, x) for name, segments in lanes.items()})
     estimate, _ = interleaved_times(runs, len(x), batch_size, repeats)
     medians = dict(zip(runs, estimate))
-    times = {name: exit_times_from_prefixes([medians[f"{name}:{e}"] for e in range(len(segments))], medians["full"],
-                                            "onnx_segments", batch_size) for name, segments in lanes.items()}
+    times = {name: lane_times(medians, name, len(segments), medians["full"], "onnx_segments", batch_size)
+             for name, segments in lanes.items()}
     decided = times["decided"]
     out = {"batch_size": batch_size, "segment_us": [1e6 * s for s in decided.segment_s], "full_us": 1e6 * decided.full_s,
            "cumulative_time_share": decided.relative.tolist(), "cumulative_flops_share": costs.relative.tolist(),
