@@ -228,6 +228,9 @@ def test_a_thread_count_is_a_ceiling_the_loader_may_run_below(small_export, monk
                         lambda xs, b: calls.append(len(xs)) or (np.zeros(len(xs), np.int64), np.full(len(xs), 2)))
     model.predict(x[:3], batch_size=1)
     assert calls == [3]  # the one-thread sessions ran it
+    made = []
+    monkeypatch.setattr(model.one_thread, "_make_single_sample", lambda name: made.append(name) or (lambda xs: "ran"))
+    assert model.predict(x[:1]) == "ran" and made == ["full"]  # and a single sample too, by the same pass
     with pytest.raises(ValueError, match="no one-thread sessions .threads=1.; valid names"):
         deploy.load(small_export["folder"], threads=1, calibration=table)
     with pytest.raises(ValueError, match=r"names from \['full', 'graph', 'segments', 'full@1'"):
@@ -585,6 +588,37 @@ def test_a_sample_no_exit_takes_is_refused_by_name(small_export):
         model.predict(x, batch_size=1)
     preds, exits = model.predict(small_export["x"][:3].numpy(), batch_size=1)
     assert preds.dtype == exits.dtype == np.int64 and set(exits) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("path", ["predict", "predict_graph", "predict_segments", "predict_full"])
+def test_one_sample_per_call_gives_the_batch_results_in_new_arrays(trained, path):
+    """A serving loop's call, one sample (the single-sample functions): the same predictions and exits as
+    the pass on the whole batch, each call's results in arrays of their own (not the bound outputs, which
+    the next call overwrites)."""
+    model = deploy.load(trained["folder"], point="spread", threads=1, calibration={1: {"full": 3e-5, "segments": 1e-5}})
+    x = trained["x"].numpy()
+    fn = getattr(model, path)
+    batch = fn(x, batch_size=64)
+    singles = [fn(x[i:i + 1]) for i in range(len(x))]
+    if path == "predict_full":
+        np.testing.assert_array_equal(np.concatenate(singles), batch)
+        return
+    preds, exits = (np.concatenate(parts) for parts in zip(*singles))
+    np.testing.assert_array_equal(preds, batch[0])
+    np.testing.assert_array_equal(exits, batch[1])
+    assert all(p.shape == e.shape == (1,) and p.dtype == e.dtype == np.int64 for p, e in singles)
+    assert len({p.ctypes.data for p, _ in singles[:3]}) == 3 and len(set(exits.tolist())) > 1
+
+
+def test_a_new_calibration_decides_the_single_sample_pass_again(small_export):
+    x = small_export["x"][:1].numpy()
+    model = deploy.load(small_export["folder"], calibration={1: {"full": 3e-5, "segments": 1e-5}})
+    assert model.predict(x)[1][0] in (0, 1, 2) and model._one_sample is model._single["segments"]
+    model._use_calibration({1: {"full": 1e-5, "segments": 3e-5}})
+    assert model.predict(x)[1][0] == 2 and model._one_sample is model._single["full"]
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"no exit took the sample \(exit score nan\); are its inputs finite\?"):
+        model.predict_segments(x)
 
 
 def test_segments_that_decide_nothing_give_the_exported_segments_logits(trained):

@@ -379,6 +379,8 @@ class OnnxEarlyExit:
         self._threshold_array = np.asarray(self.thresholds, np.float32)
         self._bound_segments = self._bound_full = self._bound_graph = None
         self._dispatch: dict[int, Any] = {}  # batch size → the pass `predict` runs (cleared when calibrated)
+        self._one_sample: Any = None  # what `predict` runs on a single sample (cleared when calibrated)
+        self._single: dict[str, Any] = {}  # pass → its single-sample function (`_single_sample`), made on first use
 
     @property
     def policy(self) -> str:
@@ -413,19 +415,33 @@ class OnnxEarlyExit:
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(predictions (N,), 0-based exit index (N,)) for inputs x (N, *input_shape) by the chosen pass
         (`pass_for`, `description`). The plain network's pass gives every sample the last exit."""
+        if len(x) == 1 and self.learned is None:
+            # a serving loop's call, predict(x[None]): the chosen pass's single-sample function, decided once
+            # (an attribute read and a length are all `predict` adds to it: cgt.deployment.bench's onnx_chosen row)
+            return (self._one_sample or self._one_sample_for())(x)
         size = batch_size if len(x) >= batch_size else max(1, len(x))
-        # decided once per batch size: a call pays one dict lookup for it (on the single-sample path that
-        # lookup is all `predict` adds to the pass it runs, measured in cgt.deployment.bench's onnx_chosen row)
-        run = self._dispatch.get(size) or self._dispatch_for(size)
+        run = self._dispatch.get(size) or self._dispatch_for(size)  # decided once per batch size
         return run(x, batch_size)
 
-    def _dispatch_for(self, size: int):
+    def _lane_and_pass(self, size: int) -> tuple["OnnxEarlyExit", str]:
+        """(the sessions, this model's or its one-thread ones, and the pass) that `predict` runs at this batch size."""
         key = self.pass_for(size)
-        lane = self.one_thread if key.endswith(chooser.ONE_THREAD) else self
-        run = {"full": lane._predict_full_with_exits, "graph": lane.predict_graph,
-               "segments": lane.predict_segments}[chooser.base_pass(key)]
+        return (self.one_thread if key.endswith(chooser.ONE_THREAD) else self), chooser.base_pass(key)
+
+    def _dispatch_for(self, size: int):
+        lane, name = self._lane_and_pass(size)
+        run = {"full": lane._predict_full_with_exits, "graph": lane.predict_graph, "segments": lane.predict_segments}[name]
         self._dispatch[size] = run
         return run
+
+    def _one_sample_for(self):
+        lane, name = self._lane_and_pass(1)
+        self._one_sample = lane._single_sample(name)
+        return self._one_sample
+
+    def _use_calibration(self, table: dict[int, dict[str, float]]) -> None:
+        """Keep a calibration table; the passes `predict` runs are decided again from it."""
+        self.calibration, self._dispatch, self._one_sample = table, {}, None
 
     def _predict_full_with_exits(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         if batch_size == 1:
@@ -444,6 +460,8 @@ class OnnxEarlyExit:
         if self.learned is not None:
             raise ExportError("the one-graph pass scores max-softmax or entropy inside the graph; a learned point "
                               "runs by segments (predict_segments) or the plain network")
+        if len(x) == 1:
+            return self._single_sample("graph")(x)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if batch_size == 1:
             bound = self._bound_graph or self._bind_graph()
@@ -463,6 +481,8 @@ class OnnxEarlyExit:
 
     def predict_segments(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """The early-exit pass with one session call per exit segment and the exit decisions in Python."""
+        if len(x) == 1 and self.learned is None:
+            return self._single_sample("segments")(x)
         if batch_size == 1 and self.learned is None:
             return self._segments_one_at_a_time(x)
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -525,6 +545,8 @@ class OnnxEarlyExit:
 
     def predict_full(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Predictions of the plain network, no early exit."""
+        if len(x) == 1:
+            return self._single_sample("plain")(x)
         if batch_size == 1:
             return self._full_one_at_a_time(x)
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -543,6 +565,56 @@ class OnnxEarlyExit:
             run()
             preds[i] = prediction[0]
         return self._with_last_exit(preds) if with_exits else preds
+
+    # ------------------------------------------------ one sample per call
+    def _single_sample(self, name: str):
+        """The function that runs pass `name` on one sample, x (1, *input_shape) → (prediction (1,), exit
+        index (1,)) as new arrays ('plain': the prediction only, for predict_full). A serving loop calls
+        predict(x[None]) per request: there a few Python calls and small arrays are a measurable part of a
+        ~20 µs pass. So the sample is copied into the pass's bound input (cast to float32 on the way), its
+        sessions called, the results copied out, and nothing else: no array made for the batch, no loop
+        over samples, no other Python function. Made once per pass (the bindings on first use)."""
+        one = self._single.get(name)
+        if one is None:
+            one = self._single[name] = self._make_single_sample(name)
+        return one
+
+    def _make_single_sample(self, name: str):
+        exit_rows = [np.array([e], np.int64) for e in range(len(self.sessions))]
+        if name in ("plain", "full"):
+            features, run, prediction = self._bound_full or self._bind_full()
+            last = exit_rows[-1]
+
+            def plain(x):
+                features[0] = x[0]
+                run()
+                return prediction.copy()
+
+            def full(x):
+                features[0] = x[0]
+                run()
+                return prediction.copy(), last.copy()
+            return plain if name == "plain" else full
+        if name == "graph":
+            bound = self._bound_graph or self._bind_graph()
+            features, run = bound.inputs["features"], bound.run
+            predictions, exit_index = bound.outputs["predictions"], bound.outputs["exit_index"]
+
+            def graph(x):
+                features[0] = x[0]
+                run()
+                return predictions.copy(), exit_index.copy()
+            return graph
+        first_input, calls, accepts = self._bound_segments or self._bind_segments()
+
+        def segments(x):
+            first_input[0] = x[0]
+            for run, score, prediction, tau, e in calls:
+                run()
+                if accepts(score[0], tau):  # the last exit's τ takes every sample
+                    return prediction.copy(), exit_rows[e].copy()
+            raise ValueError(f"no exit took the sample (exit score {score[0]}); are its inputs finite?")
+        return segments
 
     def logits(self, x: np.ndarray) -> list[np.ndarray]:
         """Every exit's logits for x (all segments run): for checking against PyTorch."""
@@ -611,7 +683,7 @@ class OnnxEarlyExit:
                     del runs["graph" + suffix]
             estimate, _ = interleaved_times(runs, len(xs), batch_size, repeats)
             table[batch_size] = {p: float(t) for p, t in zip(runs, estimate)}
-        self.calibration, self._dispatch = table, {}
+        self._use_calibration(table)
         return table
 
 
@@ -671,10 +743,9 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
                     raise ValueError(f"calibration names one-thread passes ({sorted(times)}) but this load has "
                                      f"no one-thread sessions (threads=1); valid names: {list(chooser.PASSES)}")
             # a learned point has no one-graph pass: its time in a given table cannot be chosen
-            model.calibration = {int(b): {p: t for p, t in times.items()
-                                          if not (learned and chooser.base_pass(p) == "graph")}
-                                 for b, times in calibration.items()}
-            model._dispatch = {}
+            model._use_calibration({int(b): {p: t for p, t in times.items()
+                                             if not (learned and chooser.base_pass(p) == "graph")}
+                                    for b, times in calibration.items()})
         else:
             if calibration_inputs is None and manifest.get("calibration"):
                 calibration_inputs = _read_npz(folder / manifest["calibration"])["x"]
