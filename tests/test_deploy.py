@@ -534,12 +534,53 @@ def test_latency_targets_read_the_records():
         return {"dataset": "fashion_mnist", "batch_size": 1, "threads": 1, "engine": engine, **kw}
 
     records = [rec("onnx_chosen", chosen_pass="segments", speedup_over_best_full=1.3, measured_speedup=1.3),
-               rec("onnx_early_exit_segments", time_ratio=0.85), rec("torch_early_exit", time_ratio=5.0),
+               rec("onnx_early_exit_segments", time_ratio=0.85, time_predicted_speedup=1.4),
+               rec("torch_early_exit", time_ratio=5.0),
                rec("onnx_early_exit_graph", time_ratio=0.7)]
     got = {t["target"]: (t["value"], t["engine"], t["met"]) for t in latency_targets(records)}
     assert got == {"chosen pass / best full network": (1.3, "segments", True),
                    "chosen pass / ONNX Runtime full": (1.3, "segments", False),
                    "measured / time-predicted": (0.85, "onnx_early_exit_segments", False)}
+
+
+def test_median_interval_takes_the_order_statistics_of_the_binomial():
+    """Hand-checked: n = 30 at 95 % gives the 10th and 21st values (P(Bin(30, ½) ≤ 9) = 0.021 ≤ 0.025 <
+    P(≤ 10) = 0.049); n = 10 the 2nd and 9th; n = 6 the extremes; n = 5 has none."""
+    from cgt.deployment.timing import median_interval
+
+    assert median_interval(np.arange(30, 0, -1)) == (10.0, 21.0)
+    assert median_interval(range(1, 11)) == (2.0, 9.0)
+    assert median_interval(range(1, 7)) == (1.0, 6.0)
+    assert median_interval(range(1, 6)) is None
+
+
+def test_latency_targets_pair_the_rounds_and_say_when_a_run_cannot_tell():
+    """Per-round times in the records: each target's ratio is also taken round by round against the row it is
+    compared with (the best full network, ONNX Runtime full, or the time model's prediction), with a 95 %
+    interval of its median; a goal inside that interval is not decided by the run."""
+    from cgt.deployment.bench import latency_targets
+
+    rng = np.random.default_rng(0)
+    full = 40 + rng.normal(0, 1, 30)
+    plain = full * (1 + rng.normal(0, 0.03, 30))  # the chosen pass is the plain network itself: a tie
+
+    def rec(dataset, engine, rounds, **kw):
+        return {"dataset": dataset, "batch_size": 1, "threads": 1, "engine": engine,
+                "median_us_per_sample": float(np.median(rounds)), "round_us_per_sample": list(rounds), **kw}
+
+    records = [rec("indian_pines", "onnx_full", full, measured_speedup=1.0),
+               rec("indian_pines", "onnx_chosen", plain, chosen_pass="full", speedup_over_best_full=0.99,
+                   measured_speedup=0.99),
+               rec("indian_pines", "onnx_early_exit_segments", full / 1.2, time_ratio=1.2 / 1.5,
+                   time_predicted_speedup=1.5)]
+    got = {t["target"]: t for t in latency_targets(records)}
+    tie = got["chosen pass / best full network"]
+    assert not tie["met"] and not tie["decided"] and tie["interval"][0] < 1.0 < tie["interval"][1]
+    slow = got["measured / time-predicted"]  # every round measures 1.2x where the model says 1.5x: 0.8
+    assert not slow["met"] and slow["decided"] and slow["round_median"] == pytest.approx(0.8)
+    assert slow["interval"] == pytest.approx([0.8, 0.8])
+    assert "interval" not in latency_targets([{k: v for k, v in r.items() if k != "round_us_per_sample"}
+                                              for r in records])[0]  # older records: the ratio alone
 
 
 def test_a_bound_call_keeps_its_arrays_alive(small_export):

@@ -1,6 +1,7 @@
 """Timing on a shared machine: repeated calls, and several candidates timed in turn so their ratios compare."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -43,3 +44,17 @@ def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, bat
                 fn(start, stop)
                 row[k] = clock() - t0
     return np.median(t, axis=0).sum(axis=1) / n, t.sum(axis=2) / n
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of `values` (order statistics: the k-th smallest and
+    k-th largest value, k the largest with P(Binomial(n, ½) < k) ≤ (1 − confidence) / 2); None when there
+    are too few values for one (fewer than 6 at 95 %). For n = 30: the 10th and 21st of the sorted values."""
+    v = np.sort(np.asarray(values, float))
+    n, tail, cdf, k = len(v), (1.0 - confidence) / 2, 0.0, 0
+    while k < n // 2:
+        cdf += math.comb(n, k) / 2 ** n  # P(X ≤ k)
+        if cdf > tail:
+            break
+        k += 1
+    return (float(v[k - 1]), float(v[n - k])) if k else None

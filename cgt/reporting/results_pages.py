@@ -197,10 +197,17 @@ def latency_target_lines(records: list[dict]) -> list[str]:
     from ..deployment.bench import latency_targets
 
     targets = latency_targets(records)
-    lines = [f"Latency targets ({sum(t['met'] for t in targets)} of {len(targets)} met; ratios of medians from one run):", ""]
+    undecided = [t for t in targets if not t.get("decided", True)]
+    lines = [f"Latency targets ({sum(t['met'] for t in targets)} of {len(targets)} met; ratios of medians from one run"
+             + (f"; for {len(undecided)} of them the run cannot tell met from not met: the 95 % interval of the "
+                f"ratio, paired by round, holds the goal" if undecided else "") + "):", ""]
     for t in targets:
         line = (f"* {t['dataset']}, batch {t['batch_size']}, {t['threads']} thread(s): {t['target']} "
                 f"{t['value']:.2f} ({t['engine']}), goal ≥ {t['goal']:.2f}: **{'met' if t['met'] else 'not met'}**")
+        if "interval" in t:
+            lo, hi = t["interval"]
+            line += (f" (per round {t['round_median']:.2f}, 95 % interval {lo:.2f}–{hi:.2f}"
+                     + ("" if t["decided"] else ": this run cannot tell") + ")")
         if not t["met"]:
             line += _why_missed(t, {r["engine"]: r for r in records
                                     if (r["dataset"], r["batch_size"], r["threads"]) == (t["dataset"], t["batch_size"], t["threads"])})
@@ -227,8 +234,8 @@ def _why_missed(target: dict, rows: dict[str, dict]) -> str:
         return (f" — the chosen pass is the plain network itself, as the {best['engine']} row: "
                 f"{chosen['median_us_per_sample']:.1f} µs per sample through `predict` against "
                 f"{best['median_us_per_sample']:.1f} µs (IQRs {chosen['iqr_us_per_sample']:.1f} and "
-                f"{best['iqr_us_per_sample']:.1f} µs); the difference is `predict`'s bookkeeping (the pass "
-                f"looked up, the exit indices returned) and timing noise")
+                f"{best['iqr_us_per_sample']:.1f} µs); `predict` adds a length, an attribute read and the exit "
+                f"index copied out to the same single-sample call; the rest is timing noise")
     if target["target"] == "measured / time-predicted" and segments and chosen and target["threads"] > 1 \
             and chosen.get("chosen_pass") != "segments":
         return (f" — {segments['median_us_per_sample']:.1f} µs per sample [IQR {segments['iqr_us_per_sample']:.1f}] on "
