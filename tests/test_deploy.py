@@ -543,44 +543,48 @@ def test_latency_targets_read_the_records():
                    "measured / time-predicted": (0.85, "onnx_early_exit_segments", False)}
 
 
-def test_median_interval_takes_the_order_statistics_of_the_binomial():
-    """Hand-checked: n = 30 at 95 % gives the 10th and 21st values (P(Bin(30, ½) ≤ 9) = 0.021 ≤ 0.025 <
-    P(≤ 10) = 0.049); n = 10 the 2nd and 9th; n = 6 the extremes; n = 5 has none."""
-    from cgt.deployment.timing import median_interval
+def test_estimates_and_their_bootstrap_are_paired_by_round():
+    """Hand-checked: each chunk's median over the rounds, summed, over n; bootstrap replicates redraw the
+    rounds, the same rounds for every run, so a run that takes twice as long as another in every call is
+    twice as slow in every replicate, whatever the rounds' own spread."""
+    from cgt.deployment.timing import bootstrap_estimates, estimates
 
-    assert median_interval(np.arange(30, 0, -1)) == (10.0, 21.0)
-    assert median_interval(range(1, 11)) == (2.0, 9.0)
-    assert median_interval(range(1, 7)) == (1.0, 6.0)
-    assert median_interval(range(1, 6)) is None
+    t = np.zeros((3, 2, 2))
+    t[:, 0] = [[1.0, 2.0], [3.0, 4.0], [100.0, 6.0]]  # run 0: chunk medians 3 and 4 → (3 + 4) / 7 samples
+    t[:, 1] = 2 * t[:, 0]
+    np.testing.assert_allclose(estimates(t, 7), [1.0, 2.0])
+    rng = np.random.default_rng(1)
+    noisy = rng.lognormal(0, 0.5, (30, 1, 10)) * np.array([1.0, 2.0])[None, :, None]
+    replicates = bootstrap_estimates(noisy, 10, replicates=50, seed=3)
+    assert replicates.shape == (50, 2) and replicates[:, 0].std() > 0.01
+    np.testing.assert_allclose(replicates[:, 1] / replicates[:, 0], 2.0)
+    np.testing.assert_array_equal(replicates, bootstrap_estimates(noisy, 10, replicates=50, seed=3))
 
 
-def test_latency_targets_pair_the_rounds_and_say_when_a_run_cannot_tell():
-    """Per-round times in the records: each target's ratio is also taken round by round against the row it is
-    compared with (the best full network, ONNX Runtime full, or the time model's prediction), with a 95 %
-    interval of its median; a goal inside that interval is not decided by the run."""
+def test_latency_targets_give_a_paired_interval_and_say_when_a_run_cannot_tell():
+    """With bootstrap replicates in the records, each target's ratio gets a 95 % interval, paired by round,
+    against the row it is compared with (the best full network, ONNX Runtime full, or the time model's
+    prediction); a goal inside that interval is not decided by the run."""
     from cgt.deployment.bench import latency_targets
 
     rng = np.random.default_rng(0)
-    full = 40 + rng.normal(0, 1, 30)
-    plain = full * (1 + rng.normal(0, 0.03, 30))  # the chosen pass is the plain network itself: a tie
+    full = 40 + rng.normal(0, 1, 200)
+    plain = full * (1 + rng.normal(0, 0.03, 200))  # the chosen pass is the plain network itself: a tie
 
-    def rec(dataset, engine, rounds, **kw):
-        return {"dataset": dataset, "batch_size": 1, "threads": 1, "engine": engine,
-                "median_us_per_sample": float(np.median(rounds)), "round_us_per_sample": list(rounds), **kw}
+    def rec(engine, replicates, **kw):
+        return {"dataset": "indian_pines", "batch_size": 1, "threads": 1, "engine": engine,
+                "median_us_per_sample": float(np.median(replicates)), "bootstrap_us_per_sample": list(replicates), **kw}
 
-    records = [rec("indian_pines", "onnx_full", full, measured_speedup=1.0),
-               rec("indian_pines", "onnx_chosen", plain, chosen_pass="full", speedup_over_best_full=0.99,
-                   measured_speedup=0.99),
-               rec("indian_pines", "onnx_early_exit_segments", full / 1.2, time_ratio=1.2 / 1.5,
-                   time_predicted_speedup=1.5)]
+    records = [rec("onnx_full", full, measured_speedup=1.0),
+               rec("onnx_chosen", plain, chosen_pass="full", speedup_over_best_full=0.99, measured_speedup=0.99),
+               rec("onnx_early_exit_segments", full / 1.2, time_ratio=1.2 / 1.5, time_predicted_speedup=1.5)]
     got = {t["target"]: t for t in latency_targets(records)}
     tie = got["chosen pass / best full network"]
-    assert not tie["met"] and not tie["decided"] and tie["interval"][0] < 1.0 < tie["interval"][1]
-    slow = got["measured / time-predicted"]  # every round measures 1.2x where the model says 1.5x: 0.8
-    assert not slow["met"] and slow["decided"] and slow["round_median"] == pytest.approx(0.8)
-    assert slow["interval"] == pytest.approx([0.8, 0.8])
-    assert "interval" not in latency_targets([{k: v for k, v in r.items() if k != "round_us_per_sample"}
-                                              for r in records])[0]  # older records: the ratio alone
+    assert not tie["met"] and not tie["decided"] and 0.9 < tie["interval"][0] < 1.0 < tie["interval"][1] < 1.1
+    slow = got["measured / time-predicted"]  # every replicate measures 1.2x where the model says 1.5x: 0.8
+    assert not slow["met"] and slow["decided"] and slow["interval"] == pytest.approx([0.8, 0.8])
+    older = [{k: v for k, v in r.items() if k != "bootstrap_us_per_sample"} for r in records]
+    assert "interval" not in latency_targets(older)[0] and "decided" not in latency_targets(older)[0]
 
 
 def test_a_bound_call_keeps_its_arrays_alive(small_export):

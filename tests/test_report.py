@@ -394,13 +394,13 @@ def test_a_missed_latency_target_says_where_the_time_went():
     records[3]["chosen_pass"] = "segments"  # the loader runs the missed row itself: nothing to explain it away
     lines = "\n".join(results_pages.latency_target_lines(records))
     assert "measured / time-predicted 0.80 (onnx_early_exit_segments), goal ≥ 0.90: **not met**.\n" in lines + "\n"
-    # with each round's times: the ratio paired by round, its interval, and whether the run can tell
+    # with bootstrap replicates: the ratio's interval, paired by round, and whether the run can tell
     records[3]["chosen_pass"] = "full@1"
-    records[1]["round_us_per_sample"] = [20.0 + (i % 5) for i in range(30)]  # 20, 21, 22, 23, 24, 20, ...
-    records[3]["round_us_per_sample"] = [21.0 + (i % 3) for i in range(30)]  # 21, 22, 23, 21, ...
+    records[1]["bootstrap_us_per_sample"] = [20.0 + (i % 5) for i in range(40)]  # 20, 21, 22, 23, 24, 20, ...
+    records[3]["bootstrap_us_per_sample"] = [22.0] * 40
     lines = "\n".join(results_pages.latency_target_lines(records))
-    assert "for 1 of them the run cannot tell met from not met: the 95 % interval of the ratio, paired by round, holds the goal" in lines
-    assert "**not met** (per round 1.00, 95 % interval 0.95–1.05: this run cannot tell) — the chosen pass is" in lines
+    assert "with a 95 % bootstrap interval over its rounds, paired by round; for 1 of them the run cannot tell" in lines
+    assert "**not met** (95 % interval 0.91–1.09: this run cannot tell) — the chosen pass is" in lines
 
 
 def test_where_the_time_goes_names_the_ceiling_of_a_free_exit_decision():

@@ -50,7 +50,7 @@ from ..inference import early_exit_forward, exits_from_logits, full_network_forw
 from ..policy import PAPER_TAU
 from . import chooser
 from .timecost import ExitTimes, budget_curves, exit_times_from_prefixes, prefix_runs
-from .timing import interleaved_times, median_interval, time_repeats
+from .timing import bootstrap_estimates, estimates, interleaved_chunk_times, interleaved_times, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
            "onnx_early_exit_segments", "onnx_chosen")
@@ -198,7 +198,9 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
                 lanes = time_model_runs(model, onnx_model, xs, xs_np)
                 prefixes = named_prefixes(lanes)
-                estimate, t = interleaved_times(runs | prefixes, len(xs), batch_size, repeats)
+                calls = interleaved_chunk_times(runs | prefixes, len(xs), batch_size, repeats)
+                estimate, t = estimates(calls, len(xs)), calls.sum(axis=2) / len(xs)
+                replicates = bootstrap_estimates(calls, len(xs))  # the same rounds drawn for every run: paired
                 medians = dict(zip(runs | prefixes, estimate))
                 times = time_models_from(medians, lanes, batch_size, n_threads)
                 time_predicted = time_predicted_speedups(times, fractions)
@@ -212,7 +214,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     records.append({"dataset": dataset, "engine": engine, "batch_size": batch_size,
                                     "threads": n_threads, "samples": len(xs), "repeats": repeats,
                                     "median_us_per_sample": 1e6 * median, "iqr_us_per_sample": 1e6 * (q3 - q1),
-                                    "round_us_per_sample": (1e6 * t[:, j]).tolist(),  # for paired per-round ratios
+                                    "bootstrap_us_per_sample": (1e6 * replicates[:, j]).tolist(),
                                     "predicted_speedup": predicted[engine], "measured_speedup": measured,
                                     "ratio": measured / predicted[engine],
                                     "time_predicted_speedup": time_predicted[engine],
@@ -336,9 +338,9 @@ def latency_targets(records: list[dict]) -> list[dict]:
     in every (dataset, batch size, threads) row; at batch size 1 the per-segment ONNX Runtime pass (the
     one the time model describes) measures ≥ 90 % of its time-model prediction; Fashion-MNIST at batch 1
     and 1 thread, the chosen pass is ≥ 1.4× ONNX Runtime full. A value is a ratio of medians from one run
-    and is met when ≥ its goal. Beside it, where the records hold each round's time, the same ratio per
-    round (the two passes timed in the same round: paired) with a 95 % interval of its median: `decided` is
-    False when that interval holds the goal, so this run cannot tell met from not met."""
+    and is met when ≥ its goal. Beside it, where the records hold bootstrap replicates (`latency_records`),
+    a 95 % interval of the ratio, paired by round: `decided` is False when the interval holds the goal, so
+    this run cannot tell met from not met."""
     out = []
     groups = dict.fromkeys((r["dataset"], r["batch_size"], r["threads"]) for r in records)
     for ds, batch_size, threads in groups:
@@ -349,16 +351,16 @@ def latency_targets(records: list[dict]) -> list[dict]:
             best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"], default=None)
             out.append(where | {"target": "chosen pass / best full network", "engine": chosen.get("chosen_pass"),
                                 "value": chosen["speedup_over_best_full"], "goal": CHOSEN_VS_BEST_FULL,
-                                **_per_round(best, chosen)})
+                                **_interval(best, chosen)})
             if (ds, batch_size, threads) == FASHION_TARGET[:3]:
                 out.append(where | {"target": "chosen pass / ONNX Runtime full", "engine": chosen.get("chosen_pass"),
                                     "value": chosen["measured_speedup"], "goal": FASHION_TARGET[3],
-                                    **_per_round(rows.get("onnx_full"), chosen)})
+                                    **_interval(rows.get("onnx_full"), chosen)})
         segments = rows.get("onnx_early_exit_segments")  # the pass the time model describes: a call per segment
         if batch_size == 1 and segments and "time_ratio" in segments:
             out.append(where | {"target": "measured / time-predicted", "engine": segments["engine"],
                                 "value": segments["time_ratio"], "goal": TIME_RATIO_TARGET,
-                                **_per_round(rows.get("onnx_full"), segments, 1.0 / segments["time_predicted_speedup"])})
+                                **_interval(rows.get("onnx_full"), segments, 1.0 / segments["time_predicted_speedup"])})
     for t in out:
         t["met"] = t["value"] >= t["goal"]
         if "interval" in t:
@@ -366,15 +368,14 @@ def latency_targets(records: list[dict]) -> list[dict]:
     return out
 
 
-def _per_round(reference: dict | None, row: dict, scale: float = 1.0) -> dict:
-    """{'round_median', 'interval'}: the median over rounds of scale × reference's time / row's time in the
-    same round, and a 95 % interval of that median (cgt.deployment.timing.median_interval; the time model's
-    prediction, in `scale`, taken as fixed); {} when the records hold no per-round times."""
-    if not reference or "round_us_per_sample" not in reference or "round_us_per_sample" not in row:
+def _interval(reference: dict | None, row: dict, scale: float = 1.0) -> dict:
+    """{'interval': [2.5 %, 97.5 %]} of scale × reference's time / row's time over their bootstrap replicates
+    (drawn on the same rounds: paired; the time model's prediction, in `scale`, taken as fixed); {} when the
+    records hold no replicates."""
+    if not reference or "bootstrap_us_per_sample" not in reference or "bootstrap_us_per_sample" not in row:
         return {}
-    ratios = scale * np.asarray(reference["round_us_per_sample"]) / np.asarray(row["round_us_per_sample"])
-    interval = median_interval(ratios)
-    return {"round_median": float(np.median(ratios)), **({"interval": list(interval)} if interval else {})}
+    ratios = scale * np.asarray(reference["bootstrap_us_per_sample"]) / np.asarray(row["bootstrap_us_per_sample"])
+    return {"interval": np.percentile(ratios, [2.5, 97.5]).tolist()}
 
 
 def single_sample_overhead(onnx_model, x: np.ndarray, calls: int = 3000) -> list[dict]:
@@ -543,7 +544,7 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     for t in targets:
         print(f"target {t['target']:34s} {t['dataset']:14s} batch {t['batch_size']:5d} threads {t['threads']}: "
               f"{t['value']:.2f} ({t['engine']}), goal >= {t['goal']:.2f}: {'met' if t['met'] else 'NOT MET'}"
-              + (f"; per round {t['round_median']:.2f} [95 % {t['interval'][0]:.2f}-{t['interval'][1]:.2f}]"
+              + (f" [95 % {t['interval'][0]:.2f}-{t['interval'][1]:.2f}]"
                  + ("" if t["decided"] else ", this run cannot tell") if "interval" in t else ""))
     print(f"{sum(t['met'] for t in targets)} of {len(targets)} targets met")
     curves = {ds: latency_budget_curves(timed[ds], records, ds) for ds in datasets}

@@ -1,7 +1,6 @@
 """Timing on a shared machine: repeated calls, and several candidates timed in turn so their ratios compare."""
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -23,10 +22,16 @@ def time_repeats(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.
 def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
                       warmup: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Seconds per sample of each run over n samples in chunks of batch_size; runs[name](start, stop)
-    processes samples start..stop − 1. Each round calls every run on every chunk, the runs in turn
-    (a load spike on a shared machine hits the runs of a round alike). Returns (the estimate per run:
-    each chunk's median over the rounds, summed, over n — robust to the preemptions that land on a
-    few calls; (repeats, runs) each round's seconds per sample, for the spread)."""
+    processes samples start..stop − 1. Returns (the estimate per run, `estimates`; (repeats, runs) each
+    round's seconds per sample, for the spread). The calls are `interleaved_chunk_times`'."""
+    t = interleaved_chunk_times(runs, n, batch_size, repeats, warmup)
+    return estimates(t, n), t.sum(axis=2) / n
+
+
+def interleaved_chunk_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
+                            warmup: int = 1) -> np.ndarray:
+    """Seconds of every call, (repeats, runs, chunks): each round calls every run on every chunk of n samples
+    (batch_size per chunk), the runs in turn, so a load spike on a shared machine hits the runs of a round alike."""
     chunks = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     fns = list(runs.values())
     for fn in fns:
@@ -43,18 +48,17 @@ def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, bat
                 t0 = clock()
                 fn(start, stop)
                 row[k] = clock() - t0
-    return np.median(t, axis=0).sum(axis=1) / n, t.sum(axis=2) / n
+    return t
 
 
-def median_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
-    """A distribution-free interval for the median of `values` (order statistics: the k-th smallest and
-    k-th largest value, k the largest with P(Binomial(n, ½) < k) ≤ (1 − confidence) / 2); None when there
-    are too few values for one (fewer than 6 at 95 %). For n = 30: the 10th and 21st of the sorted values."""
-    v = np.sort(np.asarray(values, float))
-    n, tail, cdf, k = len(v), (1.0 - confidence) / 2, 0.0, 0
-    while k < n // 2:
-        cdf += math.comb(n, k) / 2 ** n  # P(X ≤ k)
-        if cdf > tail:
-            break
-        k += 1
-    return (float(v[k - 1]), float(v[n - k])) if k else None
+def estimates(t: np.ndarray, n: int) -> np.ndarray:
+    """Seconds per sample of each run from call times (repeats, runs, chunks): each chunk's median over the
+    rounds, summed, over n — robust to the preemptions that land on a few calls."""
+    return np.median(t, axis=0).sum(axis=1) / n
+
+
+def bootstrap_estimates(t: np.ndarray, n: int, replicates: int = 200, seed: int = 0) -> np.ndarray:
+    """(replicates, runs): `estimates` recomputed on rounds drawn with replacement, the same rounds for every
+    run, so a ratio of two runs' replicates is paired by round (the runs of a round met the same machine)."""
+    rounds = np.random.default_rng(seed).integers(0, len(t), (replicates, len(t)))
+    return np.stack([estimates(t[idx], n) for idx in rounds])

@@ -198,15 +198,16 @@ def latency_target_lines(records: list[dict]) -> list[str]:
 
     targets = latency_targets(records)
     undecided = [t for t in targets if not t.get("decided", True)]
-    lines = [f"Latency targets ({sum(t['met'] for t in targets)} of {len(targets)} met; ratios of medians from one run"
-             + (f"; for {len(undecided)} of them the run cannot tell met from not met: the 95 % interval of the "
-                f"ratio, paired by round, holds the goal" if undecided else "") + "):", ""]
+    lines = [f"Latency targets ({sum(t['met'] for t in targets)} of {len(targets)} met; ratios of medians from one run, "
+             f"with a 95 % bootstrap interval over its rounds, paired by round"
+             + (f"; for {len(undecided)} of them the run cannot tell met from not met: the interval holds the goal"
+                if undecided else "") + "):", ""]
     for t in targets:
         line = (f"* {t['dataset']}, batch {t['batch_size']}, {t['threads']} thread(s): {t['target']} "
                 f"{t['value']:.2f} ({t['engine']}), goal ≥ {t['goal']:.2f}: **{'met' if t['met'] else 'not met'}**")
         if "interval" in t:
             lo, hi = t["interval"]
-            line += (f" (per round {t['round_median']:.2f}, 95 % interval {lo:.2f}–{hi:.2f}"
+            line += (f" (95 % interval {lo:.2f}–{hi:.2f}"
                      + ("" if t["decided"] else ": this run cannot tell") + ")")
         if not t["met"]:
             line += _why_missed(t, {r["engine"]: r for r in records
