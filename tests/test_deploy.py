@@ -561,6 +561,24 @@ def test_estimates_and_their_bootstrap_are_paired_by_round():
     np.testing.assert_array_equal(replicates, bootstrap_estimates(noisy, 10, replicates=50, seed=3))
 
 
+def test_interleaved_rounds_draw_the_runs_order_afresh():
+    """Every run is called on every chunk once per round, and a run does not always follow the same one (its
+    time can depend on what ran before it); the same seed gives the same order."""
+    from cgt.deployment.timing import interleaved_chunk_times
+
+    def order(seed):
+        calls = []
+        runs = {name: (lambda a, b, name=name: calls.append((name, a))) for name in "abcd"}
+        t = interleaved_chunk_times(runs, n=4, batch_size=2, repeats=20, warmup=0, seed=seed)
+        assert t.shape == (20, 4, 2) and len(calls) == 20 * 4 * 2
+        return [name for name, start in calls if start == 0]  # one entry per run per round
+
+    rounds = order(0)
+    predecessors = {rounds[i - 1] for i in range(1, len(rounds)) if rounds[i] == "b" and i % 4}
+    assert all(sorted(rounds[i:i + 4]) == list("abcd") for i in range(0, len(rounds), 4))
+    assert len(predecessors) == 3 and rounds == order(0) and rounds != order(1)
+
+
 def test_latency_targets_give_a_paired_interval_and_say_when_a_run_cannot_tell():
     """With bootstrap replicates in the records, each target's ratio gets a 95 % interval, paired by round,
     against the row it is compared with (the best full network, ONNX Runtime full, or the time model's

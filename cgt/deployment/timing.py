@@ -20,18 +20,20 @@ def time_repeats(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.
 
 
 def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
-                      warmup: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                      warmup: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seconds per sample of each run over n samples in chunks of batch_size; runs[name](start, stop)
     processes samples start..stop − 1. Returns (the estimate per run, `estimates`; (repeats, runs) each
     round's seconds per sample, for the spread). The calls are `interleaved_chunk_times`'."""
-    t = interleaved_chunk_times(runs, n, batch_size, repeats, warmup)
+    t = interleaved_chunk_times(runs, n, batch_size, repeats, warmup, seed)
     return estimates(t, n), t.sum(axis=2) / n
 
 
 def interleaved_chunk_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
-                            warmup: int = 1) -> np.ndarray:
+                            warmup: int = 1, seed: int = 0) -> np.ndarray:
     """Seconds of every call, (repeats, runs, chunks): each round calls every run on every chunk of n samples
-    (batch_size per chunk), the runs in turn, so a load spike on a shared machine hits the runs of a round alike."""
+    (batch_size per chunk), the runs in turn, so a load spike on a shared machine hits the runs of a round alike.
+    The order of the runs is drawn afresh each round: a run's time can depend on the one before it (whose
+    sessions, thread pools and weights it finds in the machine), and no run should always follow the same one."""
     chunks = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     fns = list(runs.values())
     for fn in fns:
@@ -39,10 +41,9 @@ def interleaved_chunk_times(runs: dict[str, Callable[[int, int], object]], n: in
             for start, stop in chunks:
                 fn(start, stop)
     t = np.empty((repeats, len(fns), len(chunks)))
-    clock = time.perf_counter
+    clock, rng = time.perf_counter, np.random.default_rng(seed)
     for r in range(repeats):
-        for i in range(len(fns)):  # each round starts one run later: no run always follows the same one
-            j = (r + i) % len(fns)
+        for j in rng.permutation(len(fns)):
             fn, row = fns[j], t[r, j]
             for k, (start, stop) in enumerate(chunks):
                 t0 = clock()
