@@ -214,7 +214,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                     records.append({"dataset": dataset, "engine": engine, "batch_size": batch_size,
                                     "threads": n_threads, "samples": len(xs), "repeats": repeats,
                                     "median_us_per_sample": 1e6 * median, "iqr_us_per_sample": 1e6 * (q3 - q1),
-                                    "bootstrap_us_per_sample": (1e6 * replicates[:, j]).tolist(),
+                                    "bootstrap_us_per_sample": np.round(1e6 * replicates[:, j], 2).tolist(),
                                     "predicted_speedup": predicted[engine], "measured_speedup": measured,
                                     "ratio": measured / predicted[engine],
                                     "time_predicted_speedup": time_predicted[engine],
