@@ -399,7 +399,8 @@ def test_a_missed_latency_target_says_where_the_time_went():
     records[1]["bootstrap_us_per_sample"] = [20.0 + (i % 5) for i in range(40)]  # 20, 21, 22, 23, 24, 20, ...
     records[3]["bootstrap_us_per_sample"] = [22.0] * 40
     lines = "\n".join(results_pages.latency_target_lines(records))
-    assert "with a 95 % bootstrap interval over its rounds, paired by round; for 1 of them the run cannot tell" in lines
+    assert "with a 95 % bootstrap interval over its rounds, paired by round; the interval covers this run's rounds" in lines
+    assert "for 1 of them the run cannot tell met from not met: the interval holds the goal" in lines
     assert "**not met** (95 % interval 0.91–1.09: this run cannot tell) — the chosen pass is" in lines
     records[3]["median_us_per_sample"], records[3]["speedup_over_best_full"] = 19.9, 20.0 / 19.9
     lines = "\n".join(results_pages.latency_target_lines(records))  # met, and still said to be the same network

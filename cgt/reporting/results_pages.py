@@ -199,7 +199,9 @@ def latency_target_lines(records: list[dict]) -> list[str]:
     targets = latency_targets(records)
     undecided = [t for t in targets if not t.get("decided", True)]
     lines = [f"Latency targets ({sum(t['met'] for t in targets)} of {len(targets)} met; ratios of medians from one run, "
-             f"with a 95 % bootstrap interval over its rounds, paired by round"
+             f"with a 95 % bootstrap interval over its rounds, paired by round; the interval covers this run's rounds, "
+             f"not what differs between runs (the machine's phase, where the process's memory landed), so a tie "
+             f"can land on either side of its goal from one run to the next"
              + (f"; for {len(undecided)} of them the run cannot tell met from not met: the interval holds the goal"
                 if undecided else "") + "):", ""]
     for t in targets:
