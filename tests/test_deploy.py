@@ -601,6 +601,10 @@ def test_latency_targets_give_a_paired_interval_and_say_when_a_run_cannot_tell()
     assert not tie["met"] and not tie["decided"] and 0.9 < tie["interval"][0] < 1.0 < tie["interval"][1] < 1.1
     slow = got["measured / time-predicted"]  # every replicate measures 1.2x where the model says 1.5x: 0.8
     assert not slow["met"] and slow["decided"] and slow["interval"] == pytest.approx([0.8, 0.8])
+    # the time model's prediction redrawn with the same rounds: its own spread widens the interval
+    records[2]["bootstrap_time_predicted_speedup"] = [1.2, 1.5] * 100
+    slow = {t["target"]: t for t in latency_targets(records)}["measured / time-predicted"]
+    assert slow["interval"] == pytest.approx([0.8, 1.0]) and not slow["decided"]
     older = [{k: v for k, v in r.items() if k != "bootstrap_us_per_sample"} for r in records]
     assert "interval" not in latency_targets(older)[0] and "decided" not in latency_targets(older)[0]
 

@@ -322,6 +322,12 @@ def test_latency_protocol_records_hang_together(trained):
             assert r["time_predicted_speedup"] == pytest.approx(
                 onnx["full_s"] / np.dot(r["exit_fractions"], np.cumsum(onnx["segment_s"])))
             assert r["time_ratio"] == pytest.approx(r["measured_speedup"] / r["time_predicted_speedup"])
+            # the prediction redrawn with each bootstrap replicate's rounds spans the point prediction
+            predicted = np.asarray(r["bootstrap_time_predicted_speedup"])
+            assert len(predicted) == 200 and predicted.min() <= r["time_predicted_speedup"] * (1 + 1e-3)
+            assert predicted.max() >= r["time_predicted_speedup"] * (1 - 1e-3)
+        replicates = np.asarray(r["bootstrap_us_per_sample"])  # each row's estimate on rounds drawn again
+        assert len(replicates) == 200 and replicates.min() > 0
     costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
     early = next(r for r in records if r["engine"] == "torch_early_exit" and r["batch_size"] == 32)
     assert early["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(early["exit_fractions"], costs))

@@ -205,6 +205,10 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 times = time_models_from(medians, lanes, batch_size, n_threads)
                 time_predicted = time_predicted_speedups(times, fractions)
                 time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
+                # the time model is measured too: its prediction redrawn with each replicate's rounds
+                predicted_replicates = [time_predicted_speedups(time_models_from(dict(zip(runs | prefixes, r)), lanes,
+                                                                                 batch_size, n_threads), fractions)
+                                        for r in replicates]
                 best_full = min(medians[e] for e in FULL_ENGINES if e in medians)  # at this thread count or fewer
                 for j, engine in enumerate(runs):
                     q1, q3 = np.percentile(t[:, j], [25, 75])
@@ -219,6 +223,9 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                                     "ratio": measured / predicted[engine],
                                     "time_predicted_speedup": time_predicted[engine],
                                     "time_ratio": measured / time_predicted[engine],
+                                    **({"bootstrap_time_predicted_speedup":
+                                        [round(p[engine], 4) for p in predicted_replicates]}
+                                       if engine == "onnx_early_exit_segments" else {}),
                                     "speedup_over_best_full": best_full / median,
                                     "chosen": engine == PASS_ENGINES.get(chosen_pass),
                                     **({"chosen_pass": chosen_pass} if engine == "onnx_chosen" else {}),
@@ -360,7 +367,8 @@ def latency_targets(records: list[dict]) -> list[dict]:
         if batch_size == 1 and segments and "time_ratio" in segments:
             out.append(where | {"target": "measured / time-predicted", "engine": segments["engine"],
                                 "value": segments["time_ratio"], "goal": TIME_RATIO_TARGET,
-                                **_interval(rows.get("onnx_full"), segments, 1.0 / segments["time_predicted_speedup"])})
+                                **_interval(rows.get("onnx_full"), segments, 1.0 / np.asarray(
+                                    segments.get("bootstrap_time_predicted_speedup", segments["time_predicted_speedup"])))})
     for t in out:
         t["met"] = t["value"] >= t["goal"]
         if "interval" in t:
@@ -368,10 +376,10 @@ def latency_targets(records: list[dict]) -> list[dict]:
     return out
 
 
-def _interval(reference: dict | None, row: dict, scale: float = 1.0) -> dict:
+def _interval(reference: dict | None, row: dict, scale: float | np.ndarray = 1.0) -> dict:
     """{'interval': [2.5 %, 97.5 %]} of scale × reference's time / row's time over their bootstrap replicates
-    (drawn on the same rounds: paired; the time model's prediction, in `scale`, taken as fixed); {} when the
-    records hold no replicates."""
+    (drawn on the same rounds: paired; `scale` per replicate too where it was measured, e.g. one over the time
+    model's prediction from the same replicate's rounds); {} when the records hold no replicates."""
     if not reference or "bootstrap_us_per_sample" not in reference or "bootstrap_us_per_sample" not in row:
         return {}
     ratios = scale * np.asarray(reference["bootstrap_us_per_sample"]) / np.asarray(row["bootstrap_us_per_sample"])
