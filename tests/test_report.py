@@ -405,6 +405,9 @@ def test_a_missed_latency_target_says_where_the_time_went():
     records[3]["median_us_per_sample"], records[3]["speedup_over_best_full"] = 19.9, 20.0 / 19.9
     lines = "\n".join(results_pages.latency_target_lines(records))  # met, and still said to be the same network
     assert "goal ≥ 1.00: **met** (95 % interval 0.91–1.09: this run cannot tell) — the chosen pass is the plain" in lines
+    records[3]["chosen_pass"] = "full"  # the plain network on the 2-thread sessions is not the best full row: no tie
+    assert "tie by construction" not in "\n".join(results_pages.latency_target_lines(records))
+    records[3]["chosen_pass"] = "full@1"
     records[3]["speedup_over_best_full"] = 0.998  # a miss is not rounded up to its goal
     assert "chosen pass / best full network 0.998 (full@1), goal ≥ 1.00: **not met**" in "\n".join(
         results_pages.latency_target_lines(records))

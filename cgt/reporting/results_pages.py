@@ -227,7 +227,7 @@ def _why(target: dict, rows: dict[str, dict]) -> str:
     """Where the time goes for a missed latency target, and what a chosen plain network is compared with, from
     the records of its row ('' if nothing to say)."""
     from ..deployment import chooser
-    from ..deployment.bench import FULL_ENGINES
+    from ..deployment.bench import FULL_ENGINES, PASS_ENGINES
 
     segments, chosen = rows.get("onnx_early_exit_segments"), rows.get("onnx_chosen")
     if target["target"] == "chosen pass / ONNX Runtime full" and segments and not target["met"] \
@@ -237,9 +237,10 @@ def _why(target: dict, rows: dict[str, dict]) -> str:
                 f"{segments['time_predicted_speedup']:.2f}× (exits taken "
                 f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch "
                 f"(where the time goes, below: the same without the decision)")
-    if target["target"] == "chosen pass / best full network" and chosen \
-            and chooser.base_pass(chosen.get("chosen_pass", "")) == "full":
-        best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"])
+    own = rows.get(PASS_ENGINES.get(chosen.get("chosen_pass", ""), "")) if chosen else None
+    best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"], default=None)
+    if target["target"] == "chosen pass / best full network" and own is not None and own is best \
+            and chooser.base_pass(chosen["chosen_pass"]) == "full":
         return (f" — the chosen pass is the plain network itself, the {best['engine']} row's sessions, so the two "
                 f"tie by construction: {chosen['median_us_per_sample']:.1f} µs per sample through `predict` against "
                 f"{best['median_us_per_sample']:.1f} µs (IQRs {chosen['iqr_us_per_sample']:.1f} and "
