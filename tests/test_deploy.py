@@ -678,6 +678,8 @@ def test_one_sample_per_call_gives_the_batch_results_in_new_arrays(trained, path
 
 
 def test_a_new_calibration_decides_the_single_sample_pass_again(small_export):
+    """The single-sample function `predict` keeps is decided again when a calibration is set, and the
+    segments' one refuses a sample no exit takes (a NaN score) by name."""
     x = small_export["x"][:1].numpy()
     model = deploy.load(small_export["folder"], calibration={1: {"full": 3e-5, "segments": 1e-5}})
     assert model.predict(x)[1][0] in (0, 1, 2) and model._one_sample is model._single["segments"]
