@@ -50,7 +50,7 @@ from ..inference import early_exit_forward, exits_from_logits, full_network_forw
 from ..policy import PAPER_TAU
 from . import chooser
 from .timecost import ExitTimes, budget_curves, exit_times_from_prefixes, prefix_runs
-from .timing import bootstrap_estimates, estimates, interleaved_chunk_times, interleaved_times, time_repeats
+from .timing import bootstrap_estimates, estimates, interleaved_chunk_times, interleaved_times, per_round, time_repeats
 
 ENGINES = ("torch_full", "torch_all_exits_then_select", "torch_early_exit", "onnx_full", "onnx_early_exit_graph",
            "onnx_early_exit_segments", "onnx_chosen")
@@ -199,7 +199,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 lanes = time_model_runs(model, onnx_model, xs, xs_np)
                 prefixes = named_prefixes(lanes)
                 calls = interleaved_chunk_times(runs | prefixes, len(xs), batch_size, repeats)
-                estimate, t = estimates(calls, len(xs)), calls.sum(axis=2) / len(xs)
+                estimate, t = estimates(calls, len(xs)), per_round(calls, len(xs))
                 replicates = bootstrap_estimates(calls, len(xs))  # the same rounds drawn for every run: paired
                 medians = dict(zip(runs | prefixes, estimate))
                 times = time_models_from(medians, lanes, batch_size, n_threads)

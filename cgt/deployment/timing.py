@@ -25,7 +25,7 @@ def interleaved_times(runs: dict[str, Callable[[int, int], object]], n: int, bat
     processes samples start..stop − 1. Returns (the estimate per run, `estimates`; (repeats, runs) each
     round's seconds per sample, for the spread). The calls are `interleaved_chunk_times`'."""
     t = interleaved_chunk_times(runs, n, batch_size, repeats, warmup, seed)
-    return estimates(t, n), t.sum(axis=2) / n
+    return estimates(t, n), per_round(t, n)
 
 
 def interleaved_chunk_times(runs: dict[str, Callable[[int, int], object]], n: int, batch_size: int, repeats: int,
@@ -56,6 +56,11 @@ def estimates(t: np.ndarray, n: int) -> np.ndarray:
     """Seconds per sample of each run from call times (repeats, runs, chunks): each chunk's median over the
     rounds, summed, over n — robust to the preemptions that land on a few calls."""
     return np.median(t, axis=0).sum(axis=1) / n
+
+
+def per_round(t: np.ndarray, n: int) -> np.ndarray:
+    """(repeats, runs): each round's seconds per sample of each run, from call times (repeats, runs, chunks)."""
+    return t.sum(axis=2) / n
 
 
 def bootstrap_estimates(t: np.ndarray, n: int, replicates: int = 200, seed: int = 0) -> np.ndarray:
