@@ -128,8 +128,9 @@ def test_every_file_of_an_export_is_verified_with_one_digest(small_export, tmp_p
 
     folder = small_export["folder"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"segment1.onnx", "segment2.onnx", "segment3.onnx", "full.onnx",
-                                      "early_exit.onnx", "calibration.npz"}
+    assert set(manifest["files"]) == {"segment1.onnx", "segment2.onnx", "segment3.onnx", "segment1-2.onnx",
+                                      "segment1-3.onnx", "segment2-3.onnx", "full.onnx", "early_exit.onnx",
+                                      "calibration.npz"}
     digest = deploy.export_digest(folder)
     assert deploy.load(folder, digest=digest, choose="full").manifest["class_names"][0] == "Alfalfa"
     copy = Path(shutil.copytree(folder, tmp_path / "copy"))
@@ -376,6 +377,13 @@ def test_the_export_carries_the_learned_policy_verified_and_runs_it_only_where_i
     (edited / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(deploy.ExportError, match="does not match its own checksum"):
         deploy.load(edited, point="learned_budget_60")
+
+
+def test_a_learned_point_takes_no_exit_plan(learned_export):
+    """The learned policy scores every exit (its features include the earlier exits' predictions)."""
+    point = next(iter(learned_export["points"]))
+    with pytest.raises(ValueError, match="scores every exit; it takes no exit plan"):
+        deploy.load(learned_export["folder"], point=point, exits="1+3")
 
 
 def test_a_learned_policy_is_exported_only_whole_and_for_reachable_budgets(learned_export, fashion_mnist_run, tmp_path):

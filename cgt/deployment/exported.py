@@ -3,6 +3,7 @@
     python -m cgt export --run runs/paper/indian_pines/soft_cgt/seed0-<key> [--out DIR] [--latency-budget-us 30 40]
     model = cgt.deployment.exported.load(DIR, digest="<printed by export>")   # every file verified
     predictions, exit_index = model.predict(x)     # x: (N, C, H, W) float32; batch 1 or batched
+    model = cgt.deployment.exported.load(DIR, exits="1+3")   # an exit plan: exit 2 left out
     print(model.description)                       # which pass it runs, per batch size, and why
 
 An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm folded):
@@ -11,6 +12,8 @@ An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm 
   segment<e>.onnx   exit segment e alone: block e and head e, features after block e − 1 in; features
                     after block e, the logits of exit e, the policy's score and the predicted class out;
                     for other runtimes, for reading every exit's logits, and for the per-segment pass
+  segment<a>-<b>.onnx  blocks a..b and head b as one segment (outputs as segment<b>.onnx): the per-segment
+                    pass of an exit plan that leaves out exits a..b − 1 (cgt.deployment.plans)
   full.onnx         the plain network (every block, the last head; logits and predicted class out): the
                     latency reference
   calibration.npz   validation inputs the loader times the passes on (optional)
@@ -37,6 +40,7 @@ these networks takes microseconds, and waking a second thread costs about as muc
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import operator
 import os
@@ -54,12 +58,13 @@ from ..inference import fuse_for_inference
 from ..learned_policy import LearnedPolicy
 from ..models import EarlyExitNet
 from ..policy import check_policy, check_thresholds, passes
-from . import chooser
+from . import chooser, plans
 from .onnx_graphs import OPSET, ExportError, early_exit_graph, segment_graph
 
-FORMAT = "cgt-early-exit-onnx/4"
+FORMAT = "cgt-early-exit-onnx/5"
 """/3: every file hashed, the manifest's own checksum, score outputs, calibration; /4: a learned exit policy
-(a /3 reader would take a learned point's thresholds for max-softmax ones, so the format says it changed)."""
+(a /3 reader would take a learned point's thresholds for max-softmax ones, so the format says it changed);
+/5: merged segments for exit plans (a /4 export has none, so `load(..., exits=...)` could not run on it)."""
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.npz"
 LATENCY = "latency.json"
@@ -143,7 +148,7 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
     out_dir = Path(out_dir)
     fused = fuse_for_inference(model).cpu().eval()  # Conv2d + BatchNorm2d folded
     sample = torch.zeros(1, *input_shape)
-    segments = []
+    segments, inputs = [], [sample]  # inputs[e]: what block e takes, for one sample
     for e, (block, head) in enumerate(zip(fused.blocks, fused.heads)):
         path = out_dir / f"segment{e + 1}.onnx"
         write_bytes_atomic(path, segment_graph(block, head, sample, policy).SerializeToString())
@@ -152,6 +157,17 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
         segments.append({"file": path.name, "input_shape": list(sample.shape[1:]),
                          "features_shape": list(next_sample.shape[1:])})
         sample = next_sample
+        inputs.append(sample)
+    # Blocks first..last and head `last` as one graph, for exit plans that leave out the exits between
+    # (cgt.deployment.plans): every span of more than one block (the whole network too: the plan keeping the
+    # last exit alone, with the score and class outputs full.onnx lacks).
+    merged = []
+    for first, last in itertools.combinations(range(model.num_exits), 2):
+        path = out_dir / f"segment{first + 1}-{last + 1}.onnx"
+        graph = segment_graph(nn.Sequential(*fused.blocks[first:last + 1]), fused.heads[last], inputs[first], policy)
+        write_bytes_atomic(path, graph.SerializeToString())
+        merged.append({"file": path.name, "blocks": [first + 1, last + 1], "input_shape": list(inputs[first].shape[1:]),
+                       "features_shape": list(inputs[last + 1].shape[1:])})
     # The plain network without early exits (every block, the last head): the reference for latency.
     graphs = {"full_network": ("full.onnx", segment_graph(nn.Sequential(*fused.blocks), fused.heads[-1],
                                                            torch.zeros(1, *input_shape), features_out=False,
@@ -159,7 +175,7 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
               "early_exit": ("early_exit.onnx", early_exit_graph(fused, input_shape, policy))}
     for file, graph in graphs.values():
         write_bytes_atomic(out_dir / file, graph.SerializeToString())
-    files = [s["file"] for s in segments] + [file for file, _ in graphs.values()]
+    files = [s["file"] for s in segments + merged] + [file for file, _ in graphs.values()]
     if calibration_inputs is not None:
         x = np.ascontiguousarray(np.asarray(calibration_inputs, np.float32)[:CALIBRATION_SAMPLES])
         if x.shape[1:] != tuple(input_shape) or len(x) == 0:
@@ -175,7 +191,7 @@ def export_model(model: EarlyExitNet, input_shape: tuple[int, ...], out_dir: str
     manifest = {"format": FORMAT, "opset": OPSET, "policy": policy, "thresholds": thresholds,
                 "learned_policy": learned_record,
                 "class_names": class_names, "input_shape": list(input_shape), "num_exits": model.num_exits,
-                "segments": segments, **{key: {"file": file} for key, (file, _) in graphs.items()},
+                "segments": segments, "merged_segments": merged, **{key: {"file": file} for key, (file, _) in graphs.items()},
                 "calibration": CALIBRATION if calibration_inputs is not None else None,
                 "files": {name: sha256_file(out_dir / name) for name in files}, "source": source or {}}
     write_json_atomic(out_dir / MANIFEST, manifest | {"manifest_sha256": _manifest_checksum(manifest)})
@@ -374,9 +390,20 @@ class OnnxEarlyExit:
     """The same export on one-thread sessions, loaded beside these when more than one thread is allowed and
     the pass is calibrated: the thread count is a ceiling, and a tiny network called one sample at a time can
     run faster with no thread pool to wake per call. Its passes are calibrated as '<pass>@1' (cgt.deployment.chooser)."""
+    plan: tuple[int, ...] = ()
+    """The exits kept (0-based, cgt.deployment.plans; empty: every exit). A left-out exit takes no sample."""
+    plan_sessions: list = field(default_factory=list)
+    """One session per exit kept: its segment, blocks merged where exits are left out (default: `sessions`)."""
 
     def __post_init__(self):
-        self._threshold_array = np.asarray(self.thresholds, np.float32)
+        self.plan = tuple(self.plan) or tuple(range(len(self.sessions)))
+        self.plan_sessions = self.plan_sessions or list(self.sessions)
+        self._plan_taus = np.asarray(plans.plan_thresholds(self.thresholds, self.plan), np.float32)
+        # The one-graph pass runs every exit's head; an exit the plan leaves out gets a threshold no score
+        # passes (scores lie in [0, 1]), so its decisions are the plan's.
+        never = 2.0 if self.policy == "max_softmax" else -1.0
+        self._graph_taus = np.asarray([t if e in self.plan else never for e, t in enumerate(self.thresholds)],
+                                      np.float32)
         self._bound_segments = self._bound_full = self._bound_graph = None
         self._dispatch: dict[int, Any] = {}  # batch size → the pass `predict` runs (cleared when calibrated)
         self._one_sample: Any = None  # what `predict` runs on a single sample (cleared when calibrated)
@@ -473,14 +500,14 @@ class OnnxEarlyExit:
                 preds[i], exits[i] = out_pred[0], out_exit[0]
             return preds, exits
         run = self.early_exit_session.run
-        parts = [run(None, {"features": x[i:i + batch_size], "thresholds": self._threshold_array})
+        parts = [run(None, {"features": x[i:i + batch_size], "thresholds": self._graph_taus})
                  for i in range(0, len(x), batch_size)]
         if not parts:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def predict_segments(self, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """The early-exit pass with one session call per exit segment and the exit decisions in Python."""
+        """The early-exit pass with one session call per segment of the plan and the exit decisions in Python."""
         if len(x) == 1 and self.learned is None:
             return self._single_sample("segments")(x)
         if batch_size == 1 and self.learned is None:
@@ -489,15 +516,15 @@ class OnnxEarlyExit:
         preds, exits = np.empty(len(x), np.int64), np.empty(len(x), np.int64)
         if self.learned is not None:
             return self._predict_segments_learned(x, batch_size, preds, exits)
-        last, policy = len(self.sessions) - 1, self.policy
+        last, policy = len(self.plan) - 1, self.policy
         for start in range(0, len(x), batch_size):
             h = x[start:start + batch_size]
             pending = np.arange(start, start + len(h))
-            for e, session in enumerate(self.sessions):
+            for k, session in enumerate(self.plan_sessions):
                 h, score, prediction = session.run(["features_out", "score", "prediction"], {"features": h})
-                done = np.ones(len(h), bool) if e == last else passes(score, self._threshold_array[e], policy)
+                done = np.ones(len(h), bool) if k == last else passes(score, self._plan_taus[k], policy)
                 preds[pending[done]] = prediction[done]
-                exits[pending[done]] = e
+                exits[pending[done]] = self.plan[k]
                 if done.all():
                     break
                 h, pending = h[~done], pending[~done]
@@ -517,7 +544,7 @@ class OnnxEarlyExit:
                     done = np.ones(len(h), bool)
                 else:
                     score = learned.score_exit(e, torch.from_numpy(logits), torch.from_numpy(earlier))
-                    done = (score >= float(self._threshold_array[e])).numpy()
+                    done = (score >= float(self._plan_taus[e])).numpy()  # every exit kept: a learned point has no plan
                 preds[pending[done]] = prediction[done]
                 exits[pending[done]] = e
                 if done.all():
@@ -630,16 +657,17 @@ class OnnxEarlyExit:
 
     # ------------------------------------------------ single-sample bindings, made on first use
     def _bind_segments(self):
-        """Segment e's bound input is segment e − 1's bound output: features never leave their arrays.
-        The last exit's τ is ±inf, so it takes every sample by the same comparison."""
+        """The plan's segments bound one after another: segment k's bound input is segment k − 1's bound
+        output, so features never leave their arrays. The last exit's τ is ±inf, so it takes every sample by
+        the same comparison."""
         higher_leaves = self.policy == "max_softmax"  # cgt.policy.passes: score >= τ, entropy <= τ
         accepts = operator.ge if higher_leaves else operator.le
         features = first_input = np.zeros([1, *self.manifest["input_shape"]], np.float32)
         always = np.float32(-np.inf if higher_leaves else np.inf)
         calls, self._segment_bindings = [], []  # the bindings keep their arrays alive: ONNX Runtime writes into them
-        for e, session in enumerate(self.sessions):
+        for k, (e, session) in enumerate(zip(self.plan, self.plan_sessions)):
             outputs = _session_outputs(session, 1)
-            tau = self._threshold_array[e] if e < len(self.sessions) - 1 else always
+            tau = self._plan_taus[k] if k < len(self.plan) - 1 else always
             self._segment_bindings.append(_Bound(session, {"features": features}, outputs))
             calls.append((self._segment_bindings[-1].run, outputs["score"], outputs["prediction"], tau, e))
             features = outputs["features_out"]
@@ -656,7 +684,7 @@ class OnnxEarlyExit:
     def _bind_graph(self) -> _Bound:
         s = self.early_exit_session
         self._bound_graph = _Bound(s, {"features": np.zeros([1, *self.manifest["input_shape"]], np.float32),
-                                       "thresholds": self._threshold_array}, _session_outputs(s, 1))
+                                       "thresholds": self._graph_taus}, _session_outputs(s, 1))
         return self._bound_graph
 
     # ------------------------------------------------ calibration
@@ -695,13 +723,17 @@ def _default_threads() -> int | None:
 
 def load(folder: str | Path, point: str = "paper_tau", threads: int | None = None, digest: str | None = None,
          choose: str = "auto", calibration_inputs: np.ndarray | None = None,
-         calibration: dict[int, dict[str, float]] | None = None) -> OnnxEarlyExit:
+         calibration: dict[int, dict[str, float]] | None = None,
+         exits: str | tuple[int, ...] | None = None) -> OnnxEarlyExit:
     """Load an export (every file verified, see `verify`; `digest` pins the whole export), with the
     thresholds of `point`. choose='auto' runs, per batch size, the fastest pass timed on the export's
     calibration samples (or `calibration_inputs`; a `calibration` table given is used as is); or name a
     pass: 'graph', 'segments' or 'full'. threads: intra-op threads (default: OMP_NUM_THREADS if set); a
     ceiling under choose='auto', which also loads one-thread sessions and may run a pass on them.
-    A learned_budget_* point decides with the export's learned exit policy (by segments or the plain network)."""
+    A learned_budget_* point decides with the export's learned exit policy (by segments or the plain network).
+    exits: an exit plan, the 1-based exits kept ('1+3' or (1, 3); cgt.deployment.plans; default every exit):
+    the exits left out take no sample, and the per-segment pass runs their blocks merged into the next kept
+    exit's segment. It changes which exit answers some samples: choose it on validation (`plans.choose_plan`)."""
     import onnxruntime as ort
 
     if choose not in ("auto", *chooser.PASSES):
@@ -724,17 +756,27 @@ def load(folder: str | Path, point: str = "paper_tau", threads: int | None = Non
         learned = LearnedPolicy.from_dict(learned_record)
         learned.check_num_exits(manifest["num_exits"])
     taus = check_thresholds(manifest["thresholds"][point], manifest["num_exits"]).tolist()
+    plan = plans.check_plan(exits, manifest["num_exits"]) if exits is not None else tuple(range(manifest["num_exits"]))
+    if learned is not None and len(plan) < manifest["num_exits"]:
+        raise ValueError(f"point {point!r} is the learned exit policy's, which scores every exit; it takes no exit "
+                         f"plan (exits={exits!r}); valid choices: exits=None")
+    merged = {(seg["blocks"][0] - 1, seg["blocks"][1] - 1): seg["file"] for seg in manifest["merged_segments"]}
 
     def sessions(n_threads: int | None) -> tuple:
-        return (session(manifest["early_exit"]["file"], n_threads),
-                [session(seg["file"], n_threads) for seg in manifest["segments"]],
-                session(manifest["full_network"]["file"], n_threads))
+        per_exit = [session(seg["file"], n_threads) for seg in manifest["segments"]]
+        return (session(manifest["early_exit"]["file"], n_threads), per_exit,
+                session(manifest["full_network"]["file"], n_threads),
+                [per_exit[a] if a == b else session(merged[a, b], n_threads) for a, b in plans.segment_ranges(plan)])
+
+    def early_exit_model(n_threads: int | None, **kwargs) -> OnnxEarlyExit:
+        graph, per_exit, full, plan_sessions = sessions(n_threads)
+        return OnnxEarlyExit(graph, per_exit, full, manifest, taus, n_threads, learned=learned, plan=plan,
+                             plan_sessions=plan_sessions, **kwargs)
 
     one_thread = None
     if choose == "auto" and threads != 1 and (threads or os.cpu_count() or 1) > 1:
-        one_thread = OnnxEarlyExit(*sessions(1), manifest, taus, 1, learned=learned)
-    model = OnnxEarlyExit(*sessions(threads), manifest, taus, threads,
-                          forced=None if choose == "auto" else choose, learned=learned, one_thread=one_thread)
+        one_thread = early_exit_model(1)
+    model = early_exit_model(threads, forced=None if choose == "auto" else choose, one_thread=one_thread)
     if choose == "auto":
         if calibration is not None:
             for times in calibration.values():
