@@ -549,6 +549,11 @@ def test_latency_targets_read_the_records():
     assert got == {"chosen pass / best full network": (1.3, "segments", True),
                    "chosen pass / ONNX Runtime full": (1.3, "segments", False),
                    "measured / time-predicted": (0.85, "onnx_early_exit_segments", False)}
+    # with exit plans timed, the one chosen on validation has a line of its own against the same goal
+    records[1]["val_plan"] = {"name": "1+2+3", "chosen": False}
+    records.append(rec("onnx_plan_1+3", measured_speedup=1.45, val_plan={"name": "1+3", "chosen": True}))
+    got = {t["target"]: (t["value"], t["engine"], t["met"]) for t in latency_targets(records)}
+    assert got["exit plan chosen on validation / ONNX Runtime full"] == (1.45, "onnx_plan_1+3 (exits 1+3)", True)
 
 
 def test_estimates_and_their_bootstrap_are_paired_by_round():

@@ -287,15 +287,20 @@ def test_latency_protocol_records_hang_together(trained):
         ENGINES,
         FULL_ENGINES,
         ONE_THREAD_FULL,
+        PLAN_ENGINE,
         latency_records,
         predicted_speedups,
         target_check,
     )
+    from cgt.deployment.plans import plan_costs
 
+    costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
     records = latency_records(trained["model"], trained["x"][:64], tau=0.9, dataset="toy", batch_sizes=(1, 32),
-                              threads=(1, 2), repeats=3, single_samples=8)
-    # every engine at each batch size and thread count, and at 2 threads the plain network on one thread too
-    assert len(records) == len(ENGINES) * 2 * 2 + 2
+                              threads=(1, 2), repeats=3, single_samples=8, val_logits=trained["logits"],
+                              y_val=trained["y"])
+    # every engine at each batch size and thread count, at 2 threads the plain network on one thread too, and
+    # the per-segment passes of the two exit plans that leave an exit out (1+3, 2+3)
+    assert len(records) == (len(ENGINES) + 2) * 2 * 2 + 2
     assert {(r["threads"], r["batch_size"]) for r in records if r["engine"] == ONE_THREAD_FULL} == {(2, 1), (2, 32)}
     for threads, batch_size in {(r["threads"], r["batch_size"]) for r in records}:
         rows = {r["engine"]: r for r in records if (r["threads"], r["batch_size"]) == (threads, batch_size)}
@@ -328,7 +333,22 @@ def test_latency_protocol_records_hang_together(trained):
             assert predicted.max() >= r["time_predicted_speedup"] * (1 - 1e-3)
         replicates = np.asarray(r["bootstrap_us_per_sample"])  # each row's estimate on rounds drawn again
         assert len(replicates) == 200 and replicates.min() > 0
-    costs = trained["costs"]  # folding BatchNorm changes no counted FLOP
+        if r["engine"].startswith(PLAN_ENGINE):  # a plan's own exit mix, FLOPs and time model
+            plan = tuple(int(e) - 1 for e in r["plan"].split("+"))
+            left_out = [e for e in range(3) if e not in plan]
+            assert all(r["exit_fractions"][e] == 0 for e in left_out)
+            kept = np.asarray(r["exit_fractions"])[list(plan)]
+            lane = model[r["engine"]]  # one segment per exit kept, timed in the same rounds; full: onnx_full's
+            assert len(lane["segment_s"]) == len(plan) and lane["full_s"] == model["onnx"]["full_s"]
+            assert r["time_predicted_speedup"] == pytest.approx(lane["full_s"] / np.dot(kept, np.cumsum(lane["segment_s"])))
+            merged = plan_costs(costs, plan)
+            assert r["predicted_speedup"] == pytest.approx(merged.full_network / average_cost(kept, merged))
+    for threads, batch_size in {(r["threads"], r["batch_size"]) for r in records}:
+        rows = {r["engine"]: r for r in records if (r["threads"], r["batch_size"]) == (threads, batch_size)}
+        lines = {r["val_plan"]["name"]: r for r in rows.values() if "val_plan" in r}  # the choice made on validation
+        assert set(lines) == {"1+2+3", "1+3", "2+3", "3"} and lines["3"]["engine"] == "onnx_full"
+        assert lines["1+2+3"]["engine"] == "onnx_early_exit_segments"
+        assert sum(r["val_plan"]["chosen"] for r in lines.values()) == 1
     early = next(r for r in records if r["engine"] == "torch_early_exit" and r["batch_size"] == 32)
     assert early["predicted_speedup"] == pytest.approx(costs.full_network / average_cost(early["exit_fractions"], costs))
     # computing every exit and then selecting costs all blocks and all heads: never a predicted gain

@@ -17,6 +17,8 @@ interquartile range over `repeats` timings of:
                               timed samples; `chosen` marks that pass's own row)
   onnx_full_1_thread          (at more than one thread) the plain network on the loader's one-thread sessions: a
                               thread count is a ceiling, and the loader may run any pass on one thread
+  onnx_plan_<exits>           the per-segment pass of each exit plan that leaves exits out (cgt.deployment.plans,
+                              e.g. onnx_plan_1+3: blocks 2-3 one segment); the plan chosen on validation is marked
 Each record gives the measured speed-up over the full network *in the same engine*, the
 FLOPs-predicted one (from the exit decisions on the timed samples), the one predicted by the time
 model (cgt.deployment.timecost: the measured time of reaching each exit, same engine, batch size, threads
@@ -48,7 +50,7 @@ from ..experiments.train_evaluate import load_dataset, load_finished
 from ..fileio import read_json, sha256_bytes, write_json_atomic
 from ..inference import early_exit_forward, exits_from_logits, full_network_forward, fuse_for_inference
 from ..policy import PAPER_TAU
-from . import chooser
+from . import chooser, plans
 from .timecost import ExitTimes, budget_curves, exit_times_from_prefixes, prefix_runs
 from .timing import bootstrap_estimates, estimates, interleaved_chunk_times, interleaved_times, per_round, time_repeats
 
@@ -90,15 +92,22 @@ def _all_exits_then_select(model, x: torch.Tensor, tau: float, batch_size: int) 
 
 
 TIME_MODEL_FULL = {"torch": "torch_full", "onnx": "onnx_full", "onnx_1_thread": ONE_THREAD_FULL}
-"""Each time model's plain-network time: the engine row it predicts speed-ups over."""
+"""Each time model's plain-network time: the engine row it predicts speed-ups over (an exit plan's: onnx_full)."""
+PLAN_ENGINE = "onnx_plan_"
+"""Rows 'onnx_plan_<plan>' (e.g. onnx_plan_1+3): the per-segment pass of an exit plan that leaves exits out
+(cgt.deployment.plans), at the row's thread count; each is also the name of its time model's lane."""
 
 
-def time_model_runs(model, onnx_model, xs: torch.Tensor, xs_np: np.ndarray) -> dict[str, list[Callable]]:
+def time_model_runs(model, onnx_model, xs: torch.Tensor, xs_np: np.ndarray,
+                    plan_models: dict | None = None) -> dict[str, list[Callable]]:
     """Per time model, run(start, stop) per exit reaching it on those timed samples (segments 1..e back to
     back, cgt.deployment.timecost.prefix_runs): eager PyTorch ('torch': block e then head e, in inference
     mode per call as the torch rows), ONNX Runtime's segments at the row's thread count ('onnx': bound
-    single-sample calls at batch 1), and the loader's one-thread sessions ('onnx_1_thread') when it has
-    them. `latency_records` times them in the same rounds as the passes they predict."""
+    single-sample calls at batch 1), the loader's one-thread sessions ('onnx_1_thread') when it has
+    them, and each exit plan's segments ('onnx_plan_<plan>', from `plan_models` {engine: loaded plan}).
+    `latency_records` times them in the same rounds as the passes they predict."""
+    from .exported import segment_calls
+
     def torch_segment(e):
         def run(h):
             h = model.blocks[e](h)
@@ -110,6 +119,8 @@ def time_model_runs(model, onnx_model, xs: torch.Tensor, xs_np: np.ndarray) -> d
     for name, lane in (("onnx", onnx_model), ("onnx_1_thread", onnx_model.one_thread)):
         if lane is not None:
             out[name] = prefix_runs(lane.segment_fns(), xs_np)
+    for engine, plan_model in (plan_models or {}).items():
+        out[engine] = prefix_runs(segment_calls(plan_model.plan_sessions), xs_np)
     return out
 
 
@@ -130,7 +141,7 @@ def time_models_from(medians: dict[str, float], lanes: dict[str, list], batch_si
                      threads: int) -> dict[str, ExitTimes]:
     """The time models of `time_model_runs`' lanes from one interleaved run's medians: each lane's prefixes
     and its engine's plain-network row (`TIME_MODEL_FULL`)."""
-    return {name: lane_times(medians, name, len(runs), medians[TIME_MODEL_FULL[name]],
+    return {name: lane_times(medians, name, len(runs), medians[TIME_MODEL_FULL.get(name, "onnx_full")],
                              "torch" if name == "torch" else "onnx_segments", batch_size,
                              1 if name == "onnx_1_thread" else threads)
             for name, runs in lanes.items()}
@@ -151,13 +162,46 @@ def time_predicted_speedups(times: dict[str, ExitTimes], fractions: np.ndarray) 
     return out
 
 
+def plan_fields(timed_logits: torch.Tensor, val_logits: torch.Tensor, y_val: torch.Tensor, taus: list[float],
+                times: dict[str, ExitTimes], costs: ExitCosts, plan_engines) -> dict[str, dict]:
+    """Per engine row of an exit plan, what its record adds: 'val_plan', the plan's line of the choice made on
+    validation (cgt.deployment.plans.choose_plan, from each plan's time model of this row's rounds and its
+    validation exit mix and accuracy); and for the 'onnx_plan_<plan>' rows their own exit fractions on the
+    timed samples, FLOPs-predicted and time-predicted speed-ups. The all-exit plan's row is
+    onnx_early_exit_segments and the plain network's (the last exit alone) onnx_full."""
+    num_exits = timed_logits.shape[0]
+    every, plain = plans.all_plans(num_exits)[0], plans.all_plans(num_exits)[-1]
+    engines = {every: "onnx_early_exit_segments", plain: "onnx_full"} | {
+        plans.check_plan(engine[len(PLAN_ENGINE):], num_exits): engine for engine in plan_engines}
+    onnx = times["onnx"]
+    plan_times = {plan: times.get(engine) for plan, engine in engines.items()} | {
+        every: onnx, plain: plans.plain_network_times(onnx.full_s, onnx.engine, onnx.batch_size, onnx.threads)}
+    _, table = plans.choose_plan(val_logits, y_val, taus, plan_times)
+    out = {}
+    for row in table:
+        plan = tuple(row["plan"])
+        engine, fields = engines[plan], {"val_plan": row}
+        if engine.startswith(PLAN_ENGINE):
+            _, exit_index = plans.plan_exits(timed_logits, taus, plan)
+            fractions = np.bincount(exit_index.numpy(), minlength=num_exits) / len(exit_index)
+            kept, plan_cost = fractions[list(plan)], plans.plan_costs(costs, plan)
+            fields |= {"plan": row["name"], "exit_fractions": fractions.tolist(),
+                       "predicted_speedup": plan_cost.full_network / average_cost(kept, plan_cost),
+                       "time_predicted_speedup": plan_times[plan].predicted_speedup(kept)}
+        out[engine] = fields
+    return out
+
+
 def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch_sizes=(1, 1024),
-                    threads=(1, None), repeats: int = 30, single_samples: int = 200) -> list[dict]:
+                    threads=(1, None), repeats: int = 30, single_samples: int = 200,
+                    val_logits: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> list[dict]:
     """The protocol on one model: a record per (engine, batch size, threads). Batch size 1 is timed
     over `single_samples` samples one at a time (time per sample); larger batches over one batch.
     Each record has the FLOPs-predicted and the time-model-predicted speed-up and the measured one;
     `chosen` marks the pass cgt.deployment.exported.load picks (calibrated here, on the timed samples),
-    and the row 'onnx_chosen' times `predict` itself, the pass a user gets."""
+    and the row 'onnx_chosen' times `predict` itself, the pass a user gets. With the model's validation
+    logits and labels, every exit plan that leaves exits out is timed too ('onnx_plan_<plan>': its
+    per-segment pass), and the plan chosen on validation is marked (`plan_fields`)."""
     from . import exported
 
     model = fuse_for_inference(model).cpu().eval()
@@ -174,6 +218,10 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
             torch.set_num_threads(n_threads)
             onnx_model = exported.load(folder, point="bench", threads=n_threads)
             onnx_model.calibrate(x[:max(batch_sizes)].numpy(), batch_sizes)  # what the loader would choose
+            plan_models = {} if val_logits is None else {
+                PLAN_ENGINE + plans.plan_name(plan): exported.load(folder, point="bench", threads=n_threads,
+                                                                   choose="segments", exits=plans.plan_name(plan))
+                for plan in plans.all_plans(model.num_exits)[1:-1]}  # neither every exit nor the plain network
             for batch_size in batch_sizes:
                 xs = x[:single_samples] if batch_size == 1 else x[:batch_size]
                 xs_np = np.ascontiguousarray(xs.numpy())
@@ -196,7 +244,9 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 if onnx_model.one_thread is not None:
                     one_thread = onnx_model.one_thread
                     runs[ONE_THREAD_FULL] = lambda a, b: one_thread.predict_full(xs_np[a:b], batch_size=batch_size)
-                lanes = time_model_runs(model, onnx_model, xs, xs_np)
+                for engine, plan_model in plan_models.items():
+                    runs[engine] = lambda a, b, m=plan_model: m.predict_segments(xs_np[a:b], batch_size=batch_size)
+                lanes = time_model_runs(model, onnx_model, xs, xs_np, plan_models)
                 prefixes = named_prefixes(lanes)
                 calls = interleaved_chunk_times(runs | prefixes, len(xs), batch_size, repeats)
                 estimate, t = estimates(calls, len(xs)), per_round(calls, len(xs))
@@ -205,6 +255,15 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                 times = time_models_from(medians, lanes, batch_size, n_threads)
                 time_predicted = time_predicted_speedups(times, fractions)
                 time_predicted["onnx_chosen"] = time_predicted[PASS_ENGINES.get(chosen_pass, chosen_pass)]
+                extra = {}
+                if plan_models:
+                    with torch.inference_mode():
+                        timed_logits = model(xs)
+                    extra = plan_fields(timed_logits, val_logits, y_val, [tau] * (model.num_exits - 1), times, costs,
+                                        plan_models)
+                    for engine in plan_models:
+                        predicted[engine] = extra[engine].pop("predicted_speedup")
+                        time_predicted[engine] = extra[engine].pop("time_predicted_speedup")
                 # the time model is measured too: its prediction redrawn with each replicate's rounds
                 predicted_replicates = [time_predicted_speedups(time_models_from(dict(zip(runs | prefixes, r)), lanes,
                                                                                  batch_size, n_threads), fractions)
@@ -230,7 +289,7 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                                     "chosen": engine == PASS_ENGINES.get(chosen_pass),
                                     **({"chosen_pass": chosen_pass} if engine == "onnx_chosen" else {}),
                                     "time_model": {k: v.to_dict() for k, v in times.items()},
-                                    "exit_fractions": fractions.tolist()})
+                                    "exit_fractions": fractions.tolist()} | extra.get(engine, {}))
     torch.set_num_threads(all_threads)
     return records
 
@@ -363,6 +422,12 @@ def latency_targets(records: list[dict]) -> list[dict]:
                 out.append(where | {"target": "chosen pass / ONNX Runtime full", "engine": chosen.get("chosen_pass"),
                                     "value": chosen["measured_speedup"], "goal": FASHION_TARGET[3],
                                     **_interval(rows.get("onnx_full"), chosen)})
+                planned = next((r for r in rows.values() if r.get("val_plan", {}).get("chosen")), None)
+                if planned is not None:  # the exits kept chosen on validation (cgt.deployment.plans), its segments pass
+                    out.append(where | {"target": "exit plan chosen on validation / ONNX Runtime full",
+                                        "engine": f"{planned['engine']} (exits {planned['val_plan']['name']})",
+                                        "value": planned["measured_speedup"], "goal": FASHION_TARGET[3],
+                                        **_interval(rows.get("onnx_full"), planned)})
         segments = rows.get("onnx_early_exit_segments")  # the pass the time model describes: a call per segment
         if batch_size == 1 and segments and "time_ratio" in segments:
             out.append(where | {"target": "measured / time-predicted", "engine": segments["engine"],
@@ -519,7 +584,9 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
     for ds in datasets:
         data = load_dataset(ds, profile)
         model = timed[ds].run.model
-        recs = latency_records(model, data.x["test"], tau, ds, repeats=repeats, single_samples=single_samples)
+        logits = timed[ds].run.logits  # validation's, to choose the exit plan on
+        recs = latency_records(model, data.x["test"], tau, ds, repeats=repeats, single_samples=single_samples,
+                               val_logits=logits["val"], y_val=logits["y_val"])
         records += recs
         block_s, head_s = component_latency(fuse_for_inference(model), data.x["test"])
         components[ds] = {"torch_block_us": (1e6 * block_s).tolist(), "torch_head_us": (1e6 * head_s).tolist(),
@@ -543,6 +610,8 @@ def run(profile: str = "quick", method: str = "soft_cgt", tau: float = PAPER_TAU
                   f"({100 * r['ratio']:.0f} %), by the time model {r['time_predicted_speedup']:.2f}x "
                   f"({100 * r['time_ratio']:.0f} %); over the best full network {r['speedup_over_best_full']:.2f}x"
                   + ("  <- chosen by load()" if r["chosen"] else "")
+                  + (f"  <- exits {r['val_plan']['name']}, the plan chosen on validation"
+                     if r.get("val_plan", {}).get("chosen") else "")
                   + (f"  (runs {r['chosen_pass']})" if "chosen_pass" in r else ""))
     for t in target_check(records):
         print(f"{t['dataset']} batch {t['batch_size']}: best {t['best_engine']} ({t['best_threads']} threads) reaches "

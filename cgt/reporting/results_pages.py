@@ -145,7 +145,7 @@ def bench_table(fig_dir: Path) -> list[str]:
                      f"{r['median_us_per_sample']:.1f} [{r['iqr_us_per_sample']:.1f}] | {r['measured_speedup']:.2f}× | "
                      f"{r['predicted_speedup']:.2f}× | {100 * r['ratio']:.0f} % | {r['time_predicted_speedup']:.2f}× | "
                      f"{100 * r['time_ratio']:.0f} % | {r['speedup_over_best_full']:.2f}× |")
-    lines += ["", *latency_target_lines(records), "",
+    lines += ["", *latency_target_lines(records), "", *exit_plan_lines(records),
               "The FLOPs-ratio targets of an earlier round (the FLOPs model is the wrong yardstick at this size; "
               "kept for comparison):", ""]
     for t in target_check(records):
@@ -218,6 +218,33 @@ def latency_target_lines(records: list[dict]) -> list[str]:
     return lines
 
 
+def exit_plan_lines(records: list[dict]) -> list[str]:
+    """Per (dataset, batch size, threads), the exit plans (cgt.deployment.plans) as the choice on validation saw
+    them and as the run measured them; [] when the records have no plans."""
+    groups = dict.fromkeys((r["dataset"], r["batch_size"], r["threads"]) for r in records if "val_plan" in r)
+    if not groups:
+        return []
+    lines = ["**Exit plans.** Which exits to keep, chosen on validation: of the plans whose validation accuracy is at "
+             "least the all-exit pass's, the one with the lowest time-model prediction for the validation exit mix "
+             "(this row's rounds), if 3 % below the all-exit pass's (`cgt/deployment/plans.py`). A left-out exit's "
+             "blocks run merged into the next kept exit's segment; the samples it would take go on. Measured: each "
+             "plan's per-segment pass on the timed test samples (the plain network for plan 3), over ONNX Runtime "
+             "full.", "",
+             "| dataset | batch | threads | exits kept | validation accuracy % | predicted µs / sample (validation "
+             "mix) | as accurate as every exit | chosen | measured µs / sample | measured speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, batch_size, threads in groups:
+        rows = [r for r in records if (r["dataset"], r["batch_size"], r["threads"]) == (ds, batch_size, threads)
+                and "val_plan" in r]
+        for r in sorted(rows, key=lambda r: -len(r["val_plan"]["plan"])):
+            plan = r["val_plan"]
+            lines.append(f"| {ds} | {batch_size} | {threads} | {plan['name']} | {100 * plan['val_accuracy']:.2f} | "
+                         f"{plan['predicted_us']:.1f} | {'yes' if plan['eligible'] else 'no'} | "
+                         f"{'**chosen**' if plan['chosen'] else ''} | {r['median_us_per_sample']:.1f} | "
+                         f"{r['measured_speedup']:.2f}× |")
+    return lines + [""]
+
+
 def _beside_goal(value: float, goal: float) -> str:
     """A ratio to two decimals, or three where two would round a miss up to its goal (0.998 → '0.998', not '1.00')."""
     return f"{value:.3f}" if value < goal and f"{value:.2f}" == f"{goal:.2f}" else f"{value:.2f}"
@@ -237,6 +264,12 @@ def _why(target: dict, rows: dict[str, dict]) -> str:
                 f"{segments['time_predicted_speedup']:.2f}× (exits taken "
                 f"{' / '.join(f'{100 * f:.1f}' for f in segments['exit_fractions'])} %), before any dispatch "
                 f"(where the time goes, below: the same without the decision)")
+    planned = next((r for r in rows.values() if r.get("val_plan", {}).get("chosen")), None)
+    if target["target"].startswith("exit plan chosen on validation") and planned and not target["met"] \
+            and planned["time_predicted_speedup"] < target["goal"]:
+        return (f" — out of reach for this plan's segment graphs on this machine: their own measured times predict "
+                f"at most {planned['time_predicted_speedup']:.2f}× for its exit mix (exits taken "
+                f"{' / '.join(f'{100 * f:.1f}' for f in planned['exit_fractions'])} %)")
     own = rows.get(PASS_ENGINES.get(chosen.get("chosen_pass", ""), "")) if chosen else None
     best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"], default=None)
     if target["target"] == "chosen pass / best full network" and own is not None and own is best \
