@@ -130,6 +130,7 @@ def test_an_exported_plan_decides_as_its_cached_logits_do(exported_cnn, exits, c
     np.testing.assert_array_equal(exit_index[clear], ref_exits.numpy()[clear])
     np.testing.assert_array_equal(preds[clear], ref_preds.numpy()[clear])
     assert set(exit_index.tolist()) <= {e - 1 for e in map(int, exits.split("+"))}
+    assert model.description.startswith("" if exits == "1+2+3" else f"exits {exits} kept; {choose} pass")
     i = int(np.flatnonzero(clear)[0])
     one = model.predict(x[i:i + 1].numpy())
     assert (one[0][0], one[1][0]) == (ref_preds[i], ref_exits[i])

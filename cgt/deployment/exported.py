@@ -423,13 +423,15 @@ class OnnxEarlyExit:
 
     @property
     def description(self) -> str:
-        """One line: which pass `predict` runs, per batch size, and why."""
+        """One line: which exits it keeps (when not all), which pass `predict` runs, per batch size, and why."""
+        kept = "" if len(self.plan) == len(self.sessions) else f"exits {plans.plan_name(self.plan)} kept; "
         if self.forced:
-            return f"{self.forced} pass at every batch size (named at load)"
+            return f"{kept}{self.forced} pass at every batch size (named at load)"
         if not self.calibration:
-            return ("full pass at every batch size: not calibrated (no calibration samples in the export; pass "
+            return (f"{kept}full pass at every batch size: not calibrated (no calibration samples in the export; pass "
                     "calibration_inputs= to load, or choose= a pass)")
-        return f"fastest measured pass, ties to the plain network: {chooser.describe(self.calibration, self.threads)}"
+        return (f"{kept}fastest measured pass, ties to the plain network: "
+                f"{chooser.describe(self.calibration, self.threads)}")
 
     def pass_for(self, batch_size: int) -> str:
         """The pass `predict` runs for batches of this size ('segments@1': on the one-thread sessions)."""
