@@ -288,7 +288,8 @@ def latency_records(model, x: torch.Tensor, tau: float, dataset: str = "", batch
                                     "speedup_over_best_full": best_full / median,
                                     "chosen": engine == PASS_ENGINES.get(chosen_pass),
                                     **({"chosen_pass": chosen_pass} if engine == "onnx_chosen" else {}),
-                                    "time_model": {k: v.to_dict() for k, v in times.items()},
+                                    "time_model": {k: v.to_dict() for k, v in times.items()  # a plan's lane: its row's
+                                                   if not k.startswith(PLAN_ENGINE) or k == engine},
                                     "exit_fractions": fractions.tolist()} | extra.get(engine, {}))
     torch.set_num_threads(all_threads)
     return records
