@@ -372,6 +372,39 @@ def test_the_performance_page_shows_the_time_model_the_choice_and_the_latency_ta
     assert "out of reach" not in "\n".join(results_pages.bench_table(tmp_path))
 
 
+def test_the_performance_page_shows_the_exit_plans_as_validation_chose_them(tmp_path):
+    """Each plan's line of the choice made on validation reaches the page's plan table beside its measured time;
+    the chosen plan's Fashion-MNIST target, missed with its time model below the goal, names the highest
+    prediction of any plan."""
+    import json
+
+    def rec(engine, name, accuracy, predicted_us, measured, time_predicted, chosen=False, **kw):
+        plan = [int(e) - 1 for e in name.split("+")]
+        return {"dataset": "fashion_mnist", "batch_size": 1, "threads": 1, "engine": engine,
+                "median_us_per_sample": 40.0 / measured, "iqr_us_per_sample": 1.0, "measured_speedup": measured,
+                "predicted_speedup": 2.0, "ratio": measured / 2.0, "time_predicted_speedup": time_predicted,
+                "time_ratio": measured / time_predicted, "speedup_over_best_full": measured, "chosen": False,
+                "exit_fractions": [0.6, 0.1, 0.3],
+                "val_plan": {"plan": plan, "name": name, "val_accuracy": accuracy, "predicted_us": predicted_us,
+                             "eligible": accuracy >= 0.9, "chosen": chosen}, **kw}
+
+    records = [rec("onnx_full", "3", 0.92, 40.0, 1.0, 1.0),
+               rec("onnx_early_exit_segments", "1+2+3", 0.9, 30.0, 1.25, 1.3, chosen=True),
+               rec("onnx_plan_1+3", "1+3", 0.9, 29.5, 1.3, 1.35, plan="1+3"),
+               rec("onnx_plan_2+3", "2+3", 0.89, 25.0, 1.5, 1.6, plan="2+3")]
+    chosen = {k: v for k, v in records[1].items() if k != "val_plan"}  # the loader's pass: every exit kept
+    records.append(chosen | {"engine": "onnx_chosen", "chosen_pass": "segments"})
+    (tmp_path / "bench.json").write_text(json.dumps(records))
+    text = "\n".join(results_pages.bench_table(tmp_path))
+    assert "| fashion_mnist | 1 | 1 | 1+2+3 | 90.00 | 30.0 | yes | **chosen** | 32.0 | 1.25× |" in text
+    assert "| fashion_mnist | 1 | 1 | 2+3 | 89.00 | 25.0 | no |  | 26.7 | 1.50× |" in text
+    assert text.index("| 1+2+3 |") < text.index("| 1+3 |") < text.index("| 2+3 |") < text.index("| 3 |")
+    assert ("exit plan chosen on validation / ONNX Runtime full 1.25 (onnx_early_exit_segments (exits 1+2+3)), goal "
+            "≥ 1.40: **not met** — out of reach for this plan's segment graphs on this machine: their own measured "
+            "times predict at most 1.30× for its exit mix (exits taken 60.0 / 10.0 / 30.0 %); of every plan's time "
+            "model the highest prediction is 1.60× (exits 2+3, measured 1.50×)") in text
+
+
 def test_a_missed_latency_target_says_where_the_time_went():
     """At two threads: a chosen plain-network pass slower than the best full row is called the same network
     (with both times and IQRs); a missed time-model ratio of the 2-thread segments pass, which the loader does

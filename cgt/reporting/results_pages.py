@@ -267,9 +267,12 @@ def _why(target: dict, rows: dict[str, dict]) -> str:
     planned = next((r for r in rows.values() if r.get("val_plan", {}).get("chosen")), None)
     if target["target"].startswith("exit plan chosen on validation") and planned and not target["met"] \
             and planned["time_predicted_speedup"] < target["goal"]:
+        best = max((r for r in rows.values() if "val_plan" in r), key=lambda r: r["time_predicted_speedup"])
         return (f" — out of reach for this plan's segment graphs on this machine: their own measured times predict "
                 f"at most {planned['time_predicted_speedup']:.2f}× for its exit mix (exits taken "
-                f"{' / '.join(f'{100 * f:.1f}' for f in planned['exit_fractions'])} %)")
+                f"{' / '.join(f'{100 * f:.1f}' for f in planned['exit_fractions'])} %); of every plan's time model the "
+                f"highest prediction is {best['time_predicted_speedup']:.2f}× (exits {best['val_plan']['name']}, "
+                f"measured {best['measured_speedup']:.2f}×)")
     own = rows.get(PASS_ENGINES.get(chosen.get("chosen_pass", ""), "")) if chosen else None
     best = min((rows[e] for e in FULL_ENGINES if e in rows), key=lambda r: r["median_us_per_sample"], default=None)
     if target["target"] == "chosen pass / best full network" and own is not None and own is best \
