@@ -174,7 +174,7 @@ def plan_fields(timed_logits: torch.Tensor, val_logits: torch.Tensor, y_val: tor
     engines = {every: "onnx_early_exit_segments", plain: "onnx_full"} | {
         plans.check_plan(engine[len(PLAN_ENGINE):], num_exits): engine for engine in plan_engines}
     onnx = times["onnx"]
-    plan_times = {plan: times.get(engine) for plan, engine in engines.items()} | {
+    plan_times = {plan: times[engine] for plan, engine in engines.items() if engine.startswith(PLAN_ENGINE)} | {
         every: onnx, plain: plans.plain_network_times(onnx.full_s, onnx.engine, onnx.batch_size, onnx.threads)}
     _, table = plans.choose_plan(val_logits, y_val, taus, plan_times)
     out = {}
