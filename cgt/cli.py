@@ -308,7 +308,8 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deployment.exported import export_run
+    from .deployment.exported import LATENCY, export_run
+    from .fileio import read_json
 
     bad = [b for b in args.latency_budget_us if not b > 0]
     if bad or args.threads < 1:
@@ -325,6 +326,17 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"calibration samples; manifest.json with every file's sha256)")
     print(f"export digest: {digest}  (pin it: cgt.deployment.exported.load(DIR, digest=...); recorded in "
           f"{Path(args.run) / 'exports.json'})")
+    if (out / LATENCY).exists():
+        choices = read_json(out / LATENCY)["plans"]
+        leaving = {point: c for point, c in choices.items() if c["chosen"] != c["table"][0]["name"]}
+        print(f"exit plans chosen on validation ({LATENCY}): every exit kept at {len(choices) - len(leaving)} of "
+              f"{len(choices)} operating points" + (", exits left out at:" if leaving else ""))
+        for point, choice in leaving.items():
+            rows = {row["name"]: row for row in choice["table"]}
+            chosen, every = rows[choice["chosen"]], choice["table"][0]
+            print(f"  {point}: exits {choice['chosen']} (predicted {chosen['predicted_us']:.1f} us per sample, every "
+                  f"exit {every['predicted_us']:.1f}; validation accuracy {100 * chosen['val_accuracy']:.2f} %, every "
+                  f"exit {100 * every['val_accuracy']:.2f} %): load(DIR, point={point!r}, exits={choice['chosen']!r})")
     return 0
 
 

@@ -296,6 +296,16 @@ def test_cli_exports_a_finished_run_with_its_fitted_thresholds(tmp_path, monkeyp
     latency = json.loads((tmp_path / "onnx" / "latency.json").read_text())
     assert latency["points"]["val_latency_1000000"]["met"] and "val_latency_1000000" in manifest["thresholds"]
     assert latency["curve"]["device"].startswith("cpu") and len(latency["curve"]["test_accuracy"]) == 1
+    # per operating point, every exit plan as validation saw it, and the one chosen: at least as accurate on
+    # validation as every exit, and named where it leaves exits out
+    assert set(latency["plans"]) == set(manifest["thresholds"]) - {"learned_budget_50"}
+    for point, choice in latency["plans"].items():
+        rows = {row["name"]: row for row in choice["table"]}
+        assert set(rows) == {"1+2+3", "1+3", "2+3", "3"} and rows[choice["chosen"]]["chosen"]
+        assert rows[choice["chosen"]]["val_accuracy"] >= rows["1+2+3"]["val_accuracy"]
+        assert (f"  {point}: exits {choice['chosen']} (predicted" in out) == (choice["chosen"] != "1+2+3")
+    kept = sum(choice["chosen"] == "1+2+3" for choice in latency["plans"].values())
+    assert f"every exit kept at {kept} of {len(latency['plans'])} operating points" in out
     # the learned exit policy, fitted on the run's validation logits, rides along with its point
     assert manifest["learned_policy"]["points"]["learned_budget_50"]["budget"] == 0.5
     assert len(manifest["thresholds"]["learned_budget_50"]) == 2

@@ -17,7 +17,8 @@ An export folder holds (graphs written by cgt.deployment.onnx_graphs, BatchNorm 
   full.onnx         the plain network (every block, the last head; logits and predicted class out): the
                     latency reference
   calibration.npz   validation inputs the loader times the passes on (optional)
-  latency.json      the time model measured at export and the accuracy-vs-latency curve (optional)
+  latency.json      the time models measured at export (every exit plan's), the accuracy-vs-latency curve, and
+                    per operating point the exit plan chosen on validation (optional)
   manifest.json     the policy, every operating point's thresholds (fitted on validation), class names,
                     shapes, the sha256 of every other file, and its own checksum; optionally a learned
                     exit policy (cgt.learned_policy): its per-exit coefficients and its learned_budget_* points
@@ -203,7 +204,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
     """Export a finished run of a built-in dataset (the network rebuilt from its recorded preparation
     parameters, thresholds from its metrics.json, calibration samples from its validation split);
     default output folder: <run_dir>/onnx. With latency budgets (µs per sample), the time model is
-    measured here (batch 1, `threads`) and `val_latency_<µs>` points fitted on validation are added.
+    measured here (batch 1, `threads`) and `val_latency_<µs>` points fitted on validation are added; every
+    exit plan's time model is measured too, and latency.json records per operating point the plan chosen on
+    validation (`plan_choice`; run it with `load(..., exits=...)`).
     With learned budgets (relative cost, e.g. 0.4), the learned exit policy is fitted on the run's
     validation logits and carried with its `learned_budget_<pct>` points, picked on validation.
     Returns the folder and the export's digest (also recorded in <run_dir>/exports.json)."""
@@ -247,14 +250,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
     x_val = data.x["val"]
     latency = None
     if latency_budgets_us:  # fitted on validation; the curve scores them on test, beside their FLOPs
-        times = measure_onnx_exit_times(run.model, data.input_shape, x_val[:1], threads=threads)
+        plan_times = measure_onnx_plan_times(run.model, data.input_shape, x_val[:1], threads=threads)
+        times = plan_times[plans.all_plans(run.model.num_exits)[0]]
         lg = run.logits
         points = latency_points(lg["val"], lg["y_val"], times, latency_budgets_us, policy)
         thresholds |= {name: point["thresholds"] for name, point in points.items()}
         machine = f"{device_description('cpu')}; ONNX Runtime at {threads} thread(s)"
         latency = {"points": points, "curve": latency_curve(lg["val"], lg["y_val"], lg["test"], lg["y_test"], times,
                                                             exit_costs(run.model, data.input_shape), latency_budgets_us,
-                                                            machine, policy)}
+                                                            machine, policy),
+                   "plans": {name: plan_choice(lg["val"], lg["y_val"], taus, plan_times, policy)
+                             for name, taus in thresholds.items()}}
     learned, learned_points = None, None
     if learned_budgets:
         from ..evaluation.learned_policy import learned_operating_points
@@ -271,24 +277,39 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, latency_b
     return out, digest
 
 
-def measure_onnx_exit_times(model: EarlyExitNet, input_shape: tuple[int, ...], x: torch.Tensor | np.ndarray,
-                            threads: int = 1, calls: int = 2000):
-    """The time model of the per-segment ONNX Runtime pass at batch size len(x) on this machine:
-    each segment and the plain network timed (median of `calls`) through their bound single-sample
-    paths when len(x) is 1. Exported to a temporary folder and loaded with `threads` threads."""
+def plan_choice(val_logits: torch.Tensor, y_val: torch.Tensor, thresholds, times: dict, policy: str) -> dict:
+    """latency.json's record of the exit plan chosen on validation for one operating point
+    (cgt.deployment.plans.choose_plan): its name, for `load(..., exits=...)`, and what the choice saw."""
+    chosen, table = plans.choose_plan(val_logits, y_val, thresholds, times, policy)
+    return {"chosen": plans.plan_name(chosen), "table": table}
+
+
+def measure_onnx_plan_times(model: EarlyExitNet, input_shape: tuple[int, ...], x: torch.Tensor | np.ndarray,
+                            threads: int = 1, calls: int = 2000) -> dict[tuple[int, ...], Any]:
+    """{exit plan: its time model} (cgt.deployment.plans; ExitTimes, one segment per exit kept) of the
+    per-segment ONNX Runtime pass at batch size len(x) on this machine: reaching each kept exit timed as the
+    plan's segments called back to back, and the plain network (median of `calls`, through the bound
+    single-sample paths when len(x) is 1). The all-exit plan's is the time model of every exit; the plan
+    keeping the last exit alone is the plain network. Exported to a temporary folder, loaded with `threads`."""
     import tempfile
 
     from .timecost import measure_exit_times
     from .timing import time_repeats
 
     x = np.ascontiguousarray(np.asarray(x, np.float32))
+    every, *partial, plain = plans.all_plans(model.num_exits)
+    out = {}
     with tempfile.TemporaryDirectory() as folder:
         export_model(model, tuple(input_shape), folder, {"t": [1.0] * (model.num_exits - 1)},
                      [], calibration_inputs=None)
-        onnx_model = load(folder, point="t", threads=threads, choose="segments")
-        return measure_exit_times(onnx_model.segment_fns(), lambda h: onnx_model.predict_full(h, batch_size=len(h)), x,
-                                  lambda fn: float(np.median(time_repeats(fn, calls if len(x) == 1 else 10))),
-                                  "onnx_segments", threads)
+        for plan in (every, *partial):
+            onnx_model = load(folder, point="t", threads=threads, choose="segments", exits=plans.plan_name(plan))
+            out[plan] = measure_exit_times(segment_calls(onnx_model.plan_sessions),
+                                           lambda h, m=onnx_model: m.predict_full(h, batch_size=len(h)), x,
+                                           lambda fn: float(np.median(time_repeats(fn, calls if len(x) == 1 else 10))),
+                                           "onnx_segments", threads)
+    full_s = out[every].full_s
+    return out | {plain: plans.plain_network_times(full_s, "onnx_segments", len(x), threads)}
 
 
 # ---------------------------------------------------------------- ONNX Runtime early exit
