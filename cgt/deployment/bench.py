@@ -163,16 +163,16 @@ def time_predicted_speedups(times: dict[str, ExitTimes], fractions: np.ndarray) 
 
 
 def plan_fields(timed_logits: torch.Tensor, val_logits: torch.Tensor, y_val: torch.Tensor, taus: list[float],
-                times: dict[str, ExitTimes], costs: ExitCosts, plan_engines) -> dict[str, dict]:
+                times: dict[str, ExitTimes], costs: ExitCosts, plan_models: dict) -> dict[str, dict]:
     """Per engine row of an exit plan, what its record adds: 'val_plan', the plan's line of the choice made on
     validation (cgt.deployment.plans.choose_plan, from each plan's time model of this row's rounds and its
-    validation exit mix and accuracy); and for the 'onnx_plan_<plan>' rows their own exit fractions on the
-    timed samples, FLOPs-predicted and time-predicted speed-ups. The all-exit plan's row is
-    onnx_early_exit_segments and the plain network's (the last exit alone) onnx_full."""
+    validation exit mix and accuracy); and for the 'onnx_plan_<plan>' rows (`plan_models` {engine: the loaded
+    plan}) their own exit fractions on the timed samples, FLOPs-predicted and time-predicted speed-ups. The
+    all-exit plan's row is onnx_early_exit_segments and the plain network's (the last exit alone) onnx_full."""
     num_exits = timed_logits.shape[0]
-    every, plain = plans.all_plans(num_exits)[0], plans.all_plans(num_exits)[-1]
+    every, *_, plain = plans.all_plans(num_exits)
     engines = {every: "onnx_early_exit_segments", plain: "onnx_full"} | {
-        plans.check_plan(engine[len(PLAN_ENGINE):], num_exits): engine for engine in plan_engines}
+        plan_model.plan: engine for engine, plan_model in plan_models.items()}
     onnx = times["onnx"]
     plan_times = {plan: times[engine] for plan, engine in engines.items() if engine.startswith(PLAN_ENGINE)} | {
         every: onnx, plain: plans.plain_network_times(onnx.full_s, onnx.engine, onnx.batch_size, onnx.threads)}
